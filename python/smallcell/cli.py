@@ -1,0 +1,133 @@
+"""The `smallcell` command (bin/smallcell): the one place that sees every layer."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from smallcell.errors import SmallcellError
+from smallcell.formats.errors import FormatError
+
+
+def _root(args: argparse.Namespace) -> Path:
+    return Path(args.run_dir).resolve()
+
+
+def cmd_iter(args: argparse.Namespace) -> int:
+    from smallcell import loop
+    from smallcell.config import load_config
+    from smallcell.sched.local import LocalRunner
+    from smallcell.state import RunLock, RunPaths
+    from smallcell.status import HEADER, line_for_summary
+
+    cfg = load_config(args.config)
+    root = _root(args)
+    t0 = time.perf_counter()
+    jobs = args.jobs if args.jobs is not None else cfg["run"]["jobs"]
+    with RunLock(RunPaths(root), f"smallcell iter --upto {args.upto}"), \
+            LocalRunner(jobs) as runner:
+        print(f"smallcell: iterations 0..{args.upto} of {args.config} in {root / 'iter'} "
+              f"({runner.jobs} workers)", flush=True)
+        summaries = loop.run(root, cfg, args.upto, runner)
+    print()
+    print(HEADER)
+    for s in summaries:
+        print(line_for_summary(s))
+    last = summaries[-1]
+    verdict = ("converged: no MD run broke" if last.get("converged")
+               else f"not converged yet (run `make iter N={last['iteration'] + 1}` or more)")
+    print(f"\n{verdict}; potential: {RunPaths(root).stage(last['iteration'], 'train')}/pot.mtp; "
+          f"{time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from smallcell.status import status_lines
+
+    print("\n".join(status_lines(_root(args))))
+    return 0
+
+
+def cmd_clean_iter(args: argparse.Namespace) -> int:
+    from smallcell.state import RunLock, RunPaths
+
+    paths = RunPaths(_root(args))
+    doomed = [i for i in paths.iterations() if i >= args.i]
+    if not doomed:
+        print(f"nothing to remove: no iteration >= {args.i} under {paths.iter_root}")
+        return 0
+    names = ", ".join(str(paths.it(i)) for i in doomed)
+    if not args.force:
+        if not sys.stdin.isatty():
+            raise SmallcellError(f"would remove {names}; rerun with FORCE=1 (--force) to confirm")
+        answer = input(f"remove {names}? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            print("nothing removed")
+            return 1
+    with RunLock(paths, f"smallcell clean-iter {args.i}"):
+        for i in sorted(doomed, reverse=True):
+            # rename first so a half-deleted folder can never look like an iteration
+            trash = paths.iter_root / f".trash.{i}.{os.getpid()}"
+            os.replace(paths.it(i), trash)
+            shutil.rmtree(trash)
+    print(f"removed {names}")
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from smallcell.config import load_config
+
+    print(load_config(args.config).dump(), end="")
+    return 0
+
+
+def cmd_config_doc(args: argparse.Namespace) -> int:
+    from smallcell.config import reference_markdown
+
+    print(reference_markdown(), end="")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smallcell", description=__doc__)
+    p.add_argument("--run-dir", default=os.environ.get("SMALLCELL_RUN_DIR", "."),
+                   help="folder holding iter/ (default: current folder)")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("iter", help="run the loop locally up to iteration N")
+    s.add_argument("--upto", type=int, required=True, metavar="N")
+    s.add_argument("--config", default="config.yaml")
+    s.add_argument("--jobs", type=int, default=None, help="worker processes (default: run.jobs)")
+    s.set_defaults(fn=cmd_iter)
+    s = sub.add_parser("status", help="one line per iteration")
+    s.set_defaults(fn=cmd_status)
+    s = sub.add_parser("clean-iter", help="remove iteration I and later")
+    s.add_argument("i", type=int, metavar="I")
+    s.add_argument("--force", action="store_true")
+    s.set_defaults(fn=cmd_clean_iter)
+    s = sub.add_parser("check-config", help="validate a config and print the effective one")
+    s.add_argument("config", nargs="?", default="config.yaml")
+    s.set_defaults(fn=cmd_check_config)
+    s = sub.add_parser("config-doc", help="print the config reference (docs/config.md)")
+    s.set_defaults(fn=cmd_config_doc)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (SmallcellError, FormatError) as exc:
+        print(f"smallcell: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nsmallcell: interrupted; finished work is kept, run the same command to "
+              "resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,479 @@
+"""The run configuration: schema, defaults, validation, and the frozen effective config.
+
+The schema is one declarative table (`SCHEMA`): every key has a type, a default, a range or
+a set of choices, and a one-line doc. Validation walks the user's YAML against it and stops
+at the first problem with the file, the line and the key path; unknown keys get a
+"did you mean" suggestion. `docs/config.md` is generated from the same table
+(`smallcell config-doc`), so the reference cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from smallcell.errors import SmallcellError
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key."""
+
+    kind: str  # int | float | str | bool | path | list[float] | list[int] | list[str]
+    default: Any
+    doc: str
+    low: float | None = None  # inclusive lower bound (numbers, list items)
+    high: float | None = None
+    low_open: bool = False  # lower bound excluded
+    choices: tuple[str, ...] | None = None
+    nullable: bool = False
+    length: int | None = None  # exact list length
+    min_length: int = 0
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class Section:
+    """A mapping of keys, with the text that introduces it in the reference."""
+
+    doc: str
+    keys: dict[str, Key | Section] = field(default_factory=dict)
+
+
+SCHEMA = Section(
+    "A smallcell run: one YAML file. Every key is optional; the defaults are the embedded "
+    "fcc Pb example.",
+    {
+        "species": Key(
+            "list[str]", ["Pb"], "Chemical symbols in type order (cfg type 0 = first).",
+            min_length=1,
+        ),
+        "masses": Key(
+            "list[float]", None, "Atomic masses in species order; null takes ASE's values.",
+            nullable=True, low=0, low_open=True, unit="amu",
+        ),
+        "structure": Section(
+            "The simulation cell of the explore runs (Algorithm 2).",
+            {
+                "lattice": Key("str", "fcc", "Crystal lattice.", choices=("fcc", "bcc")),
+                "a": Key("float", 4.95, "Cubic lattice parameter.", low=0, low_open=True,
+                         unit="Å"),
+                "cell": Key("list[int]", [1, 1, 1],
+                            "Repetitions n1 n2 n3 of the conventional cubic cell "
+                            "(fcc: 4 atoms each, bcc: 2).", length=3, low=1),
+                "displacement": Key("float", 0.1,
+                                    "Amplitude of the random displacement of every atom from "
+                                    "its lattice site at the start of each MD run.",
+                                    low=0, unit="Å"),
+                "displacement_kind": Key(
+                    "str", "uniform",
+                    "uniform: each Cartesian component uniform in [-d, d]; gaussian: each "
+                    "component normal with standard deviation d.",
+                    choices=("uniform", "gaussian")),
+            },
+        ),
+        "grid": Section(
+            "The (T, P) grid of the explore runs: one MD run per temperature x pressure x "
+            "seed.",
+            {
+                "temperatures": Key("list[float]", [200.0, 300.0, 400.0],
+                                    "Temperatures of the MD runs.", low=0, low_open=True,
+                                    min_length=1, unit="K"),
+                "pressures": Key("list[float]", [1.0],
+                                 "Pressures of the MD runs (used by the npt ensemble).",
+                                 min_length=1, unit="bar"),
+                "seeds_per_point": Key("int", 1, "Independent MD runs per (T, P).", low=1),
+            },
+        ),
+        "md": Section(
+            "Molecular dynamics of the embedded explorer (and the rendered in.lammps).",
+            {
+                "ensemble": Key(
+                    "str", "nvt",
+                    "nvt: Langevin thermostat at fixed cell; npt: Langevin-BAOAB with an "
+                    "isotropic barostat (ASE LangevinBAOAB). Default nvt by measurement: see "
+                    "docs/config.md, 'Choice of ensemble'.",
+                    choices=("nvt", "npt")),
+                "timestep": Key("float", 2.0, "MD time step.", low=0, low_open=True, unit="fs"),
+                "steps": Key("int", 1000, "MD steps per run (a run stops earlier when it "
+                             "breaks).", low=1),
+                "grade_every": Key("int", 1,
+                                   "Evaluate gamma every k-th step (1 = every step, as "
+                                   "MLIP-3 does; a grade costs about one force call).", low=1),
+                "thermostat_tau": Key("float", 100.0, "Thermostat time constant.",
+                                      low=0, low_open=True, unit="fs"),
+                "barostat_tau": Key("float", 1000.0, "Barostat time constant (npt).",
+                                    low=0, low_open=True, unit="fs"),
+            },
+        ),
+        "extrapolation": Section(
+            "Extrapolation control (MLIP-3's threshold_save / threshold_break).",
+            {
+                "gamma_save": Key("float", 2.1,
+                                  "Configurations graded above this go to preselected.cfg.",
+                                  low=1.0),
+                "gamma_break": Key("float", 10.0,
+                                   "An MD run stops at the first configuration graded above "
+                                   "this; must exceed gamma_save.", low=1.0),
+            },
+        ),
+        "select": Section(
+            "Which preselected configurations are labeled.",
+            {
+                "policy": Key(
+                    "str", "threshold",
+                    "threshold: every preselected configuration with gamma_save < gamma < "
+                    "gamma_max (the report's rule); dopt: D-optimal MaxVol selection, only "
+                    "configurations that enlarge the active set (like mlp select_add).",
+                    choices=("threshold", "dopt")),
+                "gamma_max": Key("float", None,
+                                 "Upper gamma bound of the threshold rule; null = gamma_break.",
+                                 nullable=True, low=1.0),
+                "max_selected": Key("int", None,
+                                    "Cap on the labels per iteration (highest gamma first); "
+                                    "null = no cap.", nullable=True, low=1),
+            },
+        ),
+        "initial": Section(
+            "The initial data set that iteration 0 trains on.",
+            {
+                "source": Key("str", "generate",
+                              "generate: displaced and strained cells labeled by the labeler; "
+                              "cfg: a labeled MLIP-3 cfg file; outcar: a folder of VASP "
+                              "OUTCARs (every ionic step).",
+                              choices=("generate", "cfg", "outcar")),
+                "path": Key("path", None, "The cfg file or OUTCAR folder (source cfg/outcar), "
+                            "relative to the config file.", nullable=True),
+                "n_configs": Key("int", 24, "Number of generated configurations.", low=1),
+                "strain": Key("float", 0.04,
+                              "Maximal random strain component of a generated cell.",
+                              low=0, high=0.5),
+                "displacement": Key("float", 0.15,
+                                    "Random displacement amplitude of generated cells.",
+                                    low=0, unit="Å"),
+            },
+        ),
+        "trainer": Section(
+            "The MTP and its fit (embedded trainer: motep).",
+            {
+                "level": Key("int", 8, "MTP level (basis size grows with it).", low=2, high=28),
+                "max_dist": Key("float", 5.0, "Cutoff radius of the MTP.", low=0, low_open=True,
+                                unit="Å"),
+                "min_dist": Key("float", 2.0, "Smallest distance of the radial basis.", low=0,
+                                low_open=True, unit="Å"),
+                "radial_basis_size": Key("int", 8, "Chebyshev radial basis functions.", low=2),
+                "max_iter": Key("int", 300, "Iteration limit of the L-BFGS fit.", low=1),
+                "warm_start": Key("bool", True,
+                                  "Start each fit from the previous iteration's potential."),
+                "energy_weight": Key("float", 1.0, "Loss weight of energies (per atom).", low=0),
+                "force_weight": Key("float", 0.01, "Loss weight of forces.", low=0),
+                "stress_weight": Key("float", 0.001, "Loss weight of stresses.", low=0),
+                "al_mode": Key("str", "nbh",
+                               "Active-set mode of the grader: nbh (one row per atomic "
+                               "neighbourhood, MLIP-3's default) or cfg (one row per "
+                               "configuration).", choices=("nbh", "cfg")),
+            },
+        ),
+        "label": Section(
+            "Labeling (DFT or its stand-in) and its failure policy.",
+            {
+                "retries": Key("int", 1, "Retries of a failing label task before it is "
+                               "marked failed.", low=0),
+                "min_success_ratio": Key("float", 0.5,
+                                         "The iteration stops with a list of failed tasks "
+                                         "when fewer than this fraction succeed.",
+                                         low=0, high=1),
+                "max_force": Key("float", 50.0,
+                                 "Labels with a force component above this (or NaN) are "
+                                 "rejected as failed.", low=0, low_open=True, unit="eV/Å"),
+            },
+        ),
+        "engines": Section(
+            "Which adapter plays each role.",
+            {
+                "explorer": Key("str", "embedded", "MD with extrapolation control.",
+                                choices=("embedded",)),
+                "labeler": Key("str", "eam", "Reference labels (eam: Zhou 2004 Pb EAM).",
+                               choices=("eam",)),
+                "trainer": Key("str", "motep", "Fitting and grading.", choices=("motep",)),
+                "scheduler": Key("str", "local", "Where tasks run.", choices=("local",)),
+            },
+        ),
+        "run": Section(
+            "The run as a whole.",
+            {
+                "seed": Key("int", 2026, "Master seed: structures, MD and fits derive from it.",
+                            low=0),
+                "jobs": Key("int", 2, "Parallel worker processes (0 = all cores).", low=0),
+            },
+        ),
+    },
+)
+
+
+def defaults(section: Section = SCHEMA) -> dict[str, Any]:
+    """The configuration with every key at its default."""
+    return {
+        name: defaults(spec) if isinstance(spec, Section) else copy.deepcopy(spec.default)
+        for name, spec in section.keys.items()
+    }
+
+
+class _Lines:
+    """Line numbers of every key path in the YAML text, for error messages."""
+
+    def __init__(self, text: str) -> None:
+        self.lines: dict[tuple[str, ...], int] = {}
+        try:
+            node = yaml.compose(text)
+        except yaml.YAMLError:
+            return
+        self._walk(node, ())
+
+    def _walk(self, node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = (*path, str(key.value))
+                self.lines[sub] = key.start_mark.line + 1
+                self._walk(value, sub)
+
+    def get(self, path: tuple[str, ...]) -> int | None:
+        while path and path not in self.lines:
+            path = path[:-1]
+        return self.lines.get(path)
+
+
+@dataclass
+class Config:
+    """A validated configuration: `data` holds every key, `source` the file it came from."""
+
+    data: dict[str, Any]
+    source: Path | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def get(self, dotted: str) -> Any:
+        value: Any = self.data
+        for part in dotted.split("."):
+            value = value[part]
+        return value
+
+    @property
+    def gamma_max(self) -> float:
+        g = self.data["select"]["gamma_max"]
+        return float(self.data["extrapolation"]["gamma_break"] if g is None else g)
+
+    def resolve(self, value: str | None) -> Path | None:
+        """A path from the config, relative to the config file's folder."""
+        if value is None:
+            return None
+        base = self.source.parent if self.source else Path.cwd()
+        return (base / os.path.expanduser(value)).resolve()
+
+    def dump(self) -> str:
+        """YAML text of the effective configuration (frozen into each iteration)."""
+        header = f"# effective configuration (from {self.source})\n" if self.source else ""
+        return header + yaml.safe_dump(self.data, sort_keys=False, allow_unicode=True)
+
+
+def _type_name(kind: str) -> str:
+    return {"int": "an integer", "float": "a number", "str": "a string", "bool": "true/false",
+            "path": "a path (string)", "list[float]": "a list of numbers",
+            "list[int]": "a list of integers", "list[str]": "a list of strings"}[kind]
+
+
+def _check_scalar(kind: str, spec: Key, value: Any, where: str) -> Any:
+    base = kind.removeprefix("list[").removesuffix("]")
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        return value
+    if base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where} must be an integer, got {value!r}")
+    elif base == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{where} must be a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{where} must be finite, got {value!r}")
+    elif base in ("str", "path"):
+        if not isinstance(value, str):
+            raise ValueError(f"{where} must be a string, got {value!r}")
+        if spec.choices and value not in spec.choices:
+            hint = difflib.get_close_matches(value, spec.choices, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ValueError(f"{where} must be one of {', '.join(spec.choices)}; "
+                             f"got {value!r}{extra}")
+        if base == "str" and ("\n" in value or "\x00" in value):
+            raise ValueError(f"{where} must be one line")
+        return value
+    if spec.low is not None and (value < spec.low or (spec.low_open and value == spec.low)):
+        op = ">" if spec.low_open else ">="
+        raise ValueError(f"{where} must be {op} {spec.low:g}{' ' + spec.unit if spec.unit else ''}"
+                         f", got {value!r}")
+    if spec.high is not None and value > spec.high:
+        raise ValueError(f"{where} must be <= {spec.high:g}, got {value!r}")
+    return value
+
+
+def _check_key(spec: Key, value: Any, where: str) -> Any:
+    if value is None:
+        if spec.nullable:
+            return None
+        raise ValueError(f"{where} must be {_type_name(spec.kind)}, got null")
+    if spec.kind.startswith("list["):
+        if not isinstance(value, list):
+            raise ValueError(f"{where} must be {_type_name(spec.kind)}, got {value!r}")
+        if spec.length is not None and len(value) != spec.length:
+            raise ValueError(f"{where} must have exactly {spec.length} items, got {len(value)}")
+        if len(value) < spec.min_length:
+            raise ValueError(f"{where} must have at least {spec.min_length} item(s)")
+        return [_check_scalar(spec.kind, spec, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return _check_scalar(spec.kind, spec, value, where)
+
+
+def _merge(section: Section, user: Any, path: tuple[str, ...], lines: _Lines,
+           source: str) -> dict[str, Any]:
+    def fail(sub: tuple[str, ...], msg: str) -> SmallcellError:
+        line = lines.get(sub)
+        return SmallcellError(f"{source}{':' + str(line) if line else ''}: {msg}")
+
+    where = ".".join(path) or "the top level"
+    if user is None:
+        user = {}
+    if not isinstance(user, dict):
+        raise fail(path, f"{where} must be a mapping of keys, got {user!r}")
+    out = defaults(section)
+    for name, value in user.items():
+        sub = (*path, str(name))
+        dotted = ".".join(sub)
+        spec = section.keys.get(str(name))
+        if spec is None:
+            hint = difflib.get_close_matches(str(name), list(section.keys), n=1)
+            extra = f"; did you mean {'.'.join((*path, hint[0]))!r}?" if hint else ""
+            known = ", ".join(section.keys)
+            raise fail(sub, f"unknown key {dotted!r}{extra} (known here: {known})")
+        if isinstance(spec, Section):
+            out[name] = _merge(spec, value, sub, lines, source)
+        else:
+            try:
+                out[name] = _check_key(spec, value, dotted)
+            except ValueError as exc:
+                raise fail(sub, str(exc)) from None
+    return out
+
+
+def _cross_checks(cfg: Config, lines: _Lines, source: str) -> None:
+    def fail(path: str, msg: str) -> SmallcellError:
+        line = lines.get(tuple(path.split(".")))
+        return SmallcellError(f"{source}{':' + str(line) if line else ''}: {msg}")
+
+    ex = cfg["extrapolation"]
+    if ex["gamma_break"] <= ex["gamma_save"]:
+        raise fail("extrapolation.gamma_break",
+                   f"extrapolation.gamma_break ({ex['gamma_break']:g}) must be greater than "
+                   f"extrapolation.gamma_save ({ex['gamma_save']:g})")
+    if cfg.gamma_max <= ex["gamma_save"]:
+        raise fail("select.gamma_max", "select.gamma_max must be greater than "
+                   "extrapolation.gamma_save")
+    masses = cfg["masses"]
+    if masses is not None and len(masses) != len(cfg["species"]):
+        raise fail("masses", f"masses has {len(masses)} values but species has "
+                   f"{len(cfg['species'])}")
+    from ase.data import atomic_numbers  # lazy: keeps `status` free of ase
+
+    for i, sym in enumerate(cfg["species"]):
+        if sym not in atomic_numbers:
+            raise fail("species", f"species[{i}] = {sym!r} is not a chemical symbol")
+    if len(set(cfg["species"])) != len(cfg["species"]):
+        raise fail("species", "species lists a symbol twice")
+    if cfg["engines"]["labeler"] == "eam" and cfg["species"] != ["Pb"]:
+        raise fail("engines.labeler", "the eam labeler knows only Pb; set species: [Pb]")
+    if cfg["trainer"]["min_dist"] >= cfg["trainer"]["max_dist"]:
+        raise fail("trainer.min_dist", "trainer.min_dist must be smaller than trainer.max_dist")
+    init = cfg["initial"]
+    if init["source"] != "generate":
+        path = cfg.resolve(init["path"])
+        if path is None:
+            raise fail("initial.source", f"initial.source is {init['source']!r}: set "
+                       "initial.path to the file or folder to import")
+        want_dir = init["source"] == "outcar"
+        if not (path.is_dir() if want_dir else path.is_file()):
+            kind = "folder" if want_dir else "file"
+            raise fail("initial.path", f"initial.path: no such {kind}: {path}")
+
+
+def load_config(path: str | os.PathLike | None) -> Config:
+    """Load and validate a YAML config; `None` gives the defaults."""
+    if path is None:
+        return Config(defaults())
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SmallcellError(f"{path}: config file not found") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, source: Path | None = None) -> Config:
+    """Validate YAML text against the schema (see `load_config`)."""
+    name = str(source) if source else "<config>"
+    try:
+        user = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{name}:{mark.line + 1}" if mark else name
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SmallcellError(f"{where}: not valid YAML: {problem}") from None
+    lines = _Lines(text)
+    cfg = Config(_merge(SCHEMA, user, (), lines, name),
+                 source.resolve() if source else None)
+    _cross_checks(cfg, lines, name)
+    return cfg
+
+
+def reference_markdown() -> str:
+    """The config reference (docs/config.md), generated from `SCHEMA`."""
+    out = ["# Configuration reference", "",
+           "Generated from `python/smallcell/config.py` by `bin/smallcell config-doc`; "
+           "do not edit by hand.", "", SCHEMA.doc, ""]
+
+    def fmt_default(v: Any) -> str:
+        return "null" if v is None else yaml.safe_dump(v, default_flow_style=True).strip()
+
+    def walk(section: Section, path: tuple[str, ...]) -> None:
+        rows = []
+        for name, spec in section.keys.items():
+            if isinstance(spec, Key):
+                dotted = ".".join((*path, name))
+                rng = ""
+                if spec.choices:
+                    rng = " \\| ".join(spec.choices)
+                elif spec.low is not None or spec.high is not None:
+                    op = ">" if spec.low_open else ">="
+                    lo = "" if spec.low is None else f"{op} {spec.low:g}"
+                    hi = "" if spec.high is None else f"<= {spec.high:g}"
+                    rng = ", ".join(x for x in (lo, hi) if x)
+                unit = f" ({spec.unit})" if spec.unit else ""
+                rows.append(f"| `{dotted}` | {spec.kind} | `{fmt_default(spec.default)}` | "
+                            f"{rng} | {spec.doc}{unit} |")
+        if rows:
+            title = ".".join(path) or "top level"
+            out.extend([f"## `{title}`", "", section.doc, "",
+                        "| key | type | default | allowed | meaning |",
+                        "|---|---|---|---|---|", *rows, ""])
+        for name, spec in section.keys.items():
+            if isinstance(spec, Section):
+                walk(spec, (*path, name))
+
+    walk(SCHEMA, ())
+    return "\n".join(out)

@@ -1,0 +1,1 @@
+"""Adapters, one per external program, each behind a small interface."""

@@ -1,0 +1,245 @@
+"""The embedded trainer and grader: MTPs fitted and evaluated by motep (pinned 0.2.0).
+
+Facts this adapter is built around (measured with motep 0.2.0):
+- `write_mtp()` by default writes a layout its own `read_mtp()` rejects; we always write
+  with `legacy=True` (tested round trip).
+- the trainer writes `intermediate_<i>.mtp` into the current folder and prints timings to
+  stdout: training runs inside the train folder with stdout and motep's log captured in
+  `train.log`.
+- motep's own MaxVol grades differ from MLIP-3's; we grade with `maxvol.py` on the same
+  rows MLIP-3 uses (site-energy gradients in nbh mode, energy gradients in cfg mode).
+- a train-mode calculator yields forces and the coefficient gradient from one evaluation,
+  so grading an MD step costs about one extra force call, as in MLIP-3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from smallcell.engines.maxvol import ActiveSet, Selection, build_active_set, select_add
+from smallcell.engines.mtp_basis import write_template
+
+POT = "pot.mtp"
+ACTIVE = "active_set.npz"
+_EV_A3_TO_GPA = 160.21766208
+
+
+@dataclass
+class TrainSettings:
+    """What a fit needs from the config (kept small so MLIP-3 can share it)."""
+
+    level: int = 8
+    min_dist: float = 2.0
+    max_dist: float = 5.0
+    radial_basis_size: int = 8
+    max_iter: int = 300
+    energy_weight: float = 1.0
+    force_weight: float = 0.01
+    stress_weight: float = 0.001
+    al_mode: str = "nbh"
+    seed: int = 1
+
+
+@dataclass
+class TrainResult:
+    """What a fit reports; the stage writes it to errors.json and the summary."""
+
+    seconds: float
+    iterations: int
+    converged: bool
+    loss_history: list[float]
+    errors: dict[str, float]
+    active_set_size: int
+    active_set_configs: int
+    message: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def _species_numbers(species: Sequence[str]) -> list[int]:
+    from ase.data import atomic_numbers
+
+    return [atomic_numbers[s] for s in species]
+
+
+def _read(pot: Path, species: Sequence[str]):  # -> MTPData
+    from motep.io.mlip.mtp import read_mtp
+
+    data = read_mtp(str(pot))
+    data.species = _species_numbers(species)
+    return data
+
+
+class MotepPotential:
+    """A trained MTP with its active set: energies, forces and grades for the explorer."""
+
+    def __init__(self, pot: Path, active: ActiveSet | None, species: Sequence[str],
+                 al_mode: str) -> None:
+        from motep.calculator import make_calculator, make_mtp_engine
+
+        self.data = _read(pot, species)
+        self.al_mode = al_mode
+        self.active = active
+        self.calc = make_calculator(self.data, engine="cext", mode="run")
+        # motep's train mode caches one configuration's neighbour vectors forever (it is
+        # built for one engine per training image); we feed it the run engine's
+        # neighbours for every configuration instead, so a grade costs one evaluation.
+        self._train = make_mtp_engine("cext")(self.data, mode="train")
+
+    @classmethod
+    def load(cls, folder: Path, species: Sequence[str], al_mode: str) -> MotepPotential:
+        return cls(folder / POT, ActiveSet.load(folder / ACTIVE), species, al_mode)
+
+    def rows(self, atoms: Atoms) -> np.ndarray:
+        """Active-set rows of `atoms`: d(site energy)/d(coefficients) per atom (nbh mode)
+        or d(energy)/d(coefficients) (cfg mode)."""
+        if atoms.calc is not self.calc or self.calc.calculation_required(atoms, ["energy"]):
+            atoms.calc = self.calc
+            atoms.get_potential_energy()
+        run_eng, eng = self.calc.engine, self._train
+        eng._neighbors = run_eng._neighbors
+        eng._interatomic_vectors = run_eng._get_interatomic_vectors(atoms)
+        if np.shape(eng.mbd.vatoms)[-1:] != (len(atoms),):
+            eng.initialize_basis_data(atoms)
+        eng._calculate(atoms)
+        if self.al_mode == "nbh":
+            return np.asarray(eng.jac_energies(atoms).parameters).T.copy()
+        return np.atleast_2d(eng.jac_energy(atoms).parameters).copy()
+
+    def evaluate(self, atoms: Atoms) -> tuple[float, np.ndarray, np.ndarray]:
+        """Energy, forces and stress (ASE convention) of `atoms` with this potential."""
+        atoms.calc = self.calc
+        return (float(atoms.get_potential_energy()), atoms.get_forces().copy(),
+                atoms.get_stress().copy())
+
+    def grade(self, atoms: Atoms) -> tuple[float, np.ndarray | None]:
+        """gamma of `atoms` (evaluating it if needed) and per-atom grades in nbh mode."""
+        if self.active is None:
+            raise RuntimeError("this potential has no active set")
+        g = self.active.grades(self.rows(atoms))
+        return float(g.max()), (g if self.al_mode == "nbh" else None)
+
+    def all_rows(self, images: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of many configurations and their owners (configuration, atom | -1)."""
+        rows, owners = [], []
+        for k, atoms in enumerate(images):
+            r = self.rows(atoms.copy())
+            rows.append(r)
+            atom_ids = np.arange(len(r)) if self.al_mode == "nbh" else np.full(len(r), -1)
+            owners.append(np.column_stack([np.full(len(r), k), atom_ids]))
+        return np.vstack(rows), np.vstack(owners)
+
+    def select(self, candidates: Sequence[Atoms], threshold: float = 1.001) -> Selection:
+        """D-optimal selection (like `mlp select_add`) among candidate configurations."""
+        if self.active is None:
+            raise RuntimeError("this potential has no active set")
+        if not candidates:
+            return Selection([], np.zeros(0), self.active)
+        rows, owners = self.all_rows(candidates)
+        return select_add(self.active, rows, owners[:, 0], threshold=threshold)
+
+
+def _errors(pot: MotepPotential, images: Sequence[Atoms]) -> dict[str, float]:
+    """Training-set errors: energy per atom (eV/atom), forces (eV/Å), stress (GPa)."""
+    de, df, ds = [], [], []
+    for ref in images:
+        a = ref.copy()
+        e, f, s = pot.evaluate(a)
+        n = len(ref)
+        de.append((e - ref.get_potential_energy()) / n)
+        df.append((f - ref.get_forces()).ravel())
+        with contextlib.suppress(Exception):
+            ds.append((s - ref.get_stress()) * _EV_A3_TO_GPA)
+    de_a, df_a = np.abs(np.array(de)), np.abs(np.concatenate(df))
+    out = {
+        "n_configs": float(len(images)),
+        "energy_rmse": float(np.sqrt(np.mean(de_a**2))),
+        "energy_mae": float(np.mean(de_a)),
+        "energy_max": float(de_a.max()),
+        "force_rmse": float(np.sqrt(np.mean(df_a**2))),
+        "force_mae": float(np.mean(df_a)),
+        "force_max": float(df_a.max()),
+    }
+    if ds:
+        out["stress_rmse"] = float(np.sqrt(np.mean(np.concatenate(ds) ** 2)))
+    return out
+
+
+_LOSS = re.compile(r"loss (\d+): ([-+0-9.eEinfa]+)")
+
+
+def train(images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
+          settings: TrainSettings, start: Path | None) -> TrainResult:
+    """Fit an MTP to `images`, starting from `start` (warm start) or a fresh template, and
+    write `pot.mtp`, `active_set.npz` and `train.log` into `out_dir`."""
+    from motep.io.mlip.mtp import write_mtp
+    from motep.train.trainer import Trainer
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / f".work.{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    if start is None:
+        start = write_template(work / "untrained.mtp", settings.level,
+                               min_dist=settings.min_dist, max_dist=settings.max_dist,
+                               radial_basis_size=settings.radial_basis_size)
+    data = _read(start, species)
+    steps = [{"method": "LLS"},
+             {"method": "minimize",
+              "kwargs": {"method": "L-BFGS-B", "options": {"maxiter": settings.max_iter}}}]
+    loss = {"energy_weight": settings.energy_weight, "forces_weight": settings.force_weight,
+            "stress_weight": settings.stress_weight}
+    log_text = io.StringIO()
+    handler = logging.StreamHandler(log_text)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    mlog = logging.getLogger("motep")
+    old_level = mlog.level
+    mlog.addHandler(handler)
+    mlog.setLevel(logging.INFO)
+    mlog.propagate = False
+    t0 = time.perf_counter()
+    cwd = Path.cwd()
+    try:
+        os.chdir(work)
+        with contextlib.redirect_stdout(log_text):
+            Trainer(data, seed=settings.seed, steps=steps, loss=loss).train(list(images))
+    finally:
+        os.chdir(cwd)
+        mlog.removeHandler(handler)
+        mlog.setLevel(old_level)
+        mlog.propagate = True
+    seconds = time.perf_counter() - t0
+    write_mtp(str(work / POT), data, legacy=True)
+    text = log_text.getvalue()
+    history = [float(v) for _, v in _LOSS.findall(text)]
+    nit = re.findall(r"Number of iterations: (\d+)", text)
+    success = re.findall(r"Success: (\w+)", text)
+    message = re.findall(r"Message: (.*)", text)
+    iterations = int(nit[-1]) if nit else len(history)
+    converged = bool(success) and success[-1] == "True"
+
+    pot = MotepPotential(work / POT, None, species, settings.al_mode)
+    rows, owners = pot.all_rows(images)
+    active = build_active_set(rows, owners)
+    active.save(work / ACTIVE)
+    errors = _errors(pot, images)
+    if not all(math.isfinite(v) for v in errors.values()):
+        raise RuntimeError(f"training diverged (non-finite errors {errors}); see train.log")
+    (work / "train.log").write_text(text, encoding="utf-8")
+    for name in (POT, ACTIVE, "train.log"):
+        os.replace(work / name, out_dir / name)
+    shutil.rmtree(work, ignore_errors=True)
+    return TrainResult(seconds, iterations, converged, history, errors, active.size,
+                       active.n_configs, message[-1].strip() if message else "")

@@ -1,0 +1,112 @@
+"""The active-learning loop (the report's Algorithm 1) over the folder state machine.
+
+Iteration 0 is the initial fit: select (the initial data set) -> label -> collect -> train.
+Iteration i >= 1: explore (MD with the potential of i-1) -> select -> label -> collect ->
+train. Each stage runs only when its `done` marker is missing; `summary.json` is written
+last and marks the iteration complete. The run stops after an iteration whose explore
+converged (no run broke and max gamma < gamma_break, or nothing was preselected): that
+iteration still labels and learns what it preselected, then the loop ends.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from smallcell.config import Config
+from smallcell.errors import SmallcellError
+from smallcell.stages import collect, explore, label, select, train
+from smallcell.stages.common import Iteration, Runner, progress
+from smallcell.state import RunPaths, atomic_write_json, is_done, read_json
+
+STAGES = ("explore", "select", "label", "collect", "train")
+
+
+def converged(rep: explore.ExploreReport, gamma_break: float) -> bool:
+    """DESIGN.md section 1: no run breaks and max gamma < gamma_break, or nothing saved."""
+    return (rep.n_broke == 0 and rep.gamma_max < gamma_break) or rep.n_preselected == 0
+
+
+def run_iteration(it: Iteration, runner: Runner) -> dict[str, Any]:
+    """Bring iteration `it` to completion from wherever its folders stand."""
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn: Any, *args: Any) -> Any:
+        s = time.perf_counter()
+        out = fn(*args)
+        timings[name] = time.perf_counter() - s
+        return out
+
+    rep = None
+    if it.i > 0:
+        rep = (explore.report_of(it) if is_done(it.stage("explore"))
+               else timed("explore", explore.run, it, runner))
+        progress(it, "explore", f"{rep.n_runs} runs, {rep.n_broke} broke, "
+                 f"{rep.n_preselected} preselected, gamma max {rep.gamma_max:.4g} "
+                 f"mean {rep.gamma_mean:.4g} std {rep.gamma_std:.4g}")
+    if not is_done(it.stage("select")):
+        timed("select", select.run, it)
+    n_sel = label.n_tasks(it)
+    labeled, failed = timed("label", label.run, it, runner) if n_sel else (0, 0)
+    if not is_done(it.stage("collect")):
+        timed("collect", collect.run, it)
+    errors = (read_json(it.stage("train") / "errors.json") if is_done(it.stage("train"))
+              else timed("train", train.run, it))
+    gb = it.cfg["extrapolation"]["gamma_break"]
+    coll = read_json(it.stage("collect") / "done")
+    summary: dict[str, Any] = {
+        "iteration": it.i,
+        "cell": it.cfg["structure"]["cell"],
+        "lattice": it.cfg["structure"]["lattice"],
+        "n_runs": rep.n_runs if rep else 0,
+        "n_broke": rep.n_broke if rep else 0,
+        "n_preselected": rep.n_preselected if rep else 0,
+        "n_selected": n_sel,
+        "n_labeled": labeled,
+        "n_failed": failed,
+        "n_new": coll["n_new"],
+        "n_train": coll["n_train"],
+        "gamma_max": rep.gamma_max if rep else None,
+        "gamma_mean": rep.gamma_mean if rep else None,
+        "gamma_std": rep.gamma_std if rep else None,
+        "gamma_count": rep.gamma_count if rep else 0,
+        "broke": (rep.n_broke > 0) if rep else None,
+        "converged": converged(rep, gb) if rep else False,
+        "policy": it.cfg["select"]["policy"],
+        "train_seconds": errors.get("seconds"),
+        "train_iterations": errors.get("iterations"),
+        "train_converged": errors.get("converged"),
+        "train_skipped": errors.get("skipped"),
+        "active_set_size": errors.get("active_set_size"),
+        "train_errors": errors.get("errors", {}),
+        "stage_seconds": timings,
+        "seconds": time.perf_counter() - t0,
+    }
+    atomic_write_json(it.paths.summary(it.i), summary)
+    return summary
+
+
+def run(root: Path, cfg: Config, upto: int, runner: Runner) -> list[dict[str, Any]]:
+    """Complete iterations 0..upto (or until converged); return all summaries."""
+    paths = RunPaths(root)
+    summaries: list[dict[str, Any]] = []
+    for i in range(upto + 1):
+        if paths.summary(i).exists():
+            s = read_json(paths.summary(i))
+            summaries.append(s)
+            if s.get("converged"):
+                print(f"converged at iteration {i}: nothing left to do", flush=True)
+                break
+            continue
+        if i > 0 and not paths.summary(i - 1).exists():
+            raise SmallcellError(f"{paths.summary(i - 1)}: missing; iteration {i - 1} must "
+                                 "finish first")
+        it = Iteration.open(root, i, cfg)
+        s = run_iteration(it, runner)
+        summaries.append(s)
+        if s["converged"]:
+            progress(it, "done", "converged: no MD run broke")
+            break
+    return summaries

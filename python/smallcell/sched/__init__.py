@@ -1,0 +1,1 @@
+"""Schedulers: run stages by name; they know nothing of engines."""

@@ -1,0 +1,1 @@
+"""Stages of one iteration: explore, select, label, collect, train."""

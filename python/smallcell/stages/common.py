@@ -1,0 +1,87 @@
+"""What every stage shares: the iteration it works on, and how it hands tasks to a runner.
+
+A stage has three verbs, as in ArcaNN: `plan` (which tasks, from the folders), `run_task`
+(one task, in any process: it only needs the run folder, the iteration and the task id)
+and `finish` (check the tasks, write the stage's outputs and its `done` marker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from smallcell.config import Config, load_config
+from smallcell.errors import SmallcellError
+from smallcell.state import RunPaths, atomic_write_text
+
+CONFIG = "config.yaml"
+
+
+@dataclass
+class Iteration:
+    """One iteration of one run: its folders and its frozen configuration."""
+
+    paths: RunPaths
+    i: int
+    cfg: Config
+
+    @property
+    def dir(self) -> Path:
+        return self.paths.it(self.i)
+
+    def stage(self, name: str) -> Path:
+        return self.paths.stage(self.i, name)
+
+    @property
+    def species(self) -> list[str]:
+        return list(self.cfg["species"])
+
+    @property
+    def previous_train(self) -> Path | None:
+        """The train folder of the iteration before (None for iteration 0)."""
+        return self.paths.stage(self.i - 1, "train") if self.i > 0 else None
+
+    @classmethod
+    def open(cls, root: Path, i: int, cfg: Config | None = None) -> Iteration:
+        """The iteration with its frozen config; freeze `cfg` on first use."""
+        paths = RunPaths(root)
+        frozen = paths.it(i) / CONFIG
+        if not frozen.exists():
+            if cfg is None:
+                raise SmallcellError(f"{frozen}: missing (iteration {i} was never started)")
+            atomic_write_text(frozen, cfg.dump())
+        loaded = load_config(frozen)
+        # Paths inside the frozen copy stay relative to the user's config file.
+        if cfg is not None and cfg.source is not None:
+            loaded.source = cfg.source
+        else:
+            loaded.source = _original_source(frozen) or loaded.source
+        return cls(paths, i, loaded)
+
+
+def _original_source(frozen: Path) -> Path | None:
+    first = frozen.read_text(encoding="utf-8").split("\n", 1)[0]
+    prefix = "# effective configuration (from "
+    if first.startswith(prefix) and first.endswith(")"):
+        return Path(first[len(prefix):-1])
+    return None
+
+
+TaskFn = Callable[[Path, int, int], Any]
+
+
+class Runner(Protocol):
+    """Runs one function over many task ids, in parallel where it can (sched/local.py,
+    later sched/slurm.py). `fn(root, iteration, task)` must be a module-level function."""
+
+    def map(self, fn: TaskFn, it: Iteration, tasks: Sequence[int], label: str,
+            on_result: Callable[[int, Any], None] | None = None) -> list[Any]: ...
+
+
+def progress(it: Iteration, stage: str, message: str) -> None:
+    """One progress line (stderr), e.g. `[iter 2 | explore] 3/6 runs`."""
+    import sys
+
+    print(f"[iter {it.i} | {stage}] {message}", file=sys.stderr, flush=True)

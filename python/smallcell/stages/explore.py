@@ -1,0 +1,131 @@
+"""explore: one MD run per (T, P, seed) with the previous iteration's potential.
+
+Each run folder `explore/<run>/` ends with `preselected.cfg`, `gamma.json`, `md.log` and
+`done`. A run is computed in a scratch folder and its files renamed into place before the
+marker, so a killed run leaves no half-written preselected.cfg behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from smallcell.engines.embedded_md import HIST_EDGES, MDSettings, run_md
+from smallcell.engines.motep_mtp import MotepPotential
+from smallcell.stages.common import Iteration, Runner, progress
+from smallcell.state import atomic_write_json, is_done, mark_done, read_json
+from smallcell.structures import MDRun, md_runs, start_structure
+
+STAGE = "explore"
+
+
+def run_dir(it: Iteration, run: MDRun) -> Path:
+    return it.stage(STAGE) / run.name
+
+
+@lru_cache(maxsize=4)
+def _potential(train_dir: str, species: tuple[str, ...], al_mode: str) -> MotepPotential:
+    """One potential per worker process and iteration (loading costs more than a step)."""
+    return MotepPotential.load(Path(train_dir), list(species), al_mode)
+
+
+def run_task(root: Path, i: int, k: int) -> dict[str, object]:
+    """Run explore task `k` of iteration `i` (any process; everything comes from disk)."""
+    it = Iteration.open(root, i)
+    run = md_runs(it.cfg, i)[k]
+    final = run_dir(it, run)
+    if is_done(final):
+        return read_json(final / "gamma.json")
+    md, ex = it.cfg["md"], it.cfg["extrapolation"]
+    settings = MDSettings(
+        temperature=run.temperature, pressure=run.pressure, seed=run.seed, steps=md["steps"],
+        timestep=md["timestep"], ensemble=md["ensemble"], thermostat_tau=md["thermostat_tau"],
+        barostat_tau=md["barostat_tau"], grade_every=md["grade_every"],
+        gamma_save=ex["gamma_save"], gamma_break=ex["gamma_break"])
+    assert it.previous_train is not None
+    pot = _potential(str(it.previous_train), tuple(it.species), it.cfg["trainer"]["al_mode"])
+    scratch = final.with_name(f".{run.name}.tmp.{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    result = run_md(start_structure(it.cfg, run), pot, it.species, settings, scratch)
+    result["run"] = run.name
+    atomic_write_json(scratch / "gamma.json", result)
+    final.mkdir(parents=True, exist_ok=True)
+    for name in ("preselected.cfg", "md.log", "gamma.json"):
+        os.replace(scratch / name, final / name)
+    shutil.rmtree(scratch, ignore_errors=True)
+    mark_done(final)
+    return result
+
+
+@dataclass
+class ExploreReport:
+    """All runs of an iteration, aggregated (the numbers the summary and status show)."""
+
+    n_runs: int
+    n_broke: int
+    n_preselected: int
+    gamma_count: int
+    gamma_max: float
+    gamma_mean: float
+    gamma_std: float
+    hist: list[int]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"n_runs": self.n_runs, "n_broke": self.n_broke,
+                "n_preselected": self.n_preselected, "gamma_count": self.gamma_count,
+                "gamma_max": self.gamma_max, "gamma_mean": self.gamma_mean,
+                "gamma_std": self.gamma_std, "broke": self.n_broke > 0,
+                "gamma_hist": self.hist, "gamma_hist_log10_edges": HIST_EDGES.tolist()}
+
+
+def aggregate(results: list[dict]) -> ExploreReport:
+    """Pool the runs' statistics exactly (sums, not means of means)."""
+    count = sum(int(r["count"]) for r in results)
+    total = sum(float(r["sum"]) for r in results)
+    total_sq = sum(float(r["sum_sq"]) for r in results)
+    mean = total / count if count else 0.0
+    var = max(total_sq / count - mean * mean, 0.0) if count else 0.0
+    hist = np.sum([r["hist"] for r in results], axis=0).astype(int).tolist() if results else []
+    return ExploreReport(len(results), sum(bool(r["broke"]) for r in results),
+                         sum(int(r["n_preselected"]) for r in results), count,
+                         max((float(r["max"]) for r in results), default=0.0), mean,
+                         float(np.sqrt(var)), hist)
+
+
+def run(it: Iteration, runner: Runner) -> ExploreReport:
+    """Run every missing MD run, then aggregate and mark the stage done."""
+    runs = md_runs(it.cfg, it.i)
+    todo = [r.index for r in runs if not is_done(run_dir(it, r))]
+    done_n = len(runs) - len(todo)
+    if todo:
+        progress(it, STAGE, f"{done_n}/{len(runs)} runs done, running {len(todo)}")
+    state = {"n": done_n, "broke": 0, "gmax": 0.0}
+
+    def report(k: int, res: dict) -> None:
+        state["n"] += 1
+        state["broke"] += bool(res["broke"])
+        state["gmax"] = max(state["gmax"], float(res["max"]))
+        progress(it, STAGE, f"{state['n']}/{len(runs)} runs | {res['run']}: "
+                 f"{res['steps_done']} steps, gamma max {res['max']:.3g} "
+                 f"mean {res['mean']:.3g}, {res['n_preselected']} preselected"
+                 f"{', BROKE' if res['broke'] else ''}")
+
+    runner.map(run_task, it, todo, STAGE, report)
+    results = [read_json(run_dir(it, r) / "gamma.json") for r in runs]
+    rep = aggregate(results)
+    atomic_write_json(it.stage(STAGE) / "explore.json", rep.as_dict())
+    mark_done(it.stage(STAGE))
+    return rep
+
+
+def report_of(it: Iteration) -> ExploreReport:
+    """The stored aggregate of a finished explore stage."""
+    d = read_json(it.stage(STAGE) / "explore.json")
+    return ExploreReport(d["n_runs"], d["n_broke"], d["n_preselected"], d["gamma_count"],
+                         d["gamma_max"], d["gamma_mean"], d["gamma_std"], d["gamma_hist"])

@@ -1,0 +1,76 @@
+"""Iteration 0's selection: the initial data set (generated, or imported already labeled).
+
+- generate: strained and displaced copies of the cell go to `select/selected.cfg` and are
+  labeled like any selection;
+- cfg: a labeled MLIP-3 cfg file is copied to `select/imported.cfg` (no label tasks);
+- outcar: every complete ionic step of every OUTCAR under a folder becomes a configuration
+  of `select/imported.cfg`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from smallcell.errors import SmallcellError
+from smallcell.formats.cfg import atoms_to_cfg, read_cfgs, write_cfgs
+from smallcell.formats.errors import FormatError
+from smallcell.stages.common import Iteration, progress
+from smallcell.state import atomic_output, atomic_write_json
+from smallcell.structures import initial_structures
+
+IMPORTED = "imported.cfg"
+
+
+def _import_outcars(folder: Path, species: list[str]) -> list:
+    from ase.io import read
+
+    cfgs = []
+    for path in sorted(folder.rglob("OUTCAR")):
+        try:
+            frames = read(path, index=":", format="vasp-out")
+        except Exception as exc:  # ase raises many types on broken files
+            raise SmallcellError(f"{path}: cannot read this OUTCAR ({exc})") from None
+        for k, atoms in enumerate(frames):
+            cfg = atoms_to_cfg(atoms, species,
+                               energy=atoms.get_potential_energy(force_consistent=True))
+            cfg.set_feature("EFS_by", "VASP")
+            cfg.set_feature("origin", f"{path}#{k}")
+            cfgs.append(cfg)
+    if not cfgs:
+        raise SmallcellError(f"{folder}: no OUTCAR with a complete ionic step found")
+    return cfgs
+
+
+def select(it: Iteration, folder: Path) -> int:
+    """Write iteration 0's selection; return the number of configurations to label."""
+    init = it.cfg["initial"]
+    source = init["source"]
+    selected: list = []
+    if source == "generate":
+        for k, atoms in enumerate(initial_structures(it.cfg)):
+            cfg = atoms_to_cfg(atoms, it.species)
+            cfg.set_feature("origin", f"initial#{k}")
+            selected.append(cfg)
+    else:
+        path = it.cfg.resolve(init["path"])
+        assert path is not None
+        if source == "cfg":
+            try:
+                imported = read_cfgs(path)
+            except FormatError as exc:
+                raise SmallcellError(f"initial.path: {exc}") from None
+            unlabeled = [k for k, c in enumerate(imported) if c.energy is None or c.forces is None]
+            if unlabeled:
+                raise SmallcellError(f"{path}: configuration {unlabeled[0] + 1} has no Energy "
+                                     "or forces; initial.source cfg needs labeled data")
+        else:
+            imported = _import_outcars(path, it.species)
+        with atomic_output(folder / IMPORTED) as tmp:
+            write_cfgs(tmp, imported)
+        progress(it, "select", f"imported {len(imported)} labeled configurations from {path}")
+    with atomic_output(folder / "selected.cfg") as tmp:
+        write_cfgs(tmp, selected)
+    atomic_write_json(folder / "selection.json", {
+        "policy": f"initial:{source}", "n_candidates": len(selected),
+        "n_selected": len(selected), "candidates": []})
+    return len(selected)

@@ -1,0 +1,127 @@
+"""label: one task folder `vasp/<k>/` per selected configuration.
+
+`prepare` writes each task's inputs (`input.cfg`, `POSCAR`) once; `run_task` labels one
+task and ends with `labeled.cfg` + `done`, or `failed` with the reason after `retries`
+retries (failures are data: they never stop the other tasks). A task with a marker is never
+run again, so a resumed iteration only labels what is missing.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from smallcell.engines.base import LabelError, labeler_for
+from smallcell.formats.cfg import atoms_to_cfg, cfg_to_atoms, format_cfg, iter_cfgs, read_cfgs
+from smallcell.stages.common import Iteration, Runner, progress
+from smallcell.state import (
+    atomic_write_text,
+    is_done,
+    is_failed,
+    mark_done,
+    mark_failed,
+    read_json,
+)
+
+KIND = "vasp"
+
+
+def task_dir(it: Iteration, k: int) -> Path:
+    return it.paths.task(it.i, k, KIND)
+
+
+def n_tasks(it: Iteration) -> int:
+    return int(read_json(it.stage("select") / "done")["n_selected"])
+
+
+def prepare(it: Iteration) -> int:
+    """Create the task folders with their inputs (idempotent); return the task count."""
+    from ase.io import write
+
+    n = 0
+    for k, cfg in enumerate(iter_cfgs(it.stage("select") / "selected.cfg")):
+        n += 1
+        folder = task_dir(it, k)
+        if (folder / "input.cfg").exists():
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        atoms = cfg_to_atoms(cfg, it.species)
+        poscar = folder / ".POSCAR.tmp"
+        write(poscar, atoms, format="vasp", direct=True, sort=False)
+        poscar.replace(folder / "POSCAR")
+        atomic_write_text(folder / "input.cfg", format_cfg(cfg))
+    return n
+
+
+def check_label(atoms, max_force: float) -> str | None:
+    """Why a label is absurd (NaN, huge forces), or None when it is acceptable."""
+    e = atoms.get_potential_energy()
+    f = atoms.get_forces()
+    if not math.isfinite(e) or not np.all(np.isfinite(f)):
+        return "non-finite energy or forces"
+    fmax = float(np.abs(f).max()) if f.size else 0.0
+    if fmax > max_force:
+        return f"force component {fmax:.3g} eV/Å above label.max_force={max_force:g}"
+    return None
+
+
+def run_task(root: Path, i: int, k: int) -> bool:
+    """Label task `k` of iteration `i`; True when labeled, False when marked failed."""
+    it = Iteration.open(root, i)
+    folder = task_dir(it, k)
+    if is_done(folder):
+        return True
+    if is_failed(folder):
+        return False
+    labeler = labeler_for(it.cfg)
+    [cfg] = read_cfgs(folder / "input.cfg")
+    atoms = cfg_to_atoms(cfg, it.species)
+    lab = it.cfg["label"]
+    reasons = []
+    for _attempt in range(lab["retries"] + 1):
+        try:
+            labeled = labeler.label(folder, atoms)
+            bad = check_label(labeled, lab["max_force"])
+            if bad:
+                raise LabelError(bad)
+        except LabelError as exc:
+            reasons.append(str(exc))
+            continue
+        except Exception as exc:  # an engine crash is a failed task, not a dead run
+            reasons.append(f"{type(exc).__name__}: {exc}")
+            atomic_write_text(folder / "error.log", traceback.format_exc())
+            continue
+        out = atoms_to_cfg(labeled, it.species)
+        out.features = [f for f in cfg.features if f[0] != "MV_grade"]
+        out.set_feature("EFS_by", labeler.name)
+        atomic_write_text(folder / "labeled.cfg", format_cfg(out))
+        mark_done(folder, {"attempts": len(reasons) + 1})
+        return True
+    mark_failed(folder, reasons[-1], attempts=len(reasons), all_reasons=reasons)
+    return False
+
+
+def run(it: Iteration, runner: Runner) -> tuple[int, int]:
+    """Label every task without a marker; return (labeled, failed) over all tasks."""
+    n = prepare(it)
+    todo = [k for k in range(n) if not (is_done(task_dir(it, k)) or is_failed(task_dir(it, k)))]
+    if todo:
+        progress(it, "label", f"{n - len(todo)}/{n} tasks done, labeling {len(todo)}")
+    state = {"n": n - len(todo), "failed": 0}
+    step = max(1, n // 10)
+
+    def report(k: int, ok: bool) -> None:
+        state["n"] += 1
+        state["failed"] += not ok
+        if state["n"] % step == 0 or state["n"] == n or not ok:
+            progress(it, "label", f"{state['n']}/{n} tasks"
+                     f"{', ' + str(state['failed']) + ' failed' if state['failed'] else ''}"
+                     f"{'' if ok else f' (task {k} failed)'}")
+
+    runner.map(run_task, it, todo, "label", report)
+    failed = sum(is_failed(task_dir(it, k)) for k in range(n))
+    labeled = sum(is_done(task_dir(it, k)) for k in range(n))
+    return labeled, failed

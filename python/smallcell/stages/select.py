@@ -1,0 +1,118 @@
+"""select: choose the configurations to label from all runs' preselected configurations.
+
+Policies (config `select.policy`):
+- threshold: every candidate with gamma_save < gamma < gamma_max (the report's rule). A run
+  that broke with no candidate below gamma_max contributes its least extrapolative
+  candidate, so a run that breaks at once still teaches the potential something.
+- dopt: D-optimal MaxVol selection against the previous potential's active set, like
+  `mlp select_add`: only candidates that enlarge the active set.
+Both honour `select.max_selected` (threshold: highest gamma first; dopt: order of entry
+into the active set). Every candidate's fate and the reason are written to selection.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from smallcell.engines.motep_mtp import MotepPotential
+from smallcell.formats.cfg import Cfg, cfg_to_atoms, read_preselected, write_cfgs
+from smallcell.stages import explore, initial
+from smallcell.stages.common import Iteration, progress
+from smallcell.state import atomic_output, atomic_write_json, mark_done, read_json
+
+STAGE = "select"
+SELECTED = "selected.cfg"
+
+
+@dataclass
+class Candidate:
+    run: str
+    index: int  # position in the run's preselected.cfg
+    gamma: float
+    cfg: Cfg
+    selected: bool = False
+    reason: str = ""
+
+
+def candidates(it: Iteration) -> tuple[list[Candidate], set[str]]:
+    """All preselected configurations of the iteration, in run order, and the broken runs."""
+    out, broke = [], set()
+    for run in explore.md_runs(it.cfg, it.i):
+        folder = explore.run_dir(it, run)
+        if read_json(folder / "gamma.json")["broke"]:
+            broke.add(run.name)
+        for k, cfg in enumerate(read_preselected(folder / "preselected.cfg")):
+            g = cfg.mv_grade
+            out.append(Candidate(run.name, k, float("nan") if g is None else g, cfg))
+    return out, broke
+
+
+def _threshold(it: Iteration, cands: list[Candidate], broke: set[str]) -> None:
+    save, gmax = it.cfg["extrapolation"]["gamma_save"], it.cfg.gamma_max
+    for c in cands:
+        c.selected = save < c.gamma < gmax
+        c.reason = (f"{save:g} < gamma < {gmax:g}" if c.selected else
+                    f"gamma {c.gamma:.4g} {'>=' if c.gamma >= gmax else '<='} "
+                    f"{gmax if c.gamma >= gmax else save:g}")
+    for name in sorted(broke):
+        mine = [c for c in cands if c.run == name]
+        if mine and not any(c.selected for c in mine):
+            best = min(mine, key=lambda c: c.gamma)
+            best.selected = True
+            best.reason = (f"break fallback: run broke and none of its candidates is below "
+                           f"gamma_max {gmax:g}; least extrapolative one taken")
+    cap = it.cfg["select"]["max_selected"]
+    chosen = [c for c in cands if c.selected]
+    if cap is not None and len(chosen) > cap:
+        for c in sorted(chosen, key=lambda c: -c.gamma)[cap:]:
+            c.selected, c.reason = False, f"over max_selected={cap} (lower gamma)"
+
+
+def _dopt(it: Iteration, cands: list[Candidate]) -> None:
+    assert it.previous_train is not None
+    pot = MotepPotential.load(it.previous_train, it.species, it.cfg["trainer"]["al_mode"])
+    sel = pot.select([cfg_to_atoms(c.cfg, it.species) for c in cands])
+    cap = it.cfg["select"]["max_selected"]
+    picked = sel.selected if cap is None else sel.selected[:cap]
+    rank = {k: n for n, k in enumerate(sel.selected)}
+    for k, c in enumerate(cands):
+        g0 = float(sel.initial_grades[k]) if len(sel.initial_grades) else float("nan")
+        c.selected = k in set(picked)
+        if c.selected:
+            c.reason = f"enlarges the active set (entry {rank[k] + 1}, grade {g0:.4g})"
+        elif k in rank:
+            c.reason = f"enlarges the active set but over max_selected={cap}"
+        else:
+            c.reason = f"inside the enlarged active set (grade {g0:.4g} at start)"
+
+
+def run(it: Iteration) -> int:
+    """Write selected.cfg, selection.json and the marker; return the number selected."""
+    folder = it.stage(STAGE)
+    if it.i == 0:
+        n = initial.select(it, folder)
+        mark_done(folder, {"n_selected": n})
+        return n
+    cands, broke = candidates(it)
+    policy = it.cfg["select"]["policy"]
+    if policy == "dopt" and cands:
+        _dopt(it, cands)
+    else:
+        _threshold(it, cands, broke)
+    chosen = [c for c in cands if c.selected]
+    for c in chosen:
+        c.cfg.set_feature("origin", f"iter{it.i}/explore/{c.run}#{c.index}")
+    with atomic_output(folder / SELECTED) as tmp:
+        write_cfgs(tmp, [c.cfg for c in chosen])
+    gam = np.array([c.gamma for c in cands]) if cands else np.zeros(0)
+    atomic_write_json(folder / "selection.json", {
+        "policy": policy, "n_candidates": len(cands), "n_selected": len(chosen),
+        "broken_runs": sorted(broke),
+        "candidate_gamma_max": float(gam.max()) if gam.size else None,
+        "candidates": [{"run": c.run, "index": c.index, "gamma": c.gamma,
+                        "selected": c.selected, "reason": c.reason} for c in cands]})
+    progress(it, STAGE, f"{policy}: {len(chosen)} of {len(cands)} candidates selected")
+    mark_done(folder, {"n_selected": len(chosen)})
+    return len(chosen)

@@ -1,0 +1,66 @@
+"""train: fit the potential on collect/train.cfg (warm start from the previous one).
+
+Writes `train/pot.mtp`, `train/active_set.npz`, `train/train.log`, `train/errors.json` and
+the marker. When the iteration added no data, the previous potential is carried over
+unchanged (recorded as `skipped`), because refitting on the same data only burns time.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict
+
+from smallcell.engines import motep_mtp
+from smallcell.formats.cfg import cfg_to_atoms, iter_cfgs
+from smallcell.stages.collect import TRAIN
+from smallcell.stages.common import Iteration, progress
+from smallcell.state import atomic_write_json, mark_done, read_json
+from smallcell.structures import seed_for
+
+STAGE = "train"
+
+
+def settings(it: Iteration) -> motep_mtp.TrainSettings:
+    tr = it.cfg["trainer"]
+    return motep_mtp.TrainSettings(
+        level=tr["level"], min_dist=tr["min_dist"], max_dist=tr["max_dist"],
+        radial_basis_size=tr["radial_basis_size"], max_iter=tr["max_iter"],
+        energy_weight=tr["energy_weight"], force_weight=tr["force_weight"],
+        stress_weight=tr["stress_weight"], al_mode=tr["al_mode"],
+        seed=seed_for(it.cfg["run"]["seed"], "train", it.i))
+
+
+def run(it: Iteration) -> dict:
+    """Fit (or carry over) the potential; return errors.json's content."""
+    folder = it.stage(STAGE)
+    folder.mkdir(parents=True, exist_ok=True)
+    new = int(read_json(it.stage("collect") / "done")["n_new"])
+    prev = it.previous_train
+    if prev is not None and new == 0:
+        for name in (motep_mtp.POT, motep_mtp.ACTIVE):
+            tmp = folder / f".{name}.tmp"
+            shutil.copyfile(prev / name, tmp)
+            tmp.replace(folder / name)
+        info = dict(read_json(prev / "errors.json"), skipped="no new data: potential carried "
+                    f"over from iteration {it.i - 1}", seconds=0.0)
+        atomic_write_json(folder / "errors.json", info)
+        progress(it, STAGE, "no new data: previous potential carried over")
+        mark_done(folder)
+        return info
+    images = [cfg_to_atoms(c, it.species) for c in iter_cfgs(it.stage("collect") / TRAIN)]
+    start = prev / motep_mtp.POT if prev is not None and it.cfg["trainer"]["warm_start"] else None
+    progress(it, STAGE, f"fitting level-{it.cfg['trainer']['level']} MTP on {len(images)} "
+             f"configurations ({'warm start' if start else 'from scratch'})")
+    t0 = time.perf_counter()
+    res = motep_mtp.train(images, it.species, folder, settings(it), start)
+    info = {**asdict(res), "seconds": time.perf_counter() - t0, "n_train": len(images),
+            "warm_start": start is not None}
+    atomic_write_json(folder / "errors.json", info)
+    e = res.errors
+    progress(it, STAGE, f"done in {info['seconds']:.1f} s, {res.iterations} iterations: "
+             f"energy RMSE {1000 * e['energy_rmse']:.2f} meV/atom, force RMSE "
+             f"{e['force_rmse']:.4f} eV/Å, active set {res.active_set_size} rows from "
+             f"{res.active_set_configs} configurations")
+    mark_done(folder)
+    return info

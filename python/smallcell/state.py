@@ -1,0 +1,175 @@
+"""The filesystem is the state: paths, markers, atomic writes, the run lock, summaries.
+
+Every stage writes its outputs under a temporary name in the same folder and renames them
+into place (rename is atomic on POSIX), then writes its `done` marker last. A process killed
+at any moment therefore leaves either a complete file or a stray temporary, never a partial
+file under the real name, and a folder without its marker is simply done again.
+
+Durability is against process death (Ctrl-C, kill -9, walltime), which is what HPC runs
+meet; files are not fsync'ed, so a power loss on the node may still lose recent writes.
+
+This module imports only the standard library so that `smallcell status` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from smallcell.errors import SmallcellError
+
+DONE = "done"
+FAILED = "failed"
+SUMMARY = "summary.json"
+LOCK = ".lock"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if exc.errno == errno.ENOSPC:
+            raise SmallcellError(f"{path}: no space left on device while writing") from exc
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write JSON atomically (sorted keys, indented: the files are read by people too)."""
+    return atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write to; it is renamed to `path` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file written by smallcell, with a clear error when it is corrupt."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SmallcellError(
+            f"{path}:{exc.lineno}: corrupt JSON ({exc.msg}); delete the file to redo its stage"
+        ) from exc
+
+
+def mark_done(folder: str | os.PathLike, info: dict[str, Any] | None = None) -> None:
+    """Write the `done` marker of a stage or task folder (always the last write)."""
+    atomic_write_json(Path(folder) / DONE, {"time": time.time(), **(info or {})})
+
+
+def mark_failed(folder: str | os.PathLike, reason: str, **info: Any) -> None:
+    """Record a failed task: failures are data, the reason is kept beside the task."""
+    atomic_write_json(Path(folder) / FAILED, {"time": time.time(), "reason": reason, **info})
+
+
+def is_done(folder: str | os.PathLike) -> bool:
+    """A stage or task is complete exactly when its marker exists."""
+    return os.path.exists(os.path.join(folder, DONE))
+
+
+def is_failed(folder: str | os.PathLike) -> bool:
+    """A task gave up after its retries."""
+    return os.path.exists(os.path.join(folder, FAILED))
+
+
+def clear_markers(folder: str | os.PathLike) -> None:
+    """Forget a task's outcome so that it runs again (used by explicit retries only)."""
+    for name in (DONE, FAILED):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(folder, name))
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where everything of one run lives: `<root>/iter/<i>/...` (DESIGN.md section 2)."""
+
+    root: Path
+
+    @property
+    def iter_root(self) -> Path:
+        return self.root / "iter"
+
+    def it(self, i: int) -> Path:
+        return self.iter_root / str(i)
+
+    def stage(self, i: int, stage: str) -> Path:
+        return self.it(i) / stage
+
+    def task(self, i: int, k: int, kind: str = "vasp") -> Path:
+        return self.it(i) / kind / str(k)
+
+    def summary(self, i: int) -> Path:
+        return self.it(i) / SUMMARY
+
+    def iterations(self) -> list[int]:
+        """Existing iteration numbers, in order (folders whose name is an integer)."""
+        try:
+            names = os.listdir(self.iter_root)
+        except FileNotFoundError:
+            return []
+        return sorted(int(n) for n in names if n.isdigit())
+
+
+class RunLock:
+    """One writer per run folder: an flock on `iter/.lock`, released by the kernel when the
+    holder dies (kill -9 included), so a stale lock never blocks a resume."""
+
+    def __init__(self, paths: RunPaths, command: str) -> None:
+        self.path = paths.iter_root / LOCK
+        self.command = command
+        self._fh: Any = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+", encoding="utf-8")  # held open for the whole run
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise SmallcellError(
+                f"{self.path}: this run folder is in use by {holder}; wait for it to finish "
+                "or stop it (its lock is released automatically when it exits)"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} ({self.command})\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None

@@ -1,0 +1,95 @@
+"""`smallcell status`: one line per iteration, from markers and summaries only.
+
+Finished iterations are read from their `summary.json`; only the iteration in progress is
+scanned (its `done`/`failed` markers, with os.scandir). Nothing heavier than the standard
+library is imported, so the command answers in well under a second even for 60
+iterations x 1,500 label tasks (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from smallcell.state import DONE, FAILED, RunPaths
+
+_ORDER = ("explore", "select", "label", "collect", "train")
+HEADER = (f"{'iter':>4} {'cell':>7} {'stage':>8} {'presel':>7} {'select':>6} {'label':>6} "
+          f"{'fail':>5} {'gmax':>9} {'gmean':>7} {'broke':>5} {'E meV/at':>8} "
+          f"{'F eV/Å':>7} {'train s':>7} {'n_train':>7}")
+
+
+def _fmt(v: Any, spec: str, width: int) -> str:
+    if v is None:
+        return f"{'-':>{width}}"
+    return f"{v:{width}{spec}}"
+
+
+def _count_tasks(folder: Path) -> tuple[int, int, int]:
+    """(total, done, failed) task folders under `folder` (vasp/ or sample/)."""
+    total = done = failed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0, 0, 0
+    for e in entries:
+        if not e.name.isdigit():
+            continue
+        total += 1
+        if os.path.exists(os.path.join(e.path, DONE)):
+            done += 1
+        elif os.path.exists(os.path.join(e.path, FAILED)):
+            failed += 1
+    return total, done, failed
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def line_for_summary(s: dict[str, Any]) -> str:
+    err = s.get("train_errors") or {}
+    e = err.get("energy_rmse")
+    cell = "x".join(str(n) for n in s.get("cell", [])) or "-"
+    stage = "converged" if s.get("converged") else "complete"
+    broke = "-" if s.get("broke") is None else ("yes" if s["broke"] else "no")
+    return (f"{s['iteration']:>4} {cell:>7} {stage:>8} {s.get('n_preselected', 0):>7} "
+            f"{s.get('n_selected', 0):>6} {s.get('n_labeled', 0):>6} {s.get('n_failed', 0):>5} "
+            f"{_fmt(s.get('gamma_max'), '.3g', 9)} {_fmt(s.get('gamma_mean'), '.3g', 7)} "
+            f"{broke:>5} {_fmt(None if e is None else 1000 * e, '.2f', 8)} "
+            f"{_fmt(err.get('force_rmse'), '.4f', 7)} {_fmt(s.get('train_seconds'), '.1f', 7)} "
+            f"{_fmt(s.get('n_train'), 'd', 7)}")
+
+
+def line_in_progress(paths: RunPaths, i: int) -> str:
+    d = paths.it(i)
+    stage = next((s for s in _ORDER if not os.path.exists(d / s / DONE)), "summary")
+    if i == 0 and stage == "explore":
+        stage = next((s for s in _ORDER[1:] if not os.path.exists(d / s / DONE)), "summary")
+    total, done, failed = _count_tasks(d / "vasp")
+    ex = _load(d / "explore" / "explore.json") or {}
+    n_runs = sum(1 for e in os.scandir(d / "explore") if e.is_dir()) if (d / "explore").is_dir() \
+        else 0
+    runs_done = sum(1 for e in os.scandir(d / "explore")
+                    if e.is_dir() and os.path.exists(os.path.join(e.path, DONE))) if n_runs else 0
+    extra = f" runs {runs_done}/{n_runs}" if stage == "explore" and n_runs else ""
+    broke = "-" if not ex else ("yes" if ex.get("broke") else "no")
+    return (f"{i:>4} {'':>7} {stage:>8} {ex.get('n_preselected', '-'):>7} {total:>6} "
+            f"{done:>6} {failed:>5} {_fmt(ex.get('gamma_max'), '.3g', 9)} "
+            f"{_fmt(ex.get('gamma_mean'), '.3g', 7)} {broke:>5}{extra}  (in progress)")
+
+
+def status_lines(root: Path) -> list[str]:
+    paths = RunPaths(root)
+    lines = [HEADER]
+    for i in paths.iterations():
+        s = _load(paths.summary(i))
+        lines.append(line_for_summary(s) if s else line_in_progress(paths, i))
+    if len(lines) == 1:
+        lines.append(f"(no iterations under {paths.iter_root} yet: run `make iter`)")
+    return lines

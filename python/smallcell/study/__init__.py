@@ -1,0 +1,1 @@
+"""The study around a run: metrics, figures, reports."""
