@@ -1,14 +1,17 @@
-# smallcell: `make help` lists the targets.
+# smallcell: `make help` lists the targets. Targets that need Python depend on the venv
+# stamp, so any of them sets the environment up on a fresh machine.
 SHELL   := /bin/bash
 PYTHON  ?= python3
 VENV    := .venv
 STAMP   := $(VENV)/.installed
 CONFIG  ?= config.yaml
 N       ?= 3
+I       ?=
+FORCE   ?=
 SC      := bin/smallcell
 
 .DEFAULT_GOAL := help
-.PHONY: help setup iter status test lint clean-iter
+.PHONY: help setup iter status test lint clean-iter config-doc bench
 
 help:  ## list every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -20,8 +23,24 @@ $(STAMP): requirements.txt
 
 setup: $(STAMP)  ## create .venv with everything smallcell needs (idempotent)
 
+iter: $(STAMP)  ## run iterations 0..N of CONFIG locally, resuming from iter/ (N=3)
+	$(SC) iter --upto $(N) --config $(CONFIG)
+
+status: $(STAMP)  ## one line per iteration: stage, tasks, gamma, errors
+	@$(SC) status
+
+clean-iter: $(STAMP)  ## remove iteration I and later (asks first; FORCE=1 to skip)
+	@test -n "$(I)" || { echo "usage: make clean-iter I=<iteration> [FORCE=1]"; exit 2; }
+	$(SC) clean-iter $(I) $(if $(FORCE),--force)
+
 test: $(STAMP)  ## run the whole test suite (pytest, slow tests included)
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
-lint: $(STAMP)  ## ruff over the code and the tests
+lint: $(STAMP)  ## ruff over the code, tests and benchmarks
 	$(VENV)/bin/ruff check python tests bench
+
+config-doc: $(STAMP)  ## regenerate docs/config.md from the schema
+	$(SC) config-doc > docs/config.md
+
+bench: $(STAMP)  ## run the benchmarks and rewrite their tables in BENCHMARKS.md
+	$(VENV)/bin/python bench/run_all.py

@@ -250,9 +250,12 @@ def test_fixture_variants_are_understood(fixtures: Path) -> None:
     sc = read_cfgs(fixtures / "mlip3/smallcell/mtpTest.cfg")[0]
     assert sc.feature("EFS_by") == "Qe" and sc.positions[0, 0] == 5.021929574589283
     # MLIP-3 keeps everything after the ONE separator char (hand-edited file)
-    assert read_cfgs(fixtures / "mlip3/mlip3_upstream/examples/06_select_add/train.cfg")[
-        0
-    ].feature("EFS_by") == "      VASP"
+    assert (
+        read_cfgs(fixtures / "mlip3/mlip3_upstream/examples/06_select_add/train.cfg")[0].feature(
+            "EFS_by"
+        )
+        == "      VASP"
+    )
     # Feature ind after MV_grade (LAMMPS preselected.cfg), grade found regardless
     pre = read_cfgs(fixtures / "mlip3/smallcell/preselected.cfg")[0]
     assert pre.mv_grade == 18.255111 and pre.feature("ind") == "1" and pre.energy is None
@@ -262,7 +265,9 @@ def test_read_preselected_on_fixtures(fixtures: Path) -> None:
     serial = read_preselected(fixtures / "mlip3/smallcell/preselected.cfg")
     assert [c.mv_grade for c in serial] == [18.255111]
     # MPI build: only preselected.cfg.0 exists
-    ranks = read_preselected(fixtures / "mlip3/mlip3_upstream/examples/08_relax_preselect/preselected.cfg")
+    ranks = read_preselected(
+        fixtures / "mlip3/mlip3_upstream/examples/08_relax_preselect/preselected.cfg"
+    )
     assert len(ranks) == 25 and all(c.mv_grade is not None for c in ranks)
 
 
@@ -326,6 +331,17 @@ def test_blocks_in_any_order_and_loose_whitespace(tmp_path: Path) -> None:
     assert b.types.tolist() == [0] and b.cell is None  # type absent -> 0, no cell
     # the remembered column order is reused
     assert " AtomData: type  id      cartes_z      cartes_y       cartes_x\n" in format_cfg(a)
+
+
+def test_legacy_aliases(tmp_path: Path) -> None:
+    # "Atomic_data:" = "AtomData:"; legacy "Features:" line of keys + line of values
+    text = (
+        "BEGIN_CFG\n Size 1\n Atomic_data: id cartes_x cartes_y cartes_z\n 1 0.5 0 0\n"
+        " Features: EFS_by MV_grade\n VASP 2.5\nEND_CFG\n"
+    )
+    (c,) = _read_text(tmp_path, text)
+    assert c.positions[0, 0] == 0.5
+    assert c.features == [("EFS_by", "VASP"), ("MV_grade", "2.5")] and c.mv_grade == 2.5
 
 
 def test_nonperiodic_and_partial_supercell(tmp_path: Path) -> None:
@@ -422,7 +438,12 @@ MALFORMED = [
         7,
         "more AtomData rows than Size",
     ),
-    ("missing END_CFG at EOF", HEAD + _rows(ROW1, ROW2) + " Energy\n -1.0\n", 8, "expected END_CFG"),
+    (
+        "missing END_CFG at EOF",
+        HEAD + _rows(ROW1, ROW2) + " Energy\n -1.0\n",
+        8,
+        "expected END_CFG",
+    ),
     (
         "unknown column",
         HEAD.replace(" fz\n", " fz xyz\n") + _rows(ROW1 + " 1", ROW2 + " 1") + TAIL,
@@ -437,8 +458,18 @@ MALFORMED = [
     ),
     ("NaN force", HEAD + _rows(ROW1.replace("0.300000", "nan"), ROW2) + TAIL, 5, "got 'nan'"),
     ("inf energy", HEAD + _rows(ROW1, ROW2) + " Energy\n inf\nEND_CFG\n", 8, "got 'inf'"),
-    ("ids not 1..N", HEAD + _rows(ROW1, ROW2.replace("2", "3", 1)) + TAIL, 6, "expected id 2, got 3"),
-    ("Energy without value", HEAD + _rows(ROW1, ROW2) + " Energy\nEND_CFG\n", 8, "after 'Energy', got 'END_CFG'"),
+    (
+        "ids not 1..N",
+        HEAD + _rows(ROW1, ROW2.replace("2", "3", 1)) + TAIL,
+        6,
+        "expected id 2, got 3",
+    ),
+    (
+        "Energy without value",
+        HEAD + _rows(ROW1, ROW2) + " Energy\nEND_CFG\n",
+        8,
+        "after 'Energy', got 'END_CFG'",
+    ),
     (
         "legacy Stress",
         HEAD + _rows(ROW1, ROW2) + " Stress: xx yy zz yz xz xy\n 1 1 1 0 0 0\nEND_CFG\n",
@@ -474,12 +505,23 @@ MALFORMED = [
         4,
         "'fx' appears twice",
     ),
-    ("no positions", "BEGIN_CFG\n Size 1\n AtomData: id type\n 1 0\nEND_CFG\n", 3, "no position columns"),
+    (
+        "no positions",
+        "BEGIN_CFG\n Size 1\n AtomData: id type\n 1 0\nEND_CFG\n",
+        3,
+        "no position columns",
+    ),
     ("negative type", HEAD + _rows(ROW1, ROW2.replace("    0", "   -1", 1)) + TAIL, 6, "type >= 0"),
-    ("fractional type", HEAD + _rows(ROW1, ROW2.replace("    0", "  0.5", 1)) + TAIL, 6, "integer type"),
+    (
+        "fractional type",
+        HEAD + _rows(ROW1, ROW2.replace("    0", "  0.5", 1)) + TAIL,
+        6,
+        "integer type",
+    ),
     (
         "bad ghost flag",
-        "BEGIN_CFG\n Size 1\n AtomData: id cartes_x cartes_y cartes_z ghost\n 1 0 0 0 maybe\nEND_CFG\n",
+        "BEGIN_CFG\n Size 1\n AtomData: id cartes_x cartes_y cartes_z ghost\n"
+        " 1 0 0 0 maybe\nEND_CFG\n",
         4,
         "'true' or 'false'",
     ),
@@ -494,6 +536,12 @@ MALFORMED = [
         HEAD + _rows(ROW1, ROW2) + " PlusStress: xx yy zz yz xz xy\n 1 2 3\nEND_CFG\n",
         8,
         "expected 6 finite PlusStress: values",
+    ),
+    (
+        "NaN in Supercell",
+        "BEGIN_CFG\n Size 0\n Supercell\n 1 0 0\n nan 1 0\nEND_CFG\n",
+        5,
+        "Supercell row of 3 finite numbers",
     ),
     (
         "short Supercell row",
@@ -517,8 +565,12 @@ MALFORMED = [
 ]
 
 
-@pytest.mark.parametrize(("text", "line", "part"), [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED])
-def test_malformed_input_names_file_and_line(tmp_path: Path, text: str, line: int, part: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "line", "part"), [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED]
+)
+def test_malformed_input_names_file_and_line(
+    tmp_path: Path, text: str, line: int, part: str
+) -> None:
     path = tmp_path / "bad.cfg"
     path.write_text(text)
     with pytest.raises(FormatError) as ei:
@@ -612,18 +664,27 @@ def test_write_cfgs_append_and_textio(tmp_path: Path) -> None:
 
 
 def test_iter_cfgs_streams_ten_thousand_configs(tmp_path: Path) -> None:
-    def gen():
-        for i in range(10_000):
-            yield Cfg(cell=None, types=[0], positions=[[i * 0.001, 0.0, 0.0]])
-
+    block = (
+        "BEGIN_CFG\n Size\n    1\n AtomData:  id type       cartes_x      cartes_y      cartes_z\n"
+        "             1    0       {x:.6f}      0.000000      0.000000\nEND_CFG\n\n"
+    )
     path = tmp_path / "many.cfg"
-    assert write_cfgs(path, gen()) == 10_000
+    path.write_text("".join(block.format(x=i * 0.001) for i in range(10_000)))
     it = iter_cfgs(path)
     assert inspect.isgenerator(it)
     count, last = 0, None
     for cfg in it:
         count, last = count + 1, cfg
     assert count == 10_000 and last.positions[0, 0] == pytest.approx(9.999)
+
+
+def test_write_cfgs_consumes_a_generator(tmp_path: Path) -> None:
+    def gen():
+        for i in range(3):
+            yield Cfg(cell=None, types=[0], positions=[[i, 0.0, 0.0]])
+
+    assert write_cfgs(tmp_path / "g.cfg", gen()) == 3
+    assert [c.positions[0, 0] for c in read_cfgs(tmp_path / "g.cfg")] == [0.0, 1.0, 2.0]
 
 
 def test_iter_cfgs_yields_before_reading_the_whole_file(tmp_path: Path) -> None:
@@ -732,7 +793,7 @@ def test_explicit_labels_and_errors(cu_emt) -> None:
     b = atoms_to_cfg(atoms, ["Cu"], energy=-1.0, stress=full)
     np.testing.assert_allclose(a.plus_stress, -s * atoms.get_volume())
     np.testing.assert_allclose(b.plus_stress, a.plus_stress)
-    with pytest.raises(ValueError, match="'Cu'.*not in species"):
+    with pytest.raises(ValueError, match=r"'Cu'.*not in species"):
         atoms_to_cfg(atoms, ["Ag"])
     with pytest.raises(ValueError, match="type 3"):
         cfg_to_atoms(Cfg(cell=None, types=[3], positions=[[0, 0, 0]]), ["Cu"])

@@ -96,10 +96,10 @@ SCHEMA = Section(
             "Molecular dynamics of the embedded explorer (and the rendered in.lammps).",
             {
                 "ensemble": Key(
-                    "str", "nvt",
-                    "nvt: Langevin thermostat at fixed cell; npt: Langevin-BAOAB with an "
-                    "isotropic barostat (ASE LangevinBAOAB). Default nvt by measurement: see "
-                    "docs/config.md, 'Choice of ensemble'.",
+                    "str", "npt",
+                    "npt: Langevin-BAOAB with an isotropic barostat (ASE LangevinBAOAB), as "
+                    "in the report; nvt: Langevin thermostat at fixed cell. Default npt by "
+                    "measurement: see 'Choice of ensemble' below.",
                     choices=("nvt", "npt")),
                 "timestep": Key("float", 2.0, "MD time step.", low=0, low_open=True, unit="fs"),
                 "steps": Key("int", 1000, "MD steps per run (a run stops earlier when it "

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms, units
+from ase.constraints import FixCom
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
 from smallcell.engines.motep_mtp import MotepPotential
@@ -77,7 +78,7 @@ def _integrator(atoms: Atoms, s: MDSettings, rng: np.random.Generator):
         from ase.md.langevin import Langevin
 
         return Langevin(atoms, dt, temperature_K=s.temperature,
-                        friction=1.0 / (s.thermostat_tau * units.fs), rng=rng)
+                        friction=1.0 / (s.thermostat_tau * units.fs), fixcm=False, rng=rng)
     if s.ensemble == "npt":
         from ase.md.langevinbaoab import LangevinBAOAB
 
@@ -96,6 +97,7 @@ def run_md(atoms: Atoms, pot: MotepPotential, species: list[str], s: MDSettings,
     atoms = atoms.copy()
     MaxwellBoltzmannDistribution(atoms, temperature_K=s.temperature, rng=rng)
     Stationary(atoms)
+    atoms.set_constraint(FixCom())  # ASE's recommended way to keep the centre of mass
     atoms.calc = pot.calc
     dyn = _integrator(atoms, s, rng)
     stats = GammaStats()
