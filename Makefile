@@ -8,7 +8,8 @@ CONFIG  ?= config.yaml
 N       ?= 3
 I       ?=
 FORCE   ?=
-SC      := bin/smallcell
+RUN_DIR ?= .
+SC      := bin/smallcell --run-dir $(RUN_DIR)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup iter status test lint clean-iter config-doc bench
@@ -23,7 +24,7 @@ $(STAMP): requirements.txt
 
 setup: $(STAMP)  ## create .venv with everything smallcell needs (idempotent)
 
-iter: $(STAMP)  ## run iterations 0..N of CONFIG locally, resuming from iter/ (N=3)
+iter: $(STAMP)  ## run iterations 0..N of CONFIG locally, resuming from RUN_DIR/iter/ (N=3)
 	$(SC) iter --upto $(N) --config $(CONFIG)
 
 status: $(STAMP)  ## one line per iteration: stage, tasks, gamma, errors

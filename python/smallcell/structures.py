@@ -87,12 +87,24 @@ def md_runs(cfg: Config, iteration: int) -> list[MDRun]:
     return runs
 
 
+def masses(cfg: Config) -> list[float]:
+    """Masses in species order: the config's, or ASE's standard atomic weights."""
+    if cfg["masses"] is not None:
+        return [float(m) for m in cfg["masses"]]
+    from ase.data import atomic_masses, atomic_numbers
+
+    return [float(atomic_masses[atomic_numbers[s]]) for s in cfg["species"]]
+
+
 def start_structure(cfg: Config, run: MDRun) -> Atoms:
     """The stage's cell with atoms displaced at random (seeded by the run)."""
     st = cfg["structure"]
     atoms = supercell(st["lattice"], st["a"], st["cell"], cfg["species"][0])
-    return displace(atoms, st["displacement"], st["displacement_kind"],
-                    np.random.default_rng(run.seed))
+    atoms = displace(atoms, st["displacement"], st["displacement_kind"],
+                     np.random.default_rng(run.seed))
+    by_symbol = dict(zip(cfg["species"], masses(cfg), strict=True))
+    atoms.set_masses([by_symbol[s] for s in atoms.get_chemical_symbols()])
+    return atoms
 
 
 def initial_structures(cfg: Config) -> list[Atoms]:

@@ -19,7 +19,8 @@ from smallcell.engines.embedded_md import HIST_EDGES, MDSettings, run_md
 from smallcell.engines.motep_mtp import MotepPotential
 from smallcell.stages.common import Iteration, Runner, progress
 from smallcell.state import atomic_write_json, is_done, mark_done, read_json
-from smallcell.structures import MDRun, md_runs, start_structure
+from smallcell.engines.lammps_input import DATA_FILE, IN_FILE, write_lammps_inputs
+from smallcell.structures import MDRun, masses, md_runs, start_structure
 
 STAGE = "explore"
 
@@ -32,6 +33,16 @@ def run_dir(it: Iteration, run: MDRun) -> Path:
 def _potential(train_dir: str, species: tuple[str, ...], al_mode: str) -> MotepPotential:
     """One potential per worker process and iteration (loading costs more than a step)."""
     return MotepPotential.load(Path(train_dir), list(species), al_mode)
+
+
+def lammps_context(it: Iteration, s: MDSettings) -> dict[str, object]:
+    """in.lammps values for an explore run (LAMMPS metal units: ps, bar, K)."""
+    return {"temperature": s.temperature, "pressure": s.pressure, "seed": s.seed,
+            "timestep": s.timestep / 1000, "steps": s.steps, "thermo_every": s.log_every,
+            "tdamp": s.thermostat_tau / 1000, "pdamp": s.barostat_tau / 1000,
+            "ensemble": "npt" if s.ensemble == "npt" else "langevin",
+            "potential": f"../../../{it.i - 1}/train/pot.almtp",
+            "gamma_save": s.gamma_save, "gamma_break": s.gamma_break}
 
 
 def run_task(root: Path, i: int, k: int) -> dict[str, object]:
@@ -52,11 +63,14 @@ def run_task(root: Path, i: int, k: int) -> dict[str, object]:
     scratch = final.with_name(f".{run.name}.tmp.{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    result = run_md(start_structure(it.cfg, run), pot, it.species, settings, scratch)
+    atoms = start_structure(it.cfg, run)
+    # The production explorer's input for the same run, for inspection and for LAMMPS.
+    write_lammps_inputs(scratch, atoms, it.species, masses(it.cfg), lammps_context(it, settings))
+    result = run_md(atoms, pot, it.species, settings, scratch)
     result["run"] = run.name
     atomic_write_json(scratch / "gamma.json", result)
     final.mkdir(parents=True, exist_ok=True)
-    for name in ("preselected.cfg", "md.log", "gamma.json"):
+    for name in (DATA_FILE, IN_FILE, "preselected.cfg", "md.log", "gamma.json"):
         os.replace(scratch / name, final / name)
     shutil.rmtree(scratch, ignore_errors=True)
     mark_done(final)
