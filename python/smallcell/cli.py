@@ -123,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     except (SmallcellError, FormatError) as exc:
         print(f"smallcell: error: {exc}", file=sys.stderr)
         return 2
+    except FileNotFoundError as exc:
+        print(f"smallcell: error: {exc.filename}: missing although its stage was marked done "
+              "(edited by hand?); delete that stage's `done` marker to redo it",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\nsmallcell: interrupted; finished work is kept, run the same command to "
               "resume", file=sys.stderr)

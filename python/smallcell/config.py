@@ -280,9 +280,20 @@ class Config:
         return (base / os.path.expanduser(value)).resolve()
 
     def dump(self) -> str:
-        """YAML text of the effective configuration (frozen into each iteration)."""
+        """YAML text of the effective configuration (frozen into each iteration), with
+        paths made absolute so that the frozen copy means the same wherever it lies."""
+        data = copy.deepcopy(self.data)
+
+        def absolute(section: Section, values: dict[str, Any]) -> None:
+            for name, spec in section.keys.items():
+                if isinstance(spec, Section):
+                    absolute(spec, values[name])
+                elif spec.kind == "path" and values[name] is not None:
+                    values[name] = str(self.resolve(values[name]))
+
+        absolute(SCHEMA, data)
         header = f"# effective configuration (from {self.source})\n" if self.source else ""
-        return header + yaml.safe_dump(self.data, sort_keys=False, allow_unicode=True)
+        return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 def _type_name(kind: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import traceback
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -16,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from smallcell.engines.embedded_md import HIST_EDGES, MDSettings, run_md
-from smallcell.engines.motep_mtp import MotepPotential
-from smallcell.stages.common import Iteration, Runner, progress
-from smallcell.state import atomic_write_json, is_done, mark_done, read_json
 from smallcell.engines.lammps_input import DATA_FILE, IN_FILE, write_lammps_inputs
+from smallcell.engines.motep_mtp import MotepPotential
+from smallcell.errors import SmallcellError
+from smallcell.stages.common import Iteration, Runner, progress
+from smallcell.state import atomic_write_json, atomic_write_text, is_done, mark_done, read_json
 from smallcell.structures import MDRun, masses, md_runs, start_structure
 
 STAGE = "explore"
@@ -66,7 +68,14 @@ def run_task(root: Path, i: int, k: int) -> dict[str, object]:
     atoms = start_structure(it.cfg, run)
     # The production explorer's input for the same run, for inspection and for LAMMPS.
     write_lammps_inputs(scratch, atoms, it.species, masses(it.cfg), lammps_context(it, settings))
-    result = run_md(atoms, pot, it.species, settings, scratch)
+    try:
+        result = run_md(atoms, pot, it.species, settings, scratch)
+    except Exception as exc:  # a crashed MD run: one clear message, the traceback on disk
+        final.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(final / "error.log", traceback.format_exc())
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise SmallcellError(f"{final}: MD run failed ({type(exc).__name__}: {exc}); "
+                             "traceback in error.log; run again to retry it") from None
     result["run"] = run.name
     atomic_write_json(scratch / "gamma.json", result)
     final.mkdir(parents=True, exist_ok=True)

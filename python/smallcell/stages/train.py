@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import shutil
 import time
+import traceback
 from dataclasses import asdict
 
 from smallcell.engines import motep_mtp
+from smallcell.errors import SmallcellError
 from smallcell.formats.cfg import cfg_to_atoms, iter_cfgs
 from smallcell.stages.collect import TRAIN
 from smallcell.stages.common import Iteration, progress
-from smallcell.state import atomic_write_json, mark_done, read_json
+from smallcell.state import atomic_write_json, atomic_write_text, mark_done, read_json
 from smallcell.structures import seed_for
 
 STAGE = "train"
@@ -53,7 +55,12 @@ def run(it: Iteration) -> dict:
     progress(it, STAGE, f"fitting level-{it.cfg['trainer']['level']} MTP on {len(images)} "
              f"configurations ({'warm start' if start else 'from scratch'})")
     t0 = time.perf_counter()
-    res = motep_mtp.train(images, it.species, folder, settings(it), start)
+    try:
+        res = motep_mtp.train(images, it.species, folder, settings(it), start)
+    except Exception as exc:  # keep the traceback beside the stage, say it in one line
+        atomic_write_text(folder / "error.log", traceback.format_exc())
+        raise SmallcellError(f"{folder}: training failed ({type(exc).__name__}: {exc}); "
+                             "traceback in error.log; run again to retry") from None
     info = {**asdict(res), "seconds": time.perf_counter() - t0, "n_train": len(images),
             "warm_start": start is not None}
     atomic_write_json(folder / "errors.json", info)
