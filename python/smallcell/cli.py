@@ -35,8 +35,15 @@ def cmd_iter(args: argparse.Namespace) -> int:
         summaries = loop.run(root, cfg, args.upto, runner)
     print()
     print(HEADER)
-    for s in summaries:
+    shown = summaries[-20:]  # one screen; `make status` lists them all
+    if len(summaries) > len(shown):
+        print(f"  ... {len(summaries) - len(shown)} earlier iterations: make status")
+    for s in shown:
         print(line_for_summary(s))
+    labels = sum(s.get("n_labeled", 0) for s in summaries)
+    failed = sum(s.get("n_failed", 0) for s in summaries)
+    print(f"\n{len(summaries)} iterations, {labels} labels ({failed} failed), "
+          f"{summaries[-1].get('n_train', 0)} configurations in the training set")
     last = summaries[-1]
     verdict = ("converged: no MD run broke" if last.get("converged")
                else f"not converged yet (run `make iter N={last['iteration'] + 1}` or more)")

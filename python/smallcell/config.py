@@ -236,6 +236,8 @@ class _Lines:
             node = yaml.compose(text)
         except yaml.YAMLError:
             return
+        if node is not None:  # the top level itself (e.g. "must be a mapping")
+            self.lines[()] = node.start_mark.line + 1
         self._walk(node, ())
 
     def _walk(self, node: Any, path: tuple[str, ...]) -> None:

@@ -7,7 +7,7 @@ configured, so adding VASP, GPAW or MLIP-3 means adding an adapter and a line he
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ase import Atoms
 
@@ -27,6 +27,48 @@ class Labeler(Protocol):
         """Return `atoms` with energy, forces and stress attached (SinglePointCalculator);
         raise LabelError with a one-line reason when the calculation failed."""
         ...
+
+
+class Potential(Protocol):
+    """A trained potential with its active set, as the explorer and the selector use it."""
+
+    calc: object  # an ASE calculator for the molecular dynamics
+
+    def grade(self, atoms: Atoms) -> tuple[float, Any]:
+        """gamma of `atoms`, and per-atom grades in nbh mode (else None)."""
+        ...
+
+    def select(self, candidates: list[Atoms], threshold: float = 1.001) -> Any:
+        """D-optimal selection among candidates (a maxvol.Selection)."""
+        ...
+
+
+class Trainer(Protocol):
+    """Fits potentials and loads them back; `files` are what a train folder holds."""
+
+    name: str
+    files: tuple[str, ...]
+
+    def train(self, images: list[Atoms], species: list[str], out_dir: Path,
+              settings: Any, start: Path | None) -> Any:
+        """Fit on `images` (warm start from the potential file `start`)."""
+        ...
+
+    def start_file(self, train_dir: Path) -> Path:
+        """The file of a train folder that a warm start continues from."""
+        ...
+
+    def load(self, train_dir: Path, species: list[str], al_mode: str) -> Potential: ...
+
+
+def trainer_for(cfg: Config) -> Trainer:
+    """The trainer/grader named by `engines.trainer`."""
+    name = cfg["engines"]["trainer"]
+    if name == "motep":
+        from smallcell.engines.motep_mtp import MotepTrainer
+
+        return MotepTrainer()
+    raise ValueError(f"engines.trainer: unknown trainer {name!r}")
 
 
 def labeler_for(cfg: Config) -> Labeler:

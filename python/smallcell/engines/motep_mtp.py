@@ -243,3 +243,20 @@ def train(images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
     shutil.rmtree(work, ignore_errors=True)
     return TrainResult(seconds, iterations, converged, history, errors, active.size,
                        active.n_configs, message[-1].strip() if message else "")
+
+
+class MotepTrainer:
+    """The `Trainer` interface (engines/base.py) over motep."""
+
+    name = "motep"
+    files = (POT, ACTIVE)
+
+    def train(self, images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
+              settings: TrainSettings, start: Path | None) -> TrainResult:
+        return train(images, species, out_dir, settings, start)
+
+    def start_file(self, train_dir: Path) -> Path:
+        return train_dir / POT
+
+    def load(self, train_dir: Path, species: Sequence[str], al_mode: str) -> MotepPotential:
+        return MotepPotential.load(train_dir, species, al_mode)

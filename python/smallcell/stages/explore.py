@@ -11,14 +11,13 @@ import os
 import shutil
 import traceback
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from smallcell.engines.base import Potential, trainer_for
 from smallcell.engines.embedded_md import HIST_EDGES, MDSettings, run_md
 from smallcell.engines.lammps_input import DATA_FILE, IN_FILE, write_lammps_inputs
-from smallcell.engines.motep_mtp import MotepPotential
 from smallcell.errors import SmallcellError
 from smallcell.stages.common import Iteration, Runner, progress
 from smallcell.state import atomic_write_json, atomic_write_text, is_done, mark_done, read_json
@@ -31,10 +30,18 @@ def run_dir(it: Iteration, run: MDRun) -> Path:
     return it.stage(STAGE) / run.name
 
 
-@lru_cache(maxsize=4)
-def _potential(train_dir: str, species: tuple[str, ...], al_mode: str) -> MotepPotential:
+_POTENTIALS: dict[tuple[str, ...], Potential] = {}
+
+
+def _potential(it: Iteration) -> Potential:
     """One potential per worker process and iteration (loading costs more than a step)."""
-    return MotepPotential.load(Path(train_dir), list(species), al_mode)
+    assert it.previous_train is not None
+    al_mode = it.cfg["trainer"]["al_mode"]
+    key = (str(it.previous_train), it.cfg["engines"]["trainer"], al_mode, *it.species)
+    if key not in _POTENTIALS:
+        _POTENTIALS.clear()
+        _POTENTIALS[key] = trainer_for(it.cfg).load(it.previous_train, it.species, al_mode)
+    return _POTENTIALS[key]
 
 
 def lammps_context(it: Iteration, s: MDSettings) -> dict[str, object]:
@@ -60,8 +67,7 @@ def run_task(root: Path, i: int, k: int) -> dict[str, object]:
         timestep=md["timestep"], ensemble=md["ensemble"], thermostat_tau=md["thermostat_tau"],
         barostat_tau=md["barostat_tau"], grade_every=md["grade_every"],
         gamma_save=ex["gamma_save"], gamma_break=ex["gamma_break"])
-    assert it.previous_train is not None
-    pot = _potential(str(it.previous_train), tuple(it.species), it.cfg["trainer"]["al_mode"])
+    pot = _potential(it)
     scratch = final.with_name(f".{run.name}.tmp.{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)

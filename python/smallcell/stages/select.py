@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from smallcell.engines.motep_mtp import MotepPotential
+from smallcell.engines.base import trainer_for
 from smallcell.formats.cfg import Cfg, cfg_to_atoms, read_preselected, write_cfgs
 from smallcell.stages import explore, initial
 from smallcell.stages.common import Iteration, progress
@@ -72,7 +72,7 @@ def _threshold(it: Iteration, cands: list[Candidate], broke: set[str]) -> None:
 
 def _dopt(it: Iteration, cands: list[Candidate]) -> None:
     assert it.previous_train is not None
-    pot = MotepPotential.load(it.previous_train, it.species, it.cfg["trainer"]["al_mode"])
+    pot = trainer_for(it.cfg).load(it.previous_train, it.species, it.cfg["trainer"]["al_mode"])
     sel = pot.select([cfg_to_atoms(c.cfg, it.species) for c in cands])
     cap = it.cfg["select"]["max_selected"]
     picked = sel.selected if cap is None else sel.selected[:cap]

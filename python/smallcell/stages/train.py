@@ -12,7 +12,8 @@ import time
 import traceback
 from dataclasses import asdict
 
-from smallcell.engines import motep_mtp
+from smallcell.engines.base import trainer_for
+from smallcell.engines.motep_mtp import TrainSettings
 from smallcell.errors import SmallcellError
 from smallcell.formats.cfg import cfg_to_atoms, iter_cfgs
 from smallcell.stages.collect import TRAIN
@@ -23,9 +24,9 @@ from smallcell.structures import seed_for
 STAGE = "train"
 
 
-def settings(it: Iteration) -> motep_mtp.TrainSettings:
+def settings(it: Iteration) -> TrainSettings:
     tr = it.cfg["trainer"]
-    return motep_mtp.TrainSettings(
+    return TrainSettings(
         level=tr["level"], min_dist=tr["min_dist"], max_dist=tr["max_dist"],
         radial_basis_size=tr["radial_basis_size"], max_iter=tr["max_iter"],
         energy_weight=tr["energy_weight"], force_weight=tr["force_weight"],
@@ -39,8 +40,9 @@ def run(it: Iteration) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     new = int(read_json(it.stage("collect") / "done")["n_new"])
     prev = it.previous_train
+    trainer = trainer_for(it.cfg)
     if prev is not None and new == 0:
-        for name in (motep_mtp.POT, motep_mtp.ACTIVE):
+        for name in trainer.files:
             tmp = folder / f".{name}.tmp"
             shutil.copyfile(prev / name, tmp)
             tmp.replace(folder / name)
@@ -51,12 +53,13 @@ def run(it: Iteration) -> dict:
         mark_done(folder)
         return info
     images = [cfg_to_atoms(c, it.species) for c in iter_cfgs(it.stage("collect") / TRAIN)]
-    start = prev / motep_mtp.POT if prev is not None and it.cfg["trainer"]["warm_start"] else None
+    warm = prev is not None and it.cfg["trainer"]["warm_start"]
+    start = trainer.start_file(prev) if warm else None
     progress(it, STAGE, f"fitting level-{it.cfg['trainer']['level']} MTP on {len(images)} "
              f"configurations ({'warm start' if start else 'from scratch'})")
     t0 = time.perf_counter()
     try:
-        res = motep_mtp.train(images, it.species, folder, settings(it), start)
+        res = trainer.train(images, it.species, folder, settings(it), start)
     except Exception as exc:  # keep the traceback beside the stage, say it in one line
         atomic_write_text(folder / "error.log", traceback.format_exc())
         raise SmallcellError(f"{folder}: training failed ({type(exc).__name__}: {exc}); "
