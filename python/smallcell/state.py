@@ -136,7 +136,7 @@ class RunPaths:
             names = os.listdir(self.iter_root)
         except FileNotFoundError:
             return []
-        return sorted(int(n) for n in names if n.isdigit())
+        return sorted(int(n) for n in names if n.isascii() and n.isdigit())
 
 
 class RunLock:

@@ -41,13 +41,14 @@ import functools
 import io
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from ase.calculators.calculator import Calculator
 from ase.calculators.eam import EAM
 from ase.neighborlist import NeighborList
+
+from smallcell.state import atomic_write_text
 
 #: Zhou–Johnson–Wadley 2004 parameters for Pb (lengths Å, energies eV, densities arbitrary).
 PB_ZHOU2004: dict[str, float] = {
@@ -180,16 +181,7 @@ def write_setfl(
     written to a temporary sibling and renamed, so a concurrent LAMMPS never reads half a file.
     """
     text = _setfl_text(*_resolve_grid(nr, dr, nrho, drho, cutoff))
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, text)
 
 
 class _PairCutoffEAM(EAM):

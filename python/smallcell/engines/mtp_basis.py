@@ -56,12 +56,12 @@ import itertools
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from smallcell.formats.errors import FormatError
+from smallcell.state import atomic_write_text
 
 __all__ = [
     "default_radial_funcs_count",
@@ -457,17 +457,7 @@ def write_template(path: str | os.PathLike[str], level: int, **kw: object) -> Pa
     Atomic so that a concurrent training job never reads a half-written template.
     """
     text = generate_template(level, **kw)  # type: ignore[arg-type]
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write_text(path, text)
 
 
 _KEY_RE = re.compile(r"^\s*([A-Za-z_]+)\s*=\s*(.*?)\s*$")

@@ -1,0 +1,213 @@
+"""Benchmark the embedded active-learning loop end to end: `smallcell iter` from scratch.
+
+Targets: the default config (config.yaml in the repo root) through iteration 3 in under
+5 minutes on 2 cores, and examples/tiny.yaml through iteration 2 in under 2 minutes. These
+are what a new user waits for after `make iter`, so the real command is timed in a fresh
+run folder (nothing to resume), and the per-stage split comes from the summaries that the
+loop itself writes (`stage_seconds`), so the benchmark and `status` agree on the numbers.
+
+Run folders are temporary (under /tmp) and deleted afterwards; each run's log is kept at
+/tmp/smallcell-bench/iter-<case>.log for a look at what happened.
+
+    .venv/bin/python bench/bench_iter.py [--case default|tiny] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import CACHE_ROOT, REPO, SMALLCELL, Machine, machine, utc_now, verdict
+
+STAGES = ("explore", "select", "label", "collect", "train")
+TARGET_CORES = 2
+
+
+@dataclass(frozen=True)
+class Case:
+    """One timed command: a config, how far to go, and the wall-time target."""
+
+    name: str
+    config: str  # relative to the repo root, as a user types it
+    upto: int
+    target_s: float
+
+    def command(self, run_dir: Path) -> list[str]:
+        return [str(SMALLCELL), "--run-dir", str(run_dir), "iter", "--upto", str(self.upto),
+                "--config", self.config]
+
+    def shown(self) -> str:
+        return f"bin/smallcell --run-dir <fresh tmp> iter --upto {self.upto} --config {self.config}"
+
+
+CASES = (Case("default", "config.yaml", 3, 300.0), Case("tiny", "examples/tiny.yaml", 2, 120.0))
+
+
+@dataclass
+class IterResult:
+    """One case's outcome: wall time, exit code and the loop's own summaries."""
+
+    case: Case
+    wall: float
+    rc: int
+    log: Path
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+    log_tail: str = ""
+
+    @property
+    def converged(self) -> bool:
+        return bool(self.summaries and self.summaries[-1].get("converged"))
+
+    @property
+    def labels(self) -> int:
+        return sum(int(s.get("n_labeled") or 0) for s in self.summaries)
+
+    @property
+    def failed(self) -> int:
+        return sum(int(s.get("n_failed") or 0) for s in self.summaries)
+
+    @property
+    def complete(self) -> bool:
+        """Exit 0 and every iteration up to `upto` done, or an earlier one converged."""
+        if self.rc != 0 or not self.summaries:
+            return False
+        return self.converged or self.summaries[-1]["iteration"] == self.case.upto
+
+    @property
+    def passed(self) -> bool:
+        return self.complete and self.wall < self.case.target_s
+
+
+def _run(cmd: list[str], log: Path, timeout: float) -> tuple[float, int]:
+    """Run the loop with its output in `log`; on timeout stop it (its own process group,
+    which the local scheduler's workers follow through their parent-death signal)."""
+    env = {**os.environ}
+    env.pop("SMALLCELL_RUN_DIR", None)
+    t0 = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as fh:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            rc = -signal.SIGTERM
+    return time.perf_counter() - t0, rc
+
+
+def run_case(case: Case, keep: bool = False) -> IterResult:
+    """Time one case in a fresh temporary run folder and collect its summaries."""
+    CACHE_ROOT.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"iter-{case.name}-", dir=CACHE_ROOT))
+    log = CACHE_ROOT / f"iter-{case.name}.log"
+    print(f"bench_iter: {case.shown()} (run folder {run_dir}, log {log})", file=sys.stderr,
+          flush=True)
+    # a generous limit: a run three times over its target has failed anyway
+    wall, rc = _run(case.command(run_dir), log, timeout=3 * case.target_s)
+    res = IterResult(case, wall, rc, log)
+    iters = run_dir / "iter"
+    if iters.is_dir():
+        for i in sorted(int(n) for n in os.listdir(iters) if n.isdigit()):
+            path = iters / str(i) / "summary.json"
+            if path.exists():
+                res.summaries.append(json.loads(path.read_text(encoding="utf-8")))
+    res.log_tail = "\n".join(log.read_text(encoding="utf-8", errors="replace")
+                             .splitlines()[-15:])
+    if keep or rc != 0:
+        print(f"bench_iter: run folder kept at {run_dir}", file=sys.stderr)
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return res
+
+
+def run(cases: tuple[Case, ...] = CASES, keep: bool = False) -> tuple[Machine, str,
+                                                                      list[IterResult]]:
+    """Time every case (one after the other: they would compete for the cores)."""
+    return machine(), utc_now(), [run_case(c, keep) for c in cases]
+
+
+def _f(x: Any, spec: str = ".1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _table(r: IterResult) -> str:
+    head = ("| iter | cell | total s | " + " | ".join(f"{s} s" for s in STAGES)
+            + " | labeled | failed | n_train | gamma max | broke | E meV/at | F eV/Å |")
+    rows = [head, "| " + " | ".join(["---:"] * (head.count("|") - 1)) + " |"]
+    for s in r.summaries:
+        st = s.get("stage_seconds") or {}
+        err = s.get("train_errors") or {}
+        e = err.get("energy_rmse")
+        broke = "-" if s.get("broke") is None else ("yes" if s["broke"] else "no")
+        rows.append(
+            f"| {s['iteration']} | {'x'.join(map(str, s.get('cell', [])))} | "
+            f"{_f(s.get('seconds'))} | " + " | ".join(_f(st.get(k)) for k in STAGES)
+            + f" | {s.get('n_labeled')} | {s.get('n_failed')} | {s.get('n_train')} | "
+            f"{_f(s.get('gamma_max'), '.3g')} | {broke} | {_f(None if e is None else 1000 * e, '.2f')}"
+            f" | {_f(err.get('force_rmse'), '.4f')} |")
+    return "\n".join(rows)
+
+
+def markdown(m: Machine, date: str, results: list[IterResult]) -> str:
+    """The BENCHMARKS.md section (between the bench:iter markers)."""
+    cores = (f"{m.nproc} cores: as the targets assume" if m.nproc == TARGET_CORES else
+             f"{m.nproc} cores, the targets assume {TARGET_CORES}: compare with care")
+    parts = [f"- Date: {date}\n- Machine: {m.line()} ({cores})\n"
+             "- Each command runs in a fresh temporary run folder (nothing to resume); the "
+             "stage split is the loop's own `stage_seconds` from each `summary.json`; "
+             "\"overhead\" is the wall time outside the iterations (interpreter, imports, "
+             "config, worker pool)."]
+    for r in results:
+        c = r.case
+        stage_tot = {k: sum((s.get("stage_seconds") or {}).get(k, 0.0) for s in r.summaries)
+                     for k in STAGES}
+        in_iters = sum(float(s.get("seconds") or 0.0) for s in r.summaries)
+        status = ("ok" if r.complete else f"INCOMPLETE (exit code {r.rc}; log {r.log})")
+        n_it = len(r.summaries)
+        stop = ("converged at iteration " + str(r.summaries[-1]["iteration"])
+                if r.converged else "not converged")
+        parts.append(f"""### `{c.name}`: `{c.shown()}`
+
+- Run: {status}; {n_it} iteration(s), {stop}; {r.labels} labels ({r.failed} failed)
+- Wall time: **{r.wall:.1f} s** (iterations {in_iters:.1f} s, overhead
+  {r.wall - in_iters:.1f} s); per iteration {in_iters / max(n_it, 1):.1f} s on average
+- Stage totals: {", ".join(f"{k} {v:.1f} s" for k, v in stage_tot.items())}
+
+{_table(r)}
+
+**Target**: under {c.target_s:g} s on {TARGET_CORES} cores ({r.wall:.1f} s):
+{verdict(r.passed)}""")
+        if not r.complete:
+            parts.append(f"Last lines of the log:\n\n```\n{r.log_tail}\n```")
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--case", choices=[c.name for c in CASES], action="append",
+                   help="run only this case (repeatable; default: all)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary run folders")
+    args = p.parse_args(argv)
+    cases = tuple(c for c in CASES if not args.case or c.name in args.case)
+    print(markdown(*run(cases, args.keep)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
