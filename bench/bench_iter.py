@@ -155,11 +155,12 @@ def _table(r: IterResult) -> str:
         err = s.get("train_errors") or {}
         e = err.get("energy_rmse")
         broke = "-" if s.get("broke") is None else ("yes" if s["broke"] else "no")
+        e_mev = None if e is None else 1000 * e
         rows.append(
             f"| {s['iteration']} | {'x'.join(map(str, s.get('cell', [])))} | "
             f"{_f(s.get('seconds'))} | " + " | ".join(_f(st.get(k)) for k in STAGES)
             + f" | {s.get('n_labeled')} | {s.get('n_failed')} | {s.get('n_train')} | "
-            f"{_f(s.get('gamma_max'), '.3g')} | {broke} | {_f(None if e is None else 1000 * e, '.2f')}"
+            f"{_f(s.get('gamma_max'), '.3g')} | {broke} | {_f(e_mev, '.2f')}"
             f" | {_f(err.get('force_rmse'), '.4f')} |")
     return "\n".join(rows)
 
@@ -185,13 +186,13 @@ def markdown(m: Machine, date: str, results: list[IterResult]) -> str:
         parts.append(f"""### `{c.name}`: `{c.shown()}`
 
 - Run: {status}; {n_it} iteration(s), {stop}; {r.labels} labels ({r.failed} failed)
-- Wall time: **{r.wall:.1f} s** (iterations {in_iters:.1f} s, overhead
-  {r.wall - in_iters:.1f} s); per iteration {in_iters / max(n_it, 1):.1f} s on average
+- Wall time: **{r.wall:.1f} s** (iterations {in_iters:.1f} s, overhead \
+{r.wall - in_iters:.1f} s outside them); per iteration {in_iters / max(n_it, 1):.1f} s on average
 - Stage totals: {", ".join(f"{k} {v:.1f} s" for k, v in stage_tot.items())}
 
 {_table(r)}
 
-**Target**: under {c.target_s:g} s on {TARGET_CORES} cores ({r.wall:.1f} s):
+**Target**: under {c.target_s:g} s on {TARGET_CORES} cores ({r.wall:.1f} s): \
 {verdict(r.passed)}""")
         if not r.complete:
             parts.append(f"Last lines of the log:\n\n```\n{r.log_tail}\n```")

@@ -140,6 +140,13 @@ def _evict(tree: Path) -> None:
             os.close(fd)
 
 
+def _output_ok(out: str, info: dict[str, object]) -> bool:
+    """The status of the synthetic tree: a header, one line per iteration, the last one in
+    progress. Checked so that a timing is never of a command that printed something else."""
+    lines = out.rstrip("\n").splitlines()
+    return len(lines) == int(info["iterations"]) + 1 and "(in progress)" in lines[-1]
+
+
 def _make_up_to_date() -> str:
     """Why `make status` cannot be timed, or '' when it can: make would first (re)build the
     venv if its stamp were stale, and a pip install is not what this measures."""
@@ -158,10 +165,8 @@ def run(repeats: int = REPEATS, rebuild: bool = False) -> StatusResult:
     cmd = [str(SMALLCELL), "--run-dir", str(tree), "status"]
 
     _t, rc, out = timed_run(cmd)  # also a correctness check of what is being timed
-    lines = out.rstrip("\n").splitlines()
-    res.output_lines = len(lines)
-    res.output_ok = (rc == 0 and len(lines) == int(res.tree_info["iterations"]) + 1
-                     and "(in progress)" in lines[-1])
+    res.output_lines = len(out.rstrip("\n").splitlines())
+    res.output_ok = rc == 0 and _output_ok(out, res.tree_info)
     for _ in range(repeats):
         _evict(tree)
         res.cold.append(timed_run(cmd)[0])
@@ -169,9 +174,15 @@ def run(repeats: int = REPEATS, rebuild: bool = False) -> StatusResult:
         res.warm.append(timed_run(cmd)[0])
     res.make_skipped = _make_up_to_date()
     if not res.make_skipped:
-        for _ in range(repeats):
-            res.make.append(timed_run(["make", "-s", "status"],
-                                      env={"SMALLCELL_RUN_DIR": str(tree)})[0])
+        # RUN_DIR for the Makefile's variable, SMALLCELL_RUN_DIR for a Makefile without it
+        make_cmd = ["make", "-s", "status", f"RUN_DIR={tree}"]
+        make_env = {"SMALLCELL_RUN_DIR": str(tree)}
+        _t, rc, out = timed_run(make_cmd, env=make_env)
+        if rc != 0 or not _output_ok(out, res.tree_info):
+            res.make_skipped = "its output is not the tree's status (does it honour RUN_DIR?)"
+        else:
+            for _ in range(repeats):
+                res.make.append(timed_run(make_cmd, env=make_env)[0])
     for _ in range(repeats):
         res.python_floor.append(timed_run([str(VENV_PY), "-c", "pass"])[0])
     _t, rc, out = timed_run([str(VENV_PY), "-c", _BREAKDOWN, str(tree), str(repeats)],
@@ -199,7 +210,7 @@ def markdown(r: StatusResult) -> str:
     """The BENCHMARKS.md section (between the bench:status markers)."""
     info = r.tree_info
     n_tasks = int(info["iterations"]) * int(info["tasks"])
-    make_row = (_row("`make -s status` (SMALLCELL_RUN_DIR=tree), warm", r.make) if r.make
+    make_row = (_row("`make -s status RUN_DIR=<tree>`, warm", r.make) if r.make
                 else f"| `make -s status`: not timed ({r.make_skipped}) | 0 | - | - |")
     ratio = median(r.naive) / median(r.warm) if r.naive and r.warm else float("nan")
     heavy = ", ".join(r.heavy_modules) if r.heavy_modules else "none"
@@ -207,15 +218,15 @@ def markdown(r: StatusResult) -> str:
     return f"""
 - Date: {r.date}
 - Machine: {r.machine.line()}
-- Tree: built by `bench/synthetic_tree.py`, cached at `{r.tree}`: {info['iterations']}
-  iterations x {int(info['tasks']):,} label tasks = {n_tasks:,} task folders
-  ({int(info['folders']):,} folders and {int(info['files']):,} files in all),
-  {info['runs']} explore runs per iteration, ~{float(info['fail_ratio']):.0%} failed tasks;
-  iterations 0..{last - 1} complete with `summary.json`, iteration {last} stopped half-way
-  through its label stage.
-- Command: `bin/smallcell --run-dir <tree> status`, a fresh process each run, output to a
-  pipe. Output checked ({r.output_lines} lines, the last one in progress):
-  {'ok' if r.output_ok else 'WRONG'}.
+- Tree: built by `bench/synthetic_tree.py`, cached at `{r.tree}`: {info['iterations']} \
+iterations x {int(info['tasks']):,} label tasks = {n_tasks:,} task folders \
+({int(info['folders']):,} folders and {int(info['files']):,} files in all), \
+{info['runs']} explore runs per iteration, ~{float(info['fail_ratio']):.0%} failed tasks; \
+iterations 0..{last - 1} complete with `summary.json`, iteration {last} stopped half-way \
+through its label stage.
+- Command: `bin/smallcell --run-dir <tree> status`, a fresh process each run, output to a \
+pipe. Output checked ({r.output_lines} lines, the last one in progress): \
+{'ok' if r.output_ok else 'WRONG'}.
 
 | measurement | runs | median s | max s |
 | --- | ---: | ---: | ---: |
@@ -230,12 +241,12 @@ def markdown(r: StatusResult) -> str:
       "markers), whole process", r.naive)}
 {_row("naive scan, in-process part only", r.naive_inproc)}
 
-Heavy modules imported by `status` (numpy, ase, yaml, motep, scipy, jinja2): {heavy}.
-The naive scan is {ratio:.0f}x slower than the real command (warm medians), and it grows
-with every task folder, whereas the summary-based status grows only with the iterations
+Heavy modules imported by `status` (numpy, ase, yaml, motep, scipy, jinja2): {heavy}. \
+The naive scan is {ratio:.0f}x slower than the real command (warm medians), and it grows \
+with every task folder, whereas the summary-based status grows only with the iterations \
 (one small JSON each) and the tasks of the iteration in progress.
 
-**Target**: `status` under {TARGET_S:g} s on this tree, worst run of every variant of the
+**Target**: `status` under {TARGET_S:g} s on this tree, worst run of every variant of the \
 real command above (max {r.worst:.3f} s): {verdict(r.passed)}
 """
 

@@ -14,6 +14,7 @@ import difflib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,31 @@ def defaults(section: Section = SCHEMA) -> dict[str, Any]:
         name: defaults(spec) if isinstance(spec, Section) else copy.deepcopy(spec.default)
         for name, spec in section.keys.items()
     }
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with two fixes for configs: numbers like 1e-3 are numbers (YAML 1.2; PyYAML's
+    1.1 resolver reads them as strings), and a key given twice is an error instead of the
+    last one silently winning."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (lines {seen[key]} and {line})",
+                    key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 class _Lines:
@@ -442,7 +468,7 @@ def parse_config(text: str, source: Path | None = None) -> Config:
     """Validate YAML text against the schema (see `load_config`)."""
     name = str(source) if source else "<config>"
     try:
-        user = yaml.safe_load(text)
+        user = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{name}:{mark.line + 1}" if mark else name

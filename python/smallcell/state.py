@@ -65,6 +65,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise SmallcellError(f"{path}: no space left on device while writing") from exc
+        raise
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -68,15 +68,15 @@ def line_for_summary(s: dict[str, Any]) -> str:
 
 def line_in_progress(paths: RunPaths, i: int) -> str:
     d = paths.it(i)
-    stage = next((s for s in _ORDER if not os.path.exists(d / s / DONE)), "summary")
-    if i == 0 and stage == "explore":
-        stage = next((s for s in _ORDER[1:] if not os.path.exists(d / s / DONE)), "summary")
+    # the stage after the last one with a marker (label has none: its tasks have theirs)
+    done_at = [k for k, s in enumerate(_ORDER) if os.path.exists(d / s / DONE)]
+    nxt = max(done_at) + 1 if done_at else (1 if i == 0 else 0)
+    stage = _ORDER[nxt] if nxt < len(_ORDER) else "summary"
     total, done, failed = _count_tasks(d / "vasp")
     ex = _load(d / "explore" / "explore.json") or {}
-    n_runs = sum(1 for e in os.scandir(d / "explore") if e.is_dir()) if (d / "explore").is_dir() \
-        else 0
-    runs_done = sum(1 for e in os.scandir(d / "explore")
-                    if e.is_dir() and os.path.exists(os.path.join(e.path, DONE))) if n_runs else 0
+    planned = (_load(d / "explore" / "plan.json") or {}).get("runs", [])
+    n_runs = len(planned)
+    runs_done = sum(os.path.exists(d / "explore" / name / DONE) for name in planned)
     extra = f" runs {runs_done}/{n_runs}" if stage == "explore" and n_runs else ""
     broke = "-" if not ex else ("yes" if ex.get("broke") else "no")
     return (f"{i:>4} {'':>7} {stage:>8} {ex.get('n_preselected', '-'):>7} {total:>6} "

@@ -87,12 +87,16 @@ def build_active_set(rows: np.ndarray, owners: np.ndarray, *, tol: float = 1e-3,
         a = rows[chosen]
         return ActiveSet(a, np.linalg.inv(a), owners[chosen].astype(int))
     # Rank-deficient: keep the independent rows, pad the uncovered directions.
-    a_real = rows[chosen]
     if rank:
-        _, _, vt = np.linalg.svd(a_real)
+        _, _, vt = np.linalg.svd(rows[chosen])
+        # maxvol within the span of the training rows (their coordinates in it), so that
+        # training rows grade <= 1 + tol here too
+        chosen = _refine(rows @ vt[:rank].T, chosen, tol, max_swaps)
+        _, _, vt = np.linalg.svd(rows[chosen])
         null = vt[rank:]
     else:
         null = np.eye(n)
+    a_real = rows[chosen]
     a = np.vstack([a_real, _PAD * scale * null]) if rank else _PAD * max(scale, 1.0) * null
     own = np.vstack([owners[chosen].astype(int), -np.ones((n - rank, 2), dtype=int)])
     return ActiveSet(a, np.linalg.inv(a), own)

@@ -102,11 +102,20 @@ class MotepPotential:
     def load(cls, folder: Path, species: Sequence[str], al_mode: str) -> MotepPotential:
         return cls(folder / POT, ActiveSet.load(folder / ACTIVE), species, al_mode)
 
+    def _attach(self, atoms: Atoms) -> None:
+        """Use the run calculator on `atoms`. motep's neighbour list is sized for one atom
+        count and fails on another, so it is rebuilt when the count changes (training sets
+        and imported data mix cell sizes)."""
+        nl = self.calc.engine.neighbor_list
+        if nl is not None and len(nl.cutoffs) != len(atoms):
+            self.calc.engine.neighbor_list = None
+        atoms.calc = self.calc
+
     def rows(self, atoms: Atoms) -> np.ndarray:
         """Active-set rows of `atoms`: d(site energy)/d(coefficients) per atom (nbh mode)
         or d(energy)/d(coefficients) (cfg mode)."""
         if atoms.calc is not self.calc or self.calc.calculation_required(atoms, ["energy"]):
-            atoms.calc = self.calc
+            self._attach(atoms)
             atoms.get_potential_energy()
         run_eng, eng = self.calc.engine, self._train
         eng._neighbors = run_eng._neighbors
@@ -120,7 +129,7 @@ class MotepPotential:
 
     def evaluate(self, atoms: Atoms) -> tuple[float, np.ndarray, np.ndarray]:
         """Energy, forces and stress (ASE convention) of `atoms` with this potential."""
-        atoms.calc = self.calc
+        self._attach(atoms)
         return (float(atoms.get_potential_energy()), atoms.get_forces().copy(),
                 atoms.get_stress().copy())
 

@@ -127,9 +127,18 @@ def aggregate(results: list[dict]) -> ExploreReport:
                          float(np.sqrt(var)), hist)
 
 
+def write_plan(it: Iteration) -> list[MDRun]:
+    """The iteration's runs, also written to plan.json: what `status` counts against."""
+    runs = md_runs(it.cfg, it.i)
+    plan = it.stage(STAGE) / "plan.json"
+    if not plan.exists():
+        atomic_write_json(plan, {"runs": [r.name for r in runs]})
+    return runs
+
+
 def run(it: Iteration, runner: Runner) -> ExploreReport:
     """Run every missing MD run, then aggregate and mark the stage done."""
-    runs = md_runs(it.cfg, it.i)
+    runs = write_plan(it)
     todo = [r.index for r in runs if not is_done(run_dir(it, r))]
     done_n = len(runs) - len(todo)
     if todo:

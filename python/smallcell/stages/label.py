@@ -62,6 +62,9 @@ def check_label(atoms, max_force: float) -> str | None:
     f = atoms.get_forces()
     if not math.isfinite(e) or not np.all(np.isfinite(f)):
         return "non-finite energy or forces"
+    stress = atoms.calc.results.get("stress") if atoms.calc is not None else None
+    if stress is not None and not np.all(np.isfinite(stress)):
+        return "non-finite stress"  # the cfg writer would refuse it and crash the run
     fmax = float(np.abs(f).max()) if f.size else 0.0
     if fmax > max_force:
         return f"force component {fmax:.3g} eV/Å above label.max_force={max_force:g}"

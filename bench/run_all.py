@@ -1,0 +1,67 @@
+"""Run the benchmarks and rewrite their sections of BENCHMARKS.md (`make bench`).
+
+Each benchmark owns the text between its marker comments in BENCHMARKS.md
+(`<!-- bench:status -->` ... `<!-- /bench:status -->`, likewise `iter`); everything
+outside the markers is hand-written and kept. A section is only rewritten after its
+benchmark finished, so an interrupted run leaves the previous numbers in place.
+
+    .venv/bin/python bench/run_all.py                # every benchmark
+    .venv/bin/python bench/run_all.py --only status  # just one (status: ~20 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_iter
+import bench_status
+from benchlib import BENCHMARKS_MD, write_sections
+
+
+def _status(args: argparse.Namespace) -> tuple[str, bool]:
+    res = bench_status.run(rebuild=args.rebuild_tree)
+    return bench_status.markdown(res), res.passed
+
+
+def _iter(args: argparse.Namespace) -> tuple[str, bool]:
+    m, date, results = bench_iter.run(keep=args.keep)
+    return bench_iter.markdown(m, date, results), all(r.passed for r in results)
+
+
+# name -> (heading used when the markers are missing, runner)
+BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], tuple[str, bool]]]] = {
+    "status": ("`smallcell status` on 90,000 task folders", _status),
+    "iter": ("The embedded loop end to end (`smallcell iter`)", _iter),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", choices=list(BENCHMARKS), action="append",
+                   help="run only this benchmark (repeatable; default: all)")
+    p.add_argument("--rebuild-tree", action="store_true",
+                   help="rebuild the cached synthetic tree of the status benchmark")
+    p.add_argument("--keep", action="store_true", help="keep the iter benchmark's run folders")
+    p.add_argument("--output", type=Path, default=BENCHMARKS_MD,
+                   help="the markdown file to update (default: BENCHMARKS.md)")
+    args = p.parse_args(argv)
+    failed = []
+    for name in args.only or list(BENCHMARKS):
+        title, fn = BENCHMARKS[name]
+        print(f"run_all: {name} ...", file=sys.stderr, flush=True)
+        body, ok = fn(args)
+        write_sections({name: (title, body)}, args.output)
+        print(f"run_all: {name}: {'PASS' if ok else 'FAIL'} (section written to "
+              f"{args.output})", file=sys.stderr, flush=True)
+        if not ok:
+            failed.append(name)
+    # A missed target is reported, not hidden: the exit code lets CI or a person notice.
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

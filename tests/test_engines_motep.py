@@ -1,0 +1,277 @@
+"""The embedded trainer/grader (motep) and the embedded MD explorer, on a small Pb fit."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from smallcell.engines.eam_labeler import EAMLabeler
+from smallcell.engines.embedded_md import HIST_EDGES, MDSettings, run_md
+from smallcell.engines.maxvol import ActiveSet
+from smallcell.engines.motep_mtp import (
+    ACTIVE,
+    POT,
+    MotepPotential,
+    TrainResult,
+    TrainSettings,
+    train,
+)
+from smallcell.formats.cfg import read_cfgs
+from smallcell.structures import displace, strain, supercell
+
+SPECIES = ["Pb"]
+TOL = 1e-3  # build_active_set's maxvol tolerance
+
+
+@dataclass
+class Fit:
+    folder: Path
+    images: list[Atoms]
+    result: TrainResult
+    pot: MotepPotential
+
+
+@pytest.fixture(scope="module")
+def fit(tmp_path_factory: pytest.TempPathFactory) -> Fit:
+    root = tmp_path_factory.mktemp("motep")
+    rng = np.random.default_rng(12)
+    base = supercell("fcc", 4.95, (1, 1, 1), "Pb")
+    labeler = EAMLabeler()
+    images = []
+    for k in range(12):
+        task = root / "label" / str(k)
+        task.mkdir(parents=True)
+        atoms = displace(strain(base, 0.03, rng), 0.15, "uniform", rng)
+        images.append(labeler.label(task, atoms))
+    cwd = Path.cwd()
+    result = train(images, SPECIES, root / "train", TrainSettings(level=6, max_iter=50), None)
+    assert Path.cwd() == cwd  # the trainer works in its own folder and comes back
+    pot = MotepPotential.load(root / "train", SPECIES, "nbh")
+    return Fit(root / "train", images, result, pot)
+
+
+def _fresh(fit: Fit) -> MotepPotential:
+    return MotepPotential.load(fit.folder, SPECIES, "nbh")
+
+
+# ---------------------------------------------------------------- training outputs
+
+
+def test_train_writes_its_files_and_nothing_else(fit: Fit) -> None:
+    names = sorted(os.listdir(fit.folder))
+    assert names == sorted([ACTIVE, POT, "train.log"])  # no .work.<pid>, no intermediates
+    assert not list(Path.cwd().glob("intermediate_*.mtp"))
+    assert fit.result.active_set_size == fit.pot.active.size
+    assert 1 <= fit.result.active_set_configs <= len(fit.images)
+    assert fit.result.iterations > 0
+    assert fit.result.loss_history and np.isfinite(fit.result.loss_history[-1])
+    assert fit.result.loss_history[-1] < fit.result.loss_history[0]
+
+
+def test_pot_mtp_is_legacy_and_round_trips_exactly(fit: Fit, tmp_path: Path) -> None:
+    from motep.io.mlip.mtp import read_mtp, write_mtp
+
+    text = (fit.folder / POT).read_text()
+    assert "\tmin_dist = " in text and "\tradial_basis_size = " in text  # flat legacy keys
+    data = read_mtp(str(fit.folder / POT))
+    copy = tmp_path / "again.mtp"
+    write_mtp(str(copy), data, legacy=True)
+    assert copy.read_text() == text  # the printed precision is a fixed point
+    back = read_mtp(str(copy))
+    for name in ("moment_coeffs", "species_coeffs", "radial_coeffs"):
+        a, b = getattr(data, name), getattr(back, name)
+        assert a is not None and np.asarray(a).size > 0
+        np.testing.assert_array_equal(a, b)
+    assert back.radial_basis.min == data.radial_basis.min == 2.0
+    assert back.radial_basis.max == data.radial_basis.max == 5.0
+
+
+def test_active_set_file(fit: Fit) -> None:
+    act = ActiveSet.load(fit.folder / ACTIVE)
+    n = act.size
+    assert act.rows.shape == act.inverse.shape == (n, n)
+    assert n == fit.pot.rows(fit.images[0].copy()).shape[1]  # one column per coefficient
+    np.testing.assert_allclose(act.rows @ act.inverse, np.eye(n), atol=1e-6)
+
+
+def test_errors_are_finite_and_small(fit: Fit) -> None:
+    e = fit.result.errors
+    assert e["n_configs"] == len(fit.images)
+    assert all(np.isfinite(v) for v in e.values())
+    forces = np.concatenate([a.get_forces().ravel() for a in fit.images])
+    assert e["force_rmse"] < 0.5 * forces.std()
+    assert e["energy_rmse"] < 0.01  # eV/atom
+    assert e["force_mae"] <= e["force_rmse"] <= e["force_max"]
+    # the reported error is what the potential gives
+    a = fit.images[3].copy()
+    _, f, _ = fit.pot.evaluate(a)
+    assert np.abs(f - fit.images[3].get_forces()).max() <= e["force_max"] + 1e-12
+
+
+# ---------------------------------------------------------------- grades
+
+
+def test_training_configurations_interpolate(fit: Fit) -> None:
+    pot = _fresh(fit)
+    grades = [pot.grade(a.copy())[0] for a in fit.images]
+    assert max(grades) <= 1 + TOL
+    assert max(grades) > 0.99  # the active set's own configurations sit on the boundary
+
+
+def test_distorted_configuration_extrapolates(fit: Fit) -> None:
+    pot = _fresh(fit)
+    base = supercell("fcc", 4.95, (1, 1, 1), "Pb")
+    squeezed = base.copy()
+    squeezed.set_cell(base.cell.array * 0.85, scale_atoms=True)
+    squeezed = displace(squeezed, 0.4, "uniform", np.random.default_rng(0))
+    gamma, nbh = pot.grade(squeezed)
+    assert gamma > 10
+    assert nbh is not None and nbh.shape == (4,)
+    assert nbh.max() == pytest.approx(gamma)
+
+
+def test_rows_are_not_cached_between_configurations(fit: Fit) -> None:
+    pot = _fresh(fit)
+    a, b = fit.images[0].copy(), fit.images[5].copy()
+    ra = pot.rows(a)
+    rb = pot.rows(b)
+    assert ra.shape == rb.shape == (4, pot.active.size)
+    assert not np.allclose(ra, rb)
+    # a's rows again after b: the same as the first time, and as a fresh potential gives
+    np.testing.assert_allclose(pot.rows(a.copy()), ra, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(_fresh(fit).rows(b.copy()), rb, rtol=1e-10, atol=1e-12)
+    # moving atoms of the same Atoms object changes its rows
+    moved = a.copy()
+    moved.positions[0] += [0.2, -0.1, 0.05]
+    assert not np.allclose(pot.rows(moved), ra)
+    # rows of a 2x cell are those of the 4-atom cell, repeated
+    big = fit.images[0].repeat((2, 1, 1))
+    np.testing.assert_allclose(pot.rows(big), np.vstack([ra, ra]), rtol=1e-8, atol=1e-10)
+
+
+def test_cells_of_different_sizes_mix(fit: Fit, tmp_path: Path) -> None:
+    """Training sets mix cell sizes (imported data, the next stage's larger cell): the
+    potential must evaluate and grade a 4-atom and an 8-atom cell one after the other."""
+    pot = _fresh(fit)
+    small = fit.images[4].copy()
+    e4, f4, _ = pot.evaluate(small)
+    big = fit.images[4].repeat((1, 2, 1))
+    e8, f8, _ = pot.evaluate(big)
+    assert e8 == pytest.approx(2 * e4, rel=1e-10)
+    np.testing.assert_allclose(f8, np.vstack([f4, f4]), atol=1e-9)
+    assert pot.evaluate(fit.images[4].copy())[0] == pytest.approx(e4, rel=1e-12)
+    assert pot.grade(big)[0] == pytest.approx(pot.grade(fit.images[4].copy())[0], rel=1e-8)
+    # and a fit on such a set works (tiny and short: only the plumbing is tested)
+    images = [*fit.images[:3], *(a.repeat((2, 1, 1)) for a in fit.images[3:5])]
+    for a, ref in zip(images[3:], fit.images[3:5], strict=True):
+        a.calc = SinglePointCalculator(a, energy=2 * ref.get_potential_energy(),
+                                       forces=np.vstack([ref.get_forces()] * 2),
+                                       stress=ref.get_stress())
+    res = train(images, SPECIES, tmp_path / "mixed",
+                TrainSettings(level=4, radial_basis_size=4, max_iter=5), None)
+    assert np.isfinite(res.errors["force_rmse"])
+
+
+def test_cfg_mode_rows(fit: Fit) -> None:
+    pot = MotepPotential.load(fit.folder, SPECIES, "cfg")
+    a = fit.images[2].copy()
+    row = pot.rows(a)
+    assert row.shape == (1, pot.active.size)
+    nbh = _fresh(fit).rows(fit.images[2].copy())
+    np.testing.assert_allclose(row[0], nbh.sum(axis=0), rtol=1e-8, atol=1e-10)
+    assert pot.grade(a)[1] is None
+
+
+def test_forces_are_minus_the_energy_gradient(fit: Fit) -> None:
+    pot = _fresh(fit)
+    atoms = fit.images[7].copy()
+    _, forces, _ = pot.evaluate(atoms)
+    h = 1e-4
+    for i, k in [(0, 0), (1, 2), (3, 1)]:
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions[i, k] += h
+        minus.positions[i, k] -= h
+        fd = -(pot.evaluate(plus)[0] - pot.evaluate(minus)[0]) / (2 * h)
+        assert fd == pytest.approx(forces[i, k], abs=1e-5, rel=1e-4)
+    assert np.abs(forces.sum(axis=0)).max() < 1e-8
+
+
+# ---------------------------------------------------------------- embedded MD
+
+
+def _settings(**kw: object) -> MDSettings:
+    base = {"temperature": 300.0, "pressure": 1.0, "seed": 3, "steps": 12, "timestep": 2.0,
+            "ensemble": "nvt", "thermostat_tau": 100.0, "barostat_tau": 1000.0,
+            "grade_every": 1, "gamma_save": 2.1, "gamma_break": 10.0, "log_every": 5}
+    base.update(kw)
+    return MDSettings(**base)  # type: ignore[arg-type]
+
+
+def _start() -> Atoms:
+    return displace(supercell("fcc", 4.95, (1, 1, 1), "Pb"), 0.05, "uniform",
+                    np.random.default_rng(5))
+
+
+def test_md_breaks_at_once_with_a_tiny_gamma_break(fit: Fit, tmp_path: Path) -> None:
+    res = run_md(_start(), fit.pot, SPECIES, _settings(gamma_save=1e-6, gamma_break=2e-6),
+                 tmp_path)
+    assert res["broke"] is True
+    assert res["break_step"] == 0 and res["steps_done"] == 0
+    assert "gamma_break" in str(res["break_reason"])
+    assert res["count"] == 1 and res["n_preselected"] == 1
+    cfgs = read_cfgs(tmp_path / "preselected.cfg")
+    assert len(cfgs) == 1
+    c = cfgs[0]
+    assert c.mv_grade is not None and c.mv_grade > 2e-6
+    assert c.mv_grade == pytest.approx(res["max"], rel=1e-5)
+    assert c.energy is None and c.forces is None and c.plus_stress is None
+    nbh = c.atom_data["nbh_grades"]
+    assert nbh.shape == (4,)
+    assert nbh.max() == pytest.approx(c.mv_grade, abs=1e-5)
+    assert (tmp_path / "md.log").read_text().startswith("#")
+
+
+def test_md_with_a_huge_gamma_break_runs_every_step(fit: Fit, tmp_path: Path) -> None:
+    res = run_md(_start(), fit.pot, SPECIES,
+                 _settings(gamma_save=1e5, gamma_break=1e6, steps=12, grade_every=3), tmp_path)
+    assert res["broke"] is False and res["break_step"] is None
+    assert res["steps_done"] == 12
+    assert res["count"] == 5  # steps 0, 3, 6, 9, 12
+    assert res["n_preselected"] == 0
+    assert (tmp_path / "preselected.cfg").read_text() == ""
+    assert sum(res["hist"]) == res["count"]
+    assert len(res["hist"]) == len(HIST_EDGES) + 1
+
+
+@pytest.mark.parametrize("ensemble", ["nvt", "npt"])
+def test_md_saves_every_graded_step_above_gamma_save(fit: Fit, tmp_path: Path,
+                                                     ensemble: str) -> None:
+    res = run_md(_start(), fit.pot, SPECIES,
+                 _settings(gamma_save=1e-6, gamma_break=1e6, steps=10, grade_every=2,
+                           ensemble=ensemble), tmp_path)
+    assert res["steps_done"] == 10 and not res["broke"]
+    assert res["count"] == 6 == res["n_preselected"]
+    cfgs = read_cfgs(tmp_path / "preselected.cfg")
+    assert len(cfgs) == 6
+    grades = np.array([c.mv_grade for c in cfgs])
+    assert (grades > 1e-6).all()
+    for c in cfgs:
+        assert c.energy is None and c.forces is None
+        assert "nbh_grades" in c.atom_data
+    # gamma.json statistics are those of the graded steps
+    assert sum(res["hist"]) == res["count"]
+    assert res["max"] == pytest.approx(grades.max(), rel=1e-5)
+    assert res["mean"] == pytest.approx(grades.mean(), rel=1e-5)
+    assert res["std"] == pytest.approx(grades.std(), rel=1e-3, abs=1e-6)
+    assert res["sum"] == pytest.approx(res["mean"] * res["count"])
+    expected_hist = np.bincount(np.searchsorted(HIST_EDGES, np.log10(grades), side="right"),
+                                minlength=len(HIST_EDGES) + 1)
+    assert res["hist"] == expected_hist.tolist()
+    # positions move during the run
+    assert not np.allclose(cfgs[0].positions, cfgs[-1].positions)
