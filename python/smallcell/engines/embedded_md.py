@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -82,10 +83,13 @@ def _integrator(atoms: Atoms, s: MDSettings, rng: np.random.Generator):
     if s.ensemble == "npt":
         from ase.md.langevinbaoab import LangevinBAOAB
 
-        return LangevinBAOAB(atoms, dt, temperature_K=s.temperature,
-                             externalstress=s.pressure * units.bar, hydrostatic=True,
-                             T_tau=s.thermostat_tau * units.fs,
-                             P_tau=s.barostat_tau * units.fs, rng=rng)
+        with warnings.catch_warnings():
+            # the cell mass comes from P_tau by ASE's heuristic, which it announces
+            warnings.filterwarnings("ignore", message="Using heuristic P_mass")
+            return LangevinBAOAB(atoms, dt, temperature_K=s.temperature,
+                                 externalstress=s.pressure * units.bar, hydrostatic=True,
+                                 T_tau=s.thermostat_tau * units.fs,
+                                 P_tau=s.barostat_tau * units.fs, rng=rng)
     raise ValueError(f"unknown ensemble {s.ensemble!r}")
 
 
@@ -97,7 +101,8 @@ def run_md(atoms: Atoms, pot: MotepPotential, species: list[str], s: MDSettings,
     atoms = atoms.copy()
     MaxwellBoltzmannDistribution(atoms, temperature_K=s.temperature, rng=rng)
     Stationary(atoms)
-    atoms.set_constraint(FixCom())  # ASE's recommended way to keep the centre of mass
+    if s.ensemble == "nvt":  # ASE's recommended way to pin the centre of mass in Langevin
+        atoms.set_constraint(FixCom())
     atoms.calc = pot.calc
     dyn = _integrator(atoms, s, rng)
     stats = GammaStats()
