@@ -8,7 +8,7 @@ CONFIG  ?= config.yaml
 N       ?= 3
 I       ?=
 FORCE   ?=
-RUN_DIR ?= .
+RUN_DIR ?= $(or $(SMALLCELL_RUN_DIR),.)
 SC      := bin/smallcell --run-dir $(RUN_DIR)
 
 .DEFAULT_GOAL := help

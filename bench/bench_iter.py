@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import CACHE_ROOT, REPO, SMALLCELL, Machine, machine, utc_now, verdict
+from benchlib import CACHE_ROOT, REPO, SMALLCELL, Machine, load1, machine, utc_now, verdict
 
 STAGES = ("explore", "select", "label", "collect", "train")
 TARGET_CORES = 2
@@ -62,6 +63,8 @@ class IterResult:
     wall: float
     rc: int
     log: Path
+    cpu_s: float = 0.0  # user+sys of the command and its workers
+    load_before: float = 0.0
     summaries: list[dict[str, Any]] = field(default_factory=list)
     log_tail: str = ""
 
@@ -89,9 +92,14 @@ class IterResult:
         return self.complete and self.wall < self.case.target_s
 
 
-def _run(cmd: list[str], log: Path, timeout: float) -> tuple[float, int]:
-    """Run the loop with its output in `log`; on timeout stop it (its own process group,
-    which the local scheduler's workers follow through their parent-death signal)."""
+def _run(cmd: list[str], log: Path, timeout: float) -> tuple[float, int, float]:
+    """Run the loop with its output in `log`; (wall s, exit code, CPU s). On timeout stop it
+    (its own process group, which the local scheduler's workers follow through their
+    parent-death signal).
+
+    The CPU time (its workers included: they are reaped by the command) tells a slow run on
+    a busy machine (same CPU seconds, longer wall) from a real slowdown (more CPU seconds)."""
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {**os.environ}
     env.pop("SMALLCELL_RUN_DIR", None)
     t0 = time.perf_counter()
@@ -108,7 +116,9 @@ def _run(cmd: list[str], log: Path, timeout: float) -> tuple[float, int]:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             rc = -signal.SIGTERM
-    return time.perf_counter() - t0, rc
+    wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, rc, (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
 
 
 def run_case(case: Case, keep: bool = False) -> IterResult:
@@ -119,8 +129,9 @@ def run_case(case: Case, keep: bool = False) -> IterResult:
     print(f"bench_iter: {case.shown()} (run folder {run_dir}, log {log})", file=sys.stderr,
           flush=True)
     # a generous limit: a run three times over its target has failed anyway
-    wall, rc = _run(case.command(run_dir), log, timeout=3 * case.target_s)
-    res = IterResult(case, wall, rc, log)
+    before = load1()
+    wall, rc, cpu = _run(case.command(run_dir), log, timeout=3 * case.target_s)
+    res = IterResult(case, wall, rc, log, cpu, before)
     iters = run_dir / "iter"
     if iters.is_dir():
         for i in sorted(int(n) for n in os.listdir(iters) if n.isdigit()):
@@ -188,6 +199,8 @@ def markdown(m: Machine, date: str, results: list[IterResult]) -> str:
 - Run: {status}; {n_it} iteration(s), {stop}; {r.labels} labels ({r.failed} failed)
 - Wall time: **{r.wall:.1f} s** (iterations {in_iters:.1f} s, overhead \
 {r.wall - in_iters:.1f} s outside them); per iteration {in_iters / max(n_it, 1):.1f} s on average
+- CPU time (command and workers, user+sys): {r.cpu_s:.1f} s, i.e. {r.cpu_s / r.wall:.2f} \
+cores busy on average; load average {r.load_before:.2f} just before the run
 - Stage totals: {", ".join(f"{k} {v:.1f} s" for k, v in stage_tot.items())}
 
 {_table(r)}

@@ -37,10 +37,12 @@ class Machine:
     python: str
     kernel: str
     mem_gib: float
+    load1: float  # 1-minute load average when measuring started: others' work skews timings
 
     def line(self) -> str:
         return (f"{self.nproc} cores ({self.cpu_model}), {self.mem_gib:.0f} GiB RAM, "
-                f"Python {self.python}, Linux {self.kernel}")
+                f"Python {self.python}, Linux {self.kernel}; load average "
+                f"{self.load1:.2f} at start")
 
 
 def _cpu_model() -> str:
@@ -72,7 +74,15 @@ def machine() -> Machine:
     # `nproc` honours the CPU affinity mask (containers, cgroups, SLURM), os.cpu_count not.
     nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
         os.cpu_count() or 1)
-    return Machine(nproc, _cpu_model(), py, platform.release(), _mem_gib())
+    return Machine(nproc, _cpu_model(), py, platform.release(), _mem_gib(), load1())
+
+
+def load1() -> float:
+    """The 1-minute load average (0 where the platform has none)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
 
 
 def utc_now() -> str:
