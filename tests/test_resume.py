@@ -56,6 +56,7 @@ def _env() -> dict[str, str]:
 
 
 def _argv(run_dir: Path, upto: int = UPTO) -> list[str]:
+    """The one command every test runs (what `make iter N=upto` runs), 2 workers."""
     return [str(REPO / "bin" / "smallcell"), "--run-dir", str(run_dir), "iter",
             "--upto", str(upto), "--config", CONFIG, "--jobs", JOBS]
 
@@ -162,6 +163,7 @@ def fingerprint(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def stat_of(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime_ns), or None once the file is gone."""
     with contextlib.suppress(FileNotFoundError):
         st = path.stat()
         return st.st_ino, st.st_mtime_ns
@@ -275,13 +277,17 @@ def assert_consistent(root: Path) -> None:
 
 
 def _strip(data: Any) -> Any:
+    """A JSON record without its clock readings (the only part two runs may differ in)."""
     return {k: v for k, v in data.items() if k not in TIMING_KEYS} if isinstance(
         data, dict) else data
 
 
 def assert_same_as_reference(ref: Path, run: Path) -> None:
     """The resumed run equals the uninterrupted one: same files under real names, same
-    bytes (cfg, pot.mtp, active set, POSCAR, md.log, config), same JSON except timings."""
+    bytes (cfg, pot.mtp, active set, POSCAR, md.log, config), same JSON except timings.
+    pot.mtp is compared byte for byte, not to a tolerance: every fit is seeded and starts
+    from the previous pot.mtp *file* (never from memory), so a fit in a fresh process after
+    a kill writes exactly what the uninterrupted process writes."""
     ref_files = {str(p.relative_to(ref)) for p in real_files(ref)}
     run_files = {str(p.relative_to(run)) for p in real_files(run)}
     assert run_files == ref_files, (f"missing {sorted(ref_files - run_files)}, "

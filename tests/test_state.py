@@ -245,3 +245,18 @@ def test_run_lock_is_released_on_exit(tmp_path: Path) -> None:
         pass
     with RunLock(paths, "again"):
         pass
+
+
+def test_sweep_debris_removes_only_scratch(tmp_path: Path) -> None:
+    from smallcell.state import sweep_debris
+
+    (tmp_path / "explore" / ".000_T300.tmp.123").mkdir(parents=True)
+    (tmp_path / "explore" / "000_T300").mkdir()
+    (tmp_path / "explore" / "000_T300" / ".gamma.json.tmp.99").write_text("{")
+    (tmp_path / "explore" / "000_T300" / "gamma.json").write_text("{}")
+    (tmp_path / "train" / ".work.77").mkdir(parents=True)
+    (tmp_path / ".hidden_note").write_text("kept")
+    assert sweep_debris(tmp_path) == 3
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == [".hidden_note", "explore", "explore/000_T300",
+                    "explore/000_T300/gamma.json", "train"]

@@ -18,7 +18,7 @@ from smallcell.config import Config
 from smallcell.errors import SmallcellError
 from smallcell.stages import collect, explore, label, select, train
 from smallcell.stages.common import Iteration, Runner, progress
-from smallcell.state import RunPaths, atomic_write_json, is_done, read_json
+from smallcell.state import RunPaths, atomic_write_json, is_done, read_json, sweep_debris
 
 STAGES = ("explore", "select", "label", "collect", "train")
 
@@ -32,6 +32,7 @@ def run_iteration(it: Iteration, runner: Runner) -> dict[str, Any]:
     """Bring iteration `it` to completion from wherever its folders stand."""
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
+    sweep_debris(it.dir)  # scratch of a killed earlier attempt (we hold the run lock)
 
     def timed(name: str, fn: Any, *args: Any) -> Any:
         s = time.perf_counter()

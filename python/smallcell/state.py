@@ -18,6 +18,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -72,6 +73,28 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def is_debris(name: str) -> bool:
+    """Scratch names of writes and tasks cut short: `.<name>.tmp.<pid>`, `.work.<pid>`."""
+    return name.startswith(".") and (".tmp." in name or name.startswith(".work."))
+
+
+def sweep_debris(folder: str | os.PathLike) -> int:
+    """Remove the scratch left by killed processes under `folder`. Only safe while the run
+    lock is held (no other writer can own them); returns how many were removed."""
+    removed = 0
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in [d for d in dirnames if is_debris(d)]:
+            shutil.rmtree(os.path.join(dirpath, name), ignore_errors=True)
+            dirnames.remove(name)
+            removed += 1
+        for name in filenames:
+            if is_debris(name):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(dirpath, name))
+                removed += 1
+    return removed
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from smallcell.engines import eam_pb
 from smallcell.engines.base import LabelError
+from smallcell.state import atomic_write_json
 
 
 class EAMLabeler:
@@ -32,7 +32,6 @@ class EAMLabeler:
         stress = work.get_stress().copy()
         out = atoms.copy()
         out.calc = SinglePointCalculator(out, energy=energy, forces=forces, stress=stress)
-        (task_dir / "label.json").write_text(json.dumps(
-            {"labeler": self.name, "energy": energy, "seconds": time.perf_counter() - t0}),
-            encoding="utf-8")
+        atomic_write_json(task_dir / "label.json", {
+            "labeler": self.name, "energy": energy, "seconds": time.perf_counter() - t0})
         return out
