@@ -74,8 +74,12 @@ def test_repo_configs_validate(rel: str) -> None:
         assert cfg["select"]["max_selected"] == 8
         assert cfg["run"]["seed"] == 7
     else:
-        assert cfg["grid"]["seeds_per_point"] == 2
-        assert cfg["masses"] == [207.2]
+        # the default problem: fcc Pb 1x1x1, a = 4.95 Å, mass 207.2, 2.1 / 10
+        assert cfg["species"] == ["Pb"] and cfg["masses"] == [207.2]
+        assert cfg["structure"]["lattice"] == "fcc" and cfg["structure"]["cell"] == [1, 1, 1]
+        assert cfg["structure"]["a"] == 4.95 and cfg["structure"]["displacement"] > 0
+        assert cfg["extrapolation"] == {"gamma_save": 2.1, "gamma_break": 10.0}
+        assert 300.0 in cfg["grid"]["temperatures"] and cfg["grid"]["pressures"] == [1.0]
     assert "species" in text
 
 

@@ -39,19 +39,22 @@ def test_folders_are_the_state(tiny_run: tuple[Path, str, str]) -> None:
     for i in (0, 1, 2):
         d = it / str(i)
         assert (d / "config.yaml").is_file()
+        summary = json.loads((d / "summary.json").read_text())
+        # an iteration with nothing new carries the potential over without refitting
+        fitted = not summary["train_skipped"]
         for stage, files in {"select": ["selected.cfg", "selection.json"],
                              "collect": ["train.cfg"],
-                             "train": ["pot.mtp", "active_set.npz", "train.log",
-                                       "errors.json"]}.items():
+                             "train": ["pot.mtp", "active_set.npz", "errors.json",
+                                       *(["train.log"] if fitted else [])]}.items():
             assert (d / stage / "done").is_file(), (i, stage)
             for f in files:
                 assert (d / stage / f).is_file(), (i, stage, f)
-        tasks = sorted((d / "vasp").iterdir(), key=lambda p: int(p.name))
-        assert tasks, i
+        tasks = sorted((d / "vasp").iterdir(), key=lambda p: int(p.name)) \
+            if summary["n_selected"] else []
+        assert tasks or i > 0
         for t in tasks:
             assert {"POSCAR", "input.cfg", "labeled.cfg", "done"} <= {p.name for p in
                                                                    t.iterdir()}
-        summary = json.loads((d / "summary.json").read_text())
         assert set(summary) >= SUMMARY_KEYS
         assert summary["iteration"] == i and summary["cell"] == [1, 1, 1]
         assert summary["n_labeled"] == len(tasks) == summary["n_selected"]
@@ -75,8 +78,9 @@ def test_training_set_grows_once_per_label(tiny_run: tuple[Path, str, str]) -> N
     prev = b""
     for i in (0, 1, 2):
         d = run / "iter" / str(i)
-        labels = b"".join((t / "labeled.cfg").read_bytes()
-                          for t in sorted((d / "vasp").iterdir(), key=lambda p: int(p.name)))
+        tasks = sorted((d / "vasp").iterdir(), key=lambda p: int(p.name)) \
+            if (d / "vasp").exists() else []
+        labels = b"".join((t / "labeled.cfg").read_bytes() for t in tasks)
         assert (d / "collect" / "train.cfg").read_bytes() == prev + labels
         prev = prev + labels
     cfgs = read_cfgs(run / "iter" / "2" / "collect" / "train.cfg")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms, units
 from ase.constraints import FixCom
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 from smallcell.engines.motep_mtp import MotepPotential
 from smallcell.formats.cfg import Cfg, atoms_to_cfg, format_cfg
@@ -99,7 +99,7 @@ def run_md(atoms: Atoms, pot: MotepPotential, species: list[str], s: MDSettings,
     `out` (a scratch folder the caller renames into place) and return gamma.json's data."""
     rng = np.random.default_rng(s.seed)
     atoms = atoms.copy()
-    MaxwellBoltzmannDistribution(atoms, temperature_K=s.temperature, rng=rng)
+    thermalize_momenta(atoms, temperature_K=s.temperature, rng=rng)
     Stationary(atoms)
     if s.ensemble == "nvt":  # ASE's recommended way to pin the centre of mass in Langevin
         atoms.set_constraint(FixCom())
