@@ -519,3 +519,39 @@ def test_clean_iter_force_removes_i_and_later_only(run_copy: Path) -> None:
     res = _sc("--run-dir", str(run_copy), "clean-iter", "1", "--force")
     assert res.returncode == 0 and "nothing to remove" in res.stdout
     assert paths.iterations() == [0]
+
+
+# ---------------------------------------------------------------- crashes, hand edits
+
+
+def test_crashed_md_run_is_one_clear_error(run_copy: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from smallcell.config import load_config
+
+    cfg = load_config(run_copy / "tiny.yaml")
+    it = Iteration.open(run_copy, 2, cfg)
+
+    def boom(*args: object, **kw: object) -> None:
+        raise RuntimeError("lost atoms")
+
+    monkeypatch.setattr(explore, "run_md", boom)
+    with pytest.raises(SmallcellError, match=r"MD run failed \(RuntimeError: lost atoms\)"):
+        explore.run_task(run_copy, 2, 0)
+    folder = explore.run_dir(it, md_runs(it.cfg, 2)[0])
+    assert "lost atoms" in (folder / "error.log").read_text()
+    assert not (folder / "done").exists()
+    assert not [p for p in it.stage("explore").iterdir() if ".tmp." in p.name]
+
+
+def test_file_deleted_by_hand_is_named(run_copy: Path) -> None:
+    """An output removed behind a `done` marker: one line naming it, nothing else lost."""
+    it1 = run_copy / "iter" / "1"
+    (it1 / "summary.json").unlink()  # so that iteration 1 is finished again
+    gone = it1 / "explore" / "explore.json"
+    gone.unlink()
+    res = _sc("--run-dir", str(run_copy), "iter", "--upto", "1", "--config",
+              str(run_copy / "tiny.yaml"))
+    assert res.returncode == 2
+    assert str(gone) in res.stderr and "marked done" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert (it1 / "train" / "pot.mtp").exists() and (it1 / "collect" / "train.cfg").exists()
