@@ -12,7 +12,8 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from smallcell.engines.eam_labeler import EAMLabeler
-from smallcell.engines.embedded_md import HIST_EDGES, MDSettings, run_md
+from smallcell.engines.embedded_md import run_md
+from smallcell.engines.exploration import HIST_EDGES, MDSettings
 from smallcell.engines.maxvol import ActiveSet
 from smallcell.engines.motep_mtp import (
     ACTIVE,

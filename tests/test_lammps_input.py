@@ -273,3 +273,13 @@ def test_four_atom_cell_runs_in_lammps(tmp_path: Path, ensemble: str) -> None:
     pe_per_atom = rows[:, 3] / 4
     assert np.all((pe_per_atom > -2.1) & (pe_per_atom < -1.9))  # near Ec(Pb) = -2.02 eV
     assert math.isfinite(rows[-1, 2])
+
+
+def test_anisotropic_barostat_runs_in_lammps(tmp_path: Path) -> None:
+    """`md.barostat: aniso` lets each axis fluctuate on its own (fix npt aniso)."""
+    result, header, rows = _run_eam_md(tmp_path / "run", 2, barostat="aniso", steps=100)
+    text = (tmp_path / "run" / "in.lammps").read_text()
+    assert " aniso 1.0 1.0 " in text and " iso " not in text
+    assert result == {"step": 100, "natoms": 32}
+    lx, ly, lz = rows[-1, 6], rows[-1, 7], rows[-1, 8]
+    assert np.all(np.isfinite(rows)) and len({round(lx, 6), round(ly, 6), round(lz, 6)}) > 1

@@ -531,10 +531,11 @@ def test_crashed_md_run_is_one_clear_error(run_copy: Path,
     cfg = load_config(run_copy / "tiny.yaml")
     it = Iteration.open(run_copy, 2, cfg)
 
-    def boom(*args: object, **kw: object) -> None:
-        raise RuntimeError("lost atoms")
+    class Boom:
+        def run(self, *args: object, **kw: object) -> None:
+            raise RuntimeError("lost atoms")
 
-    monkeypatch.setattr(explore, "run_md", boom)
+    monkeypatch.setattr(explore, "_explorer", lambda it: Boom())
     with pytest.raises(SmallcellError, match=r"MD run failed \(RuntimeError: lost atoms\)"):
         explore.run_task(run_copy, 2, 0)
     folder = explore.run_dir(it, md_runs(it.cfg, 2)[0])

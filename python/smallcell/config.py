@@ -109,6 +109,10 @@ SCHEMA = Section(
                 "grade_every": Key("int", 1,
                                    "Evaluate gamma every k-th step (1 = every step, as "
                                    "MLIP-3 does; a grade costs about one force call).", low=1),
+                "barostat": Key("str", "iso",
+                                "npt cell fluctuations: iso (one length scale, the cell "
+                                "stays cubic) or aniso (each axis on its own).",
+                                choices=("iso", "aniso")),
                 "thermostat_tau": Key("float", 100.0, "Thermostat time constant.",
                                       low=0, low_open=True, unit="fs"),
                 "barostat_tau": Key("float", 1000.0, "Barostat time constant (npt).",

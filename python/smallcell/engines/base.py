@@ -61,6 +61,30 @@ class Trainer(Protocol):
     def load(self, train_dir: Path, species: list[str], al_mode: str) -> Potential: ...
 
 
+class Explorer(Protocol):
+    """MD with extrapolation control for one explore run."""
+
+    name: str
+
+    def run(self, out: Path, atoms: Atoms, species: list[str], settings: Any,
+            train_dir: Path) -> dict[str, Any]:
+        """Run in `out` (in.lammps and data.lmp are already there) with the potential of
+        `train_dir`; leave `preselected.cfg` and a log in `out`; return gamma.json's data
+        (engines/exploration.py: GammaStats.as_dict() plus steps_done, broke, break_step,
+        break_reason, n_preselected, seconds)."""
+        ...
+
+
+def explorer_for(cfg: Config) -> Explorer:
+    """The explorer named by `engines.explorer`."""
+    name = cfg["engines"]["explorer"]
+    if name == "embedded":
+        from smallcell.engines.embedded_md import EmbeddedExplorer
+
+        return EmbeddedExplorer(trainer_for(cfg), cfg["trainer"]["al_mode"])
+    raise ValueError(f"engines.explorer: unknown explorer {name!r}")
+
+
 def trainer_for(cfg: Config) -> Trainer:
     """The trainer/grader named by `engines.trainer`."""
     name = cfg["engines"]["trainer"]

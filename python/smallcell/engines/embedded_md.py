@@ -14,64 +14,21 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from ase import Atoms, units
 from ase.constraints import FixCom
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
+from smallcell.engines.exploration import GammaStats, MDSettings
 from smallcell.engines.motep_mtp import MotepPotential
 from smallcell.formats.cfg import Cfg, atoms_to_cfg, format_cfg
 
-# Histogram of log10(gamma): fixed edges so histograms of runs and iterations add up.
-HIST_EDGES = np.linspace(-3.0, 4.0, 71)
-
-
-@dataclass
-class MDSettings:
-    """One explore run."""
-
-    temperature: float  # K
-    pressure: float  # bar
-    seed: int
-    steps: int
-    timestep: float  # fs
-    ensemble: str  # nvt | npt
-    thermostat_tau: float  # fs
-    barostat_tau: float  # fs
-    grade_every: int
-    gamma_save: float
-    gamma_break: float
-    log_every: int = 50
-
-
-@dataclass
-class GammaStats:
-    """Statistics of every grade queried in a run (gamma.json)."""
-
-    count: int = 0
-    total: float = 0.0
-    total_sq: float = 0.0
-    max: float = 0.0
-    hist: list[int] = field(default_factory=lambda: [0] * (len(HIST_EDGES) + 1))
-
-    def add(self, g: float) -> None:
-        self.count += 1
-        self.total += g
-        self.total_sq += g * g
-        self.max = max(self.max, g)
-        lg = math.log10(g) if g > 0 else -math.inf
-        self.hist[int(np.searchsorted(HIST_EDGES, lg, side="right"))] += 1
-
-    def as_dict(self) -> dict[str, object]:
-        mean = self.total / self.count if self.count else 0.0
-        var = max(self.total_sq / self.count - mean * mean, 0.0) if self.count else 0.0
-        return {"count": self.count, "mean": mean, "std": math.sqrt(var), "max": self.max,
-                "sum": self.total, "sum_sq": self.total_sq,
-                "hist_log10_edges": HIST_EDGES.tolist(), "hist": self.hist}
-
+if TYPE_CHECKING:
+    from smallcell.engines.base import Potential, Trainer
 
 def _integrator(atoms: Atoms, s: MDSettings, rng: np.random.Generator):
     dt = s.timestep * units.fs
@@ -87,13 +44,14 @@ def _integrator(atoms: Atoms, s: MDSettings, rng: np.random.Generator):
             # the cell mass comes from P_tau by ASE's heuristic, which it announces
             warnings.filterwarnings("ignore", message="Using heuristic P_mass")
             return LangevinBAOAB(atoms, dt, temperature_K=s.temperature,
-                                 externalstress=s.pressure * units.bar, hydrostatic=True,
+                                 externalstress=s.pressure * units.bar,
+                                 hydrostatic=s.barostat == "iso",
                                  T_tau=s.thermostat_tau * units.fs,
                                  P_tau=s.barostat_tau * units.fs, rng=rng)
     raise ValueError(f"unknown ensemble {s.ensemble!r}")
 
 
-def run_md(atoms: Atoms, pot: MotepPotential, species: list[str], s: MDSettings,
+def run_md(atoms: Atoms, pot: MotepPotential | Potential, species: list[str], s: MDSettings,
            out: Path) -> dict[str, object]:
     """Run one MD with extrapolation control; write `preselected.cfg` and `md.log` into
     `out` (a scratch folder the caller renames into place) and return gamma.json's data."""
@@ -144,3 +102,23 @@ def run_md(atoms: Atoms, pot: MotepPotential, species: list[str], s: MDSettings,
     return {"settings": asdict(s), "steps_done": step, "broke": broke,
             "break_step": break_step, "break_reason": reason, "n_preselected": len(saved),
             "seconds": time.perf_counter() - t0, **stats.as_dict()}
+
+
+class EmbeddedExplorer:
+    """The `Explorer` interface (engines/base.py): MD in this process with the embedded
+    potential of the previous iteration, loaded once per worker process."""
+
+    name = "embedded"
+
+    def __init__(self, trainer: Trainer, al_mode: str) -> None:
+        self.trainer = trainer
+        self.al_mode = al_mode
+        self._cache: dict[tuple[str, ...], Potential] = {}
+
+    def run(self, out: Path, atoms: Atoms, species: list[str], s: MDSettings,
+            train_dir: Path) -> dict[str, object]:
+        key = (str(train_dir), self.al_mode, *species)
+        if key not in self._cache:
+            self._cache.clear()
+            self._cache[key] = self.trainer.load(train_dir, species, self.al_mode)
+        return run_md(atoms, self._cache[key], species, s, out)

@@ -41,6 +41,7 @@ ENSEMBLES = ("npt", "nvt", "langevin")
 #: Context keys that have a default; every other known key is required.
 DEFAULTS: dict[str, Any] = {
     "ensemble": "npt",
+    "barostat": "iso",
     "pair_override": None,
     "dump_every": 0,
     "dump_file": "dump.lammpstrj",
@@ -178,6 +179,8 @@ def _validated(context: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"gamma_break ({ctx['gamma_break']}) must exceed gamma_save ({ctx['gamma_save']})"
         )
+    if ctx["barostat"] not in ("iso", "aniso"):
+        raise ValueError(f"barostat must be iso or aniso, got {ctx['barostat']!r}")
     if ctx["ensemble"] not in ENSEMBLES:
         raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ctx['ensemble']!r}")
 

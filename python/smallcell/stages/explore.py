@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from smallcell.engines.base import Potential, trainer_for
-from smallcell.engines.embedded_md import HIST_EDGES, MDSettings, run_md
+from smallcell.engines.base import Explorer, explorer_for
+from smallcell.engines.exploration import HIST_EDGES, MDSettings
 from smallcell.engines.lammps_input import DATA_FILE, IN_FILE, write_lammps_inputs
 from smallcell.errors import SmallcellError
 from smallcell.stages.common import Iteration, Runner, progress
@@ -30,18 +30,15 @@ def run_dir(it: Iteration, run: MDRun) -> Path:
     return it.stage(STAGE) / run.name
 
 
-_POTENTIALS: dict[tuple[str, ...], Potential] = {}
+_EXPLORERS: dict[tuple[str, str], Explorer] = {}
 
 
-def _potential(it: Iteration) -> Potential:
-    """One potential per worker process and iteration (loading costs more than a step)."""
-    assert it.previous_train is not None
-    al_mode = it.cfg["trainer"]["al_mode"]
-    key = (str(it.previous_train), it.cfg["engines"]["trainer"], al_mode, *it.species)
-    if key not in _POTENTIALS:
-        _POTENTIALS.clear()
-        _POTENTIALS[key] = trainer_for(it.cfg).load(it.previous_train, it.species, al_mode)
-    return _POTENTIALS[key]
+def _explorer(it: Iteration) -> Explorer:
+    """One explorer per worker process (it caches the potential it loads)."""
+    key = (it.cfg["engines"]["explorer"], it.cfg["engines"]["trainer"])
+    if key not in _EXPLORERS:
+        _EXPLORERS[key] = explorer_for(it.cfg)
+    return _EXPLORERS[key]
 
 
 def lammps_context(it: Iteration, s: MDSettings) -> dict[str, object]:
@@ -50,6 +47,7 @@ def lammps_context(it: Iteration, s: MDSettings) -> dict[str, object]:
             "timestep": s.timestep / 1000, "steps": s.steps, "thermo_every": s.log_every,
             "tdamp": s.thermostat_tau / 1000, "pdamp": s.barostat_tau / 1000,
             "ensemble": "npt" if s.ensemble == "npt" else "langevin",
+            "barostat": s.barostat,
             "potential": f"../../../{it.i - 1}/train/pot.almtp",
             "gamma_save": s.gamma_save, "gamma_break": s.gamma_break}
 
@@ -66,8 +64,7 @@ def run_task(root: Path, i: int, k: int) -> dict[str, object]:
         temperature=run.temperature, pressure=run.pressure, seed=run.seed, steps=md["steps"],
         timestep=md["timestep"], ensemble=md["ensemble"], thermostat_tau=md["thermostat_tau"],
         barostat_tau=md["barostat_tau"], grade_every=md["grade_every"],
-        gamma_save=ex["gamma_save"], gamma_break=ex["gamma_break"])
-    pot = _potential(it)
+        gamma_save=ex["gamma_save"], gamma_break=ex["gamma_break"], barostat=md["barostat"])
     scratch = final.with_name(f".{run.name}.tmp.{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
@@ -75,7 +72,7 @@ def run_task(root: Path, i: int, k: int) -> dict[str, object]:
     # The production explorer's input for the same run, for inspection and for LAMMPS.
     write_lammps_inputs(scratch, atoms, it.species, masses(it.cfg), lammps_context(it, settings))
     try:
-        result = run_md(atoms, pot, it.species, settings, scratch)
+        result = _explorer(it).run(scratch, atoms, it.species, settings, it.previous_train)
     except Exception as exc:  # a crashed MD run: one clear message, the traceback on disk
         final.mkdir(parents=True, exist_ok=True)
         atomic_write_text(final / "error.log", traceback.format_exc())
