@@ -277,7 +277,7 @@ def test_four_atom_cell_runs_in_lammps(tmp_path: Path, ensemble: str) -> None:
 
 def test_anisotropic_barostat_runs_in_lammps(tmp_path: Path) -> None:
     """`md.barostat: aniso` lets each axis fluctuate on its own (fix npt aniso)."""
-    result, header, rows = _run_eam_md(tmp_path / "run", 2, barostat="aniso", steps=100)
+    result, _header, rows = _run_eam_md(tmp_path / "run", 2, barostat="aniso", steps=100)
     text = (tmp_path / "run" / "in.lammps").read_text()
     assert " aniso 1.0 1.0 " in text and " iso " not in text
     assert result == {"step": 100, "natoms": 32}
