@@ -15,6 +15,8 @@ import json
 import math
 import os
 import re
+import shlex
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,12 +206,86 @@ SCHEMA = Section(
         "engines": Section(
             "Which adapter plays each role.",
             {
-                "explorer": Key("str", "embedded", "MD with extrapolation control.",
-                                choices=("embedded",)),
-                "labeler": Key("str", "eam", "Reference labels (eam: Zhou 2004 Pb EAM).",
-                               choices=("eam",)),
-                "trainer": Key("str", "motep", "Fitting and grading.", choices=("motep",)),
+                "explorer": Key("str", "embedded",
+                                "MD with extrapolation control: embedded (ASE MD with the "
+                                "motep MTP) or lammps (LAMMPS with pair_style mlip; needs "
+                                "trainer mlip3).", choices=("embedded", "lammps")),
+                "labeler": Key("str", "eam", "Reference labels: eam (Zhou 2004 Pb EAM, "
+                               "embedded) or vasp.", choices=("eam", "vasp")),
+                "trainer": Key("str", "motep", "Fitting and grading: motep (embedded) or "
+                               "mlip3 (MLIP-3's mlp).", choices=("motep", "mlip3")),
                 "scheduler": Key("str", "local", "Where tasks run.", choices=("local",)),
+            },
+        ),
+        "vasp": Section(
+            "The VASP labeler (engines.labeler: vasp): one single point per task folder.",
+            {
+                "command": Key("command", ["vasp_std"],
+                               "How to run VASP in a task folder, split like a shell would "
+                               "but never run by one (e.g. 'mpirun -np 16 vasp_std', "
+                               "'srun vasp_std'); a list of words is taken as is."),
+                "setup": Key("list[str]", [],
+                             "Shell lines run before the command in the same shell, e.g. "
+                             "'module load vasp/6.4' (these are shell by design)."),
+                "potcar_dir": Key("path", None, "Your POTCAR library: <potcar_dir>/<name>/"
+                                  "POTCAR (POTCARs are never copied into the repo).",
+                                  nullable=True),
+                "potcars": Key("mapping", {}, "POTCAR folder per species, e.g. {Pb: Pb_d}; "
+                               "default the symbol."),
+                "incar": Key("mapping",
+                             {"ENCUT": 400, "PREC": "Accurate", "EDIFF": 1e-6, "NELM": 100,
+                              "ISMEAR": 1, "SIGMA": 0.1, "ISYM": 0, "LREAL": False},
+                             "INCAR tags of the single point (IBRION = -1 and NSW = 0 are "
+                             "forced); NCORE, KPAR and any other tag may be added; null "
+                             "removes a tag."),
+                "kspacing": Key("float", 0.15,
+                                "k-point spacing in Å^-1 (VASP's KSPACING convention, 2π "
+                                "included): every cell size gets an appropriate mesh.",
+                                nullable=True, low=0, low_open=True, unit="Å^-1"),
+                "kppra": Key("int", None, "k-points per reciprocal atom instead of kspacing.",
+                             nullable=True, low=1),
+                "gamma_centered": Key("bool", True, "Gamma-centred mesh (else Monkhorst-Pack)."),
+                "energy": Key("str", "free", "Training energy: free (TOTEN, as MLIP-3 uses) or "
+                              "sigma0 (energy(sigma->0)).", choices=("free", "sigma0")),
+                "timeout": Key("float", None, "Seconds before a VASP run is killed and the task "
+                               "failed; null = no limit.", nullable=True, low=0, low_open=True,
+                               unit="s"),
+            },
+        ),
+        "mlip3": Section(
+            "MLIP-3's mlp (engines.trainer: mlip3): training, grades, selection, errors.",
+            {
+                "mlp": Key("command", ["mlp"], "How to run mlp, e.g. 'mlp' or "
+                           "'mpirun -np 8 mlp_mpi'."),
+                "setup": Key("list[str]", [], "Shell lines run before mlp (module loads)."),
+                "templates_dir": Key("path", None, "MLIP-3's MTP_templates folder: the template "
+                                     "is <dir>/<level>.almtp.", nullable=True),
+                "template": Key("path", None, "An untrained .almtp to start from instead of "
+                                "templates_dir.", nullable=True),
+                "tolerance": Key("float", 1e-3, "mlp train --tolerance.", low=0, low_open=True),
+                "weight_scaling": Key("int", 1, "mlp train --weight_scaling (0, 1 or 2).",
+                                      low=0, high=2),
+                "timeout": Key("float", None, "Seconds before an mlp call is killed.",
+                               nullable=True, low=0, low_open=True, unit="s"),
+            },
+        ),
+        "lammps": Section(
+            "LAMMPS with MLIP-3's pair_style mlip (engines.explorer: lammps).",
+            {
+                "command": Key("command", ["lmp"], "How to run LAMMPS, e.g. 'lmp' or "
+                               "'mpirun -np 4 lmp_mpi' (-in and -log are appended)."),
+                "setup": Key("list[str]", [], "Shell lines run before LAMMPS (module loads)."),
+                "grade_floor": Key(
+                    "float", None,
+                    "If set (e.g. 0.1, as the report did), in.lammps saves every configuration "
+                    "graded above this so that the gamma distribution of all queries is "
+                    "known; selection then applies the real gamma_save. Costs disk: about "
+                    "one cfg block per MD step (see 'Recording every grade' below). null = "
+                    "MLIP-3's own threshold_save: statistics of the saved grades only.",
+                    nullable=True, low=0, low_open=True),
+                "dump_every": Key("int", 0, "Trajectory dump interval (0 = none).", low=0),
+                "timeout": Key("float", None, "Seconds before a LAMMPS run is killed.",
+                               nullable=True, low=0, low_open=True, unit="s"),
             },
         ),
         "run": Section(
@@ -331,7 +407,9 @@ class Config:
 def _type_name(kind: str) -> str:
     return {"int": "an integer", "float": "a number", "str": "a string", "bool": "true/false",
             "path": "a path (string)", "list[float]": "a list of numbers",
-            "list[int]": "a list of integers", "list[str]": "a list of strings"}[kind]
+            "list[int]": "a list of integers", "list[str]": "a list of strings",
+            "command": "a command (string or list of words)",
+            "mapping": "a mapping of keys to values"}[kind]
 
 
 def _check_scalar(kind: str, spec: Key, value: Any, where: str) -> Any:
@@ -369,11 +447,39 @@ def _check_scalar(kind: str, spec: Key, value: Any, where: str) -> Any:
     return value
 
 
+def _check_command(value: Any, where: str) -> list[str]:
+    """A command as argv: a string is split like a shell would (quotes respected) but is
+    never given to a shell, so `;`, `$()` or spaces in a path cannot run anything."""
+    if isinstance(value, str):
+        try:
+            words = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"{where}: cannot split {value!r} into words ({exc})") from None
+    elif isinstance(value, list) and all(isinstance(w, str) for w in value):
+        words = list(value)
+    else:
+        raise ValueError(f"{where} must be a command (string or list of words), got {value!r}")
+    if not words or any(not w or "\n" in w or "\x00" in w for w in words):
+        raise ValueError(f"{where} must be a non-empty command of one-line words")
+    return words
+
+
 def _check_key(spec: Key, value: Any, where: str) -> Any:
     if value is None:
         if spec.nullable:
             return None
         raise ValueError(f"{where} must be {_type_name(spec.kind)}, got null")
+    if spec.kind == "command":
+        return _check_command(value, where)
+    if spec.kind == "mapping":
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ValueError(f"{where} must be a mapping of names to values, got {value!r}")
+        for k, v in value.items():
+            if not (v is None or isinstance(v, bool | int | float | str)):
+                raise ValueError(f"{where}.{k} must be a number, string, true/false or null")
+            if isinstance(v, str) and ("\n" in v or "\x00" in v):
+                raise ValueError(f"{where}.{k} must be one line")
+        return dict(value)
     if spec.kind.startswith("list["):
         if not isinstance(value, list):
             raise ValueError(f"{where} must be {_type_name(spec.kind)}, got {value!r}")
@@ -440,6 +546,7 @@ def _cross_checks(cfg: Config, lines: _Lines, source: str) -> None:
             raise fail("species", f"species[{i}] = {sym!r} is not a chemical symbol")
     if len(set(cfg["species"])) != len(cfg["species"]):
         raise fail("species", "species lists a symbol twice")
+    _engine_checks(cfg, fail)
     if cfg["engines"]["labeler"] == "eam" and cfg["species"] != ["Pb"]:
         raise fail("engines.labeler", "the eam labeler knows only Pb; set species: [Pb]")
     if cfg["trainer"]["min_dist"] >= cfg["trainer"]["max_dist"]:
@@ -454,6 +561,54 @@ def _cross_checks(cfg: Config, lines: _Lines, source: str) -> None:
         if not (path.is_dir() if want_dir else path.is_file()):
             kind = "folder" if want_dir else "file"
             raise fail("initial.path", f"initial.path: no such {kind}: {path}")
+
+
+def _program(cfg: Config, section: str, key: str, fail: Any) -> None:
+    """The program of a command must exist, unless setup lines (module loads) provide it."""
+    words = cfg[section][key]
+    if cfg[section].get("setup"):
+        return
+    prog = words[0] if words[0] not in ("mpirun", "mpiexec", "srun") else words[-1]
+    if shutil.which(prog) is None and not Path(prog).is_file():
+        raise fail(f"{section}.{key}", f"{section}.{key}: program {prog!r} not found on PATH "
+                   f"(give its full path, or load its module in {section}.setup)")
+
+
+def _engine_checks(cfg: Config, fail: Any) -> None:
+    """What the production engines need, checked before anything runs."""
+    eng = cfg["engines"]
+    if (eng["explorer"] == "lammps") != (eng["trainer"] == "mlip3"):
+        raise fail("engines.explorer", "engines.explorer lammps and engines.trainer mlip3 go "
+                   "together: LAMMPS runs MLIP-3 potentials (pot.almtp), the embedded "
+                   "explorer runs motep potentials")
+    if eng["labeler"] == "vasp":
+        v = cfg["vasp"]
+        if (v["kspacing"] is None) == (v["kppra"] is None):
+            raise fail("vasp.kspacing", "set exactly one of vasp.kspacing and vasp.kppra")
+        lib = cfg.resolve(v["potcar_dir"])
+        if lib is None or not lib.is_dir():
+            raise fail("vasp.potcar_dir", f"vasp.potcar_dir: no such folder: {lib} (your "
+                       "POTCAR library, <dir>/<name>/POTCAR)")
+        for sym in cfg["species"]:
+            potcar = lib / str(v["potcars"].get(sym, sym)) / "POTCAR"
+            if not potcar.is_file():
+                raise fail("vasp.potcars", f"vasp.potcars: no POTCAR for {sym}: {potcar}")
+        _program(cfg, "vasp", "command", fail)
+    if eng["trainer"] == "mlip3":
+        m = cfg["mlip3"]
+        if m["template"] is not None:
+            template = cfg.resolve(m["template"])
+        elif m["templates_dir"] is not None:
+            template = cfg.resolve(m["templates_dir"]) / f"{cfg['trainer']['level']:02d}.almtp"
+        else:
+            raise fail("mlip3.templates_dir", "engines.trainer mlip3 needs mlip3.templates_dir "
+                       "(MLIP-3's MTP_templates folder) or mlip3.template")
+        if template is None or not template.is_file():
+            raise fail("mlip3.template" if m["template"] else "mlip3.templates_dir",
+                       f"MTP template not found: {template}")
+        _program(cfg, "mlip3", "mlp", fail)
+    if eng["explorer"] == "lammps":
+        _program(cfg, "lammps", "command", fail)
 
 
 def load_config(path: str | os.PathLike | None) -> Config:
