@@ -96,3 +96,24 @@ def test_mlip3_needs_a_template(tmp_path: Path) -> None:
 def test_unbalanced_quotes_in_a_command() -> None:
     with pytest.raises(SmallcellError, match=r"lammps.command: cannot split"):
         parse_config("lammps: {command: \"lmp 'oops\"}\n")
+
+
+def test_production_example_validates_once_filled_in(tmp_path: Path) -> None:
+    """examples/pb-vasp-mlip3.yaml is complete: filling its FILL IN paths is all it takes."""
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "examples" / "pb-vasp-mlip3.yaml").read_text(encoding="utf-8")
+    assert text.count("FILL IN") >= 6
+    lib = _potcars(tmp_path, "Pb_d")
+    (tmp_path / "OUTCARs").mkdir()
+    (tmp_path / "MTP_templates").mkdir()
+    (tmp_path / "MTP_templates" / "18.almtp").write_text("MTP\n")
+    text = (text.replace("/path/to/initial/OUTCARs", str(tmp_path / "OUTCARs"))
+                .replace("/path/to/potpaw_PBE", str(lib))
+                .replace("/path/to/mlip-3/MTP_templates", str(tmp_path / "MTP_templates"))
+                .replace("setup: []", "setup: [module load it]"))
+    cfg = parse_config(text, tmp_path / "prod.yaml")
+    assert cfg["engines"] == {"explorer": "lammps", "labeler": "vasp", "trainer": "mlip3",
+                              "scheduler": "local"}
+    assert cfg["trainer"]["level"] == 18 and cfg["grid"]["temperatures"] == [300.0]
+    assert cfg["extrapolation"] == {"gamma_save": 2.1, "gamma_break": 10.0}
+    assert cfg["vasp"]["command"] == ["mpirun", "-np", "16", "vasp_std"]
