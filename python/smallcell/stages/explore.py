@@ -42,14 +42,20 @@ def _explorer(it: Iteration) -> Explorer:
 
 
 def lammps_context(it: Iteration, s: MDSettings) -> dict[str, object]:
-    """in.lammps values for an explore run (LAMMPS metal units: ps, bar, K)."""
-    return {"temperature": s.temperature, "pressure": s.pressure, "seed": s.seed,
+    """in.lammps values for an explore run (LAMMPS metal units: ps, bar, K). With the LAMMPS
+    explorer and `lammps.grade_floor`, MLIP-3 saves every grade above the floor and the
+    explorer applies the real gamma_save afterwards."""
+    lam = it.cfg["lammps"]
+    floor = lam["grade_floor"] if it.cfg["engines"]["explorer"] == "lammps" else None
+    return {"dump_every": lam["dump_every"], "temperature": s.temperature,
+            "pressure": s.pressure, "seed": s.seed,
             "timestep": s.timestep / 1000, "steps": s.steps, "thermo_every": s.log_every,
             "tdamp": s.thermostat_tau / 1000, "pdamp": s.barostat_tau / 1000,
             "ensemble": "npt" if s.ensemble == "npt" else "langevin",
             "barostat": s.barostat,
             "potential": f"../../../{it.i - 1}/train/pot.almtp",
-            "gamma_save": s.gamma_save, "gamma_break": s.gamma_break}
+            "gamma_save": s.gamma_save if floor is None else floor,
+            "gamma_break": s.gamma_break}
 
 
 def run_task(root: Path, i: int, k: int) -> dict[str, object]:
