@@ -117,3 +117,15 @@ def test_production_example_validates_once_filled_in(tmp_path: Path) -> None:
     assert cfg["trainer"]["level"] == 18 and cfg["grid"]["temperatures"] == [300.0]
     assert cfg["extrapolation"] == {"gamma_save": 2.1, "gamma_break": 10.0}
     assert cfg["vasp"]["command"] == ["mpirun", "-np", "16", "vasp_std"]
+
+
+def test_adapter_settings_are_checked_before_any_task(tmp_path: Path) -> None:
+    """An INCAR tag that would turn the single point into a relaxation stops the run at once."""
+    from smallcell.engines.base import check_engines
+
+    lib = _potcars(tmp_path, "Pb_d")
+    (lib / "my vasp;rm").write_text("")
+    cfg = parse_config(_vasp_yaml(lib, "  incar: {IBRION: 2}\n"), tmp_path / "c.yaml")
+    with pytest.raises(SmallcellError, match=r"c.yaml: vasp: .*IBRION"):
+        check_engines(cfg)
+    check_engines(parse_config(_vasp_yaml(lib), tmp_path / "c.yaml"))

@@ -20,11 +20,13 @@ def _root(args: argparse.Namespace) -> Path:
 def cmd_iter(args: argparse.Namespace) -> int:
     from smallcell import loop
     from smallcell.config import load_config
+    from smallcell.engines.base import check_engines
     from smallcell.sched.local import LocalRunner
     from smallcell.state import RunLock, RunPaths
     from smallcell.status import HEADER, line_for_summary
 
     cfg = load_config(args.config)
+    check_engines(cfg)
     root = _root(args)
     t0 = time.perf_counter()
     jobs = args.jobs if args.jobs is not None else cfg["run"]["jobs"]
@@ -87,8 +89,11 @@ def cmd_clean_iter(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from smallcell.config import load_config
+    from smallcell.engines.base import check_engines
 
-    print(load_config(args.config).dump(), end="")
+    cfg = load_config(args.config)
+    check_engines(cfg)
+    print(cfg.dump(), end="")
     return 0
 
 

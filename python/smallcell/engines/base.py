@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from ase import Atoms
 
 from smallcell.config import Config
+from smallcell.errors import SmallcellError
 
 
 class LabelError(Exception):
@@ -95,6 +96,17 @@ def trainer_for(cfg: Config) -> Trainer:
     raise ValueError(f"engines.trainer: unknown trainer {name!r}")
 
 
+def check_engines(cfg: Config) -> None:
+    """Build every configured adapter once, so that settings an adapter refuses (an INCAR
+    tag that would relax, a missing template) stop the run before any task starts."""
+    for section, build in (("vasp", labeler_for), ("mlip3", trainer_for),
+                           ("lammps", explorer_for)):
+        try:
+            build(cfg)
+        except ValueError as exc:
+            raise SmallcellError(f"{cfg.source or '<config>'}: {section}: {exc}") from None
+
+
 def labeler_for(cfg: Config) -> Labeler:
     """The labeler named by `engines.labeler`."""
     name = cfg["engines"]["labeler"]
@@ -102,4 +114,9 @@ def labeler_for(cfg: Config) -> Labeler:
         from smallcell.engines.eam_labeler import EAMLabeler
 
         return EAMLabeler()
+    if name == "vasp":
+        from smallcell.engines.vasp import VaspLabeler, VaspSettings
+
+        data = dict(cfg["vasp"], potcar_dir=cfg.resolve(cfg["vasp"]["potcar_dir"]))
+        return VaspLabeler(VaspSettings.from_mapping(data), list(cfg["species"]))
     raise ValueError(f"engines.labeler: unknown labeler {name!r}")
