@@ -110,7 +110,9 @@ SCHEMA = Section(
                              "breaks).", low=1),
                 "grade_every": Key("int", 1,
                                    "Evaluate gamma every k-th step (1 = every step, as "
-                                   "MLIP-3 does; a grade costs about one force call).", low=1),
+                                   "MLIP-3 does; a grade costs about one force call). The "
+                                   "embedded explorer only: MLIP-3 in LAMMPS grades every "
+                                   "force call.", low=1),
                 "barostat": Key("str", "iso",
                                 "npt cell fluctuations: iso (one length scale, the cell "
                                 "stays cubic) or aniso (each axis on its own).",
@@ -609,6 +611,10 @@ def _engine_checks(cfg: Config, fail: Any) -> None:
         _program(cfg, "mlip3", "mlp", fail)
     if eng["explorer"] == "lammps":
         _program(cfg, "lammps", "command", fail)
+        floor = cfg["lammps"]["grade_floor"]
+        if floor is not None and floor >= cfg["extrapolation"]["gamma_save"]:
+            raise fail("lammps.grade_floor", f"lammps.grade_floor ({floor:g}) must be below "
+                       f"extrapolation.gamma_save ({cfg['extrapolation']['gamma_save']:g})")
 
 
 def load_config(path: str | os.PathLike | None) -> Config:
@@ -668,6 +674,22 @@ their meaning, but numbers are not identical to MLIP-3's for the same potential:
 weights rows differently in its fit-time active set. Directions of coefficient space that
 no training row covers are padded with a tiny row, so a configuration that moves along
 them grades as strongly extrapolative, as with MLIP-3's incompletely filled active set.
+
+## Recording every grade (`lammps.grade_floor`)
+
+The study needs the grade of every query, not only those above gamma_save, and smallcell
+does not need a patched MLIP-3 for it. The embedded explorer counts every grade it
+computes, at no extra cost. MLIP-3's `pair_style mlip` only reports what it saves, so
+with `lammps.grade_floor: 0.1` (what the report did) in.lammps sets threshold_save to 0.1:
+MLIP-3 then appends (nearly) every configuration it grades to preselected.cfg, the
+explorer computes the statistics over all of them, keeps those above the real gamma_save
+in `preselected.cfg` and the rest in `queried.cfg` (for the error study). Cost, measured
+with the interface's file layout: about 0.6 kB per MD step for a 4-atom cell and 2.9 kB
+for 32 atoms (0.6 MB and 2.9 MB per 1000 steps; a 100,000-step run of 32 atoms writes
+~290 MB), plus ~0.5 s per 1000 steps to split the file afterwards, and MLIP-3's own
+formatting and appending of one configuration per force call. With `grade_floor: null`
+MLIP-3's own threshold_save applies and gamma.json says `"grades": "saved_only"`.
+The sampler's `log` option was not used: its output could not be verified here.
 
 ## The embedded MTP
 

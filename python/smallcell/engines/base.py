@@ -83,6 +83,10 @@ def explorer_for(cfg: Config) -> Explorer:
         from smallcell.engines.embedded_md import EmbeddedExplorer
 
         return EmbeddedExplorer(trainer_for(cfg), cfg["trainer"]["al_mode"])
+    if name == "lammps":
+        from smallcell.engines.lammps_explorer import LammpsExplorer, LammpsSettings
+
+        return LammpsExplorer(LammpsSettings.from_mapping(cfg["lammps"]))
     raise ValueError(f"engines.explorer: unknown explorer {name!r}")
 
 

@@ -17,10 +17,17 @@ import numpy as np
 
 from smallcell.engines.base import Explorer, explorer_for
 from smallcell.engines.exploration import HIST_EDGES, MDSettings
-from smallcell.engines.lammps_input import DATA_FILE, IN_FILE, write_lammps_inputs
+from smallcell.engines.lammps_input import write_lammps_inputs
 from smallcell.errors import SmallcellError
 from smallcell.stages.common import Iteration, Runner, progress
-from smallcell.state import atomic_write_json, atomic_write_text, is_done, mark_done, read_json
+from smallcell.state import (
+    atomic_write_json,
+    atomic_write_text,
+    is_debris,
+    is_done,
+    mark_done,
+    read_json,
+)
 from smallcell.structures import MDRun, masses, md_runs, start_structure
 
 STAGE = "explore"
@@ -79,20 +86,28 @@ def run_task(root: Path, i: int, k: int) -> dict[str, object]:
     write_lammps_inputs(scratch, atoms, it.species, masses(it.cfg), lammps_context(it, settings))
     try:
         result = _explorer(it).run(scratch, atoms, it.species, settings, it.previous_train)
-    except Exception as exc:  # a crashed MD run: one clear message, the traceback on disk
-        final.mkdir(parents=True, exist_ok=True)
+    except Exception as exc:  # a crashed MD run: one clear message, its logs kept on disk
+        _move_outputs(scratch, final)
         atomic_write_text(final / "error.log", traceback.format_exc())
-        shutil.rmtree(scratch, ignore_errors=True)
         raise SmallcellError(f"{final}: MD run failed ({type(exc).__name__}: {exc}); "
-                             "traceback in error.log; run again to retry it") from None
+                             "logs and traceback in that folder; run again to retry it") from None
     result["run"] = run.name
     atomic_write_json(scratch / "gamma.json", result)
-    final.mkdir(parents=True, exist_ok=True)
-    for name in (DATA_FILE, IN_FILE, "preselected.cfg", "md.log", "gamma.json"):
-        os.replace(scratch / name, final / name)
-    shutil.rmtree(scratch, ignore_errors=True)
+    if (final / "error.log").exists():  # an earlier failed attempt: keep its story
+        os.replace(final / "error.log", final / "error.previous.log")
+    _move_outputs(scratch, final)
     mark_done(final)
     return result
+
+
+def _move_outputs(scratch: Path, final: Path) -> None:
+    """Rename every file the explorer left in its scratch folder into the run folder
+    (gamma.json last, the marker after it), then drop the scratch folder."""
+    final.mkdir(parents=True, exist_ok=True)
+    names = sorted(p.name for p in scratch.iterdir() if p.is_file() and not is_debris(p.name))
+    for name in sorted(names, key=lambda n: n == "gamma.json"):
+        os.replace(scratch / name, final / name)
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 @dataclass
