@@ -123,6 +123,9 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check-config", help="validate a config and print the effective one")
     s.add_argument("config", nargs="?", default="config.yaml")
     s.set_defaults(fn=cmd_check_config)
+    from smallcell import convert
+
+    convert.add_parser(sub)
     s = sub.add_parser("config-doc", help="print the config reference (docs/config.md)")
     s.set_defaults(fn=cmd_config_doc)
     return p

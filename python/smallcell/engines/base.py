@@ -97,6 +97,19 @@ def trainer_for(cfg: Config) -> Trainer:
         from smallcell.engines.motep_mtp import MotepTrainer
 
         return MotepTrainer()
+    if name == "mlip3":
+        from smallcell.engines.mlip3 import Mlip3Settings, Mlip3Trainer
+
+        m, tr = cfg["mlip3"], cfg["trainer"]
+        return Mlip3Trainer(Mlip3Settings(
+            mlp=m["mlp"], setup=m["setup"], template=cfg.resolve(m["template"]),
+            templates_dir=cfg.resolve(m["templates_dir"]), level=tr["level"],
+            min_dist=tr["min_dist"], max_dist=tr["max_dist"],
+            radial_basis_size=tr["radial_basis_size"], iteration_limit=tr["max_iter"],
+            tolerance=m["tolerance"], energy_weight=tr["energy_weight"],
+            force_weight=tr["force_weight"], stress_weight=tr["stress_weight"],
+            weight_scaling=m["weight_scaling"], al_mode=tr["al_mode"],
+            start="warm" if tr["warm_start"] else "template", timeout=m["timeout"]))
     raise ValueError(f"engines.trainer: unknown trainer {name!r}")
 
 

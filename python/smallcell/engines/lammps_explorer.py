@@ -64,7 +64,6 @@ import re
 import shlex
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -75,6 +74,13 @@ from ase import Atoms
 
 from smallcell.engines.exploration import GammaStats, MDSettings
 from smallcell.engines.lammps_input import IN_FILE
+from smallcell.engines.process import (
+    KILL_GRACE,
+    ProgramNotFound,
+    run_logged,
+    tail_line,
+    with_setup,
+)
 from smallcell.errors import SmallcellError
 from smallcell.formats.cfg import format_cfg, iter_cfgs
 from smallcell.formats.errors import FormatError
@@ -88,7 +94,6 @@ PRESELECTED = "preselected.cfg"
 QUERIED = "queried.cfg"
 MD_LOG = "md.log"
 BREAK_STATUS = 777 & 0xFF  # exit(777) as the shell sees it: 9
-KILL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 _TAIL_CHARS = 300
 _BREAK = re.compile(r"Breaking threshold exceeded \(MV-grade:\s*([^)\s]+)\s*\)")
 _SETTING = re.compile(r"^\t([\w:]+) = (.*?)\s*$")
@@ -381,43 +386,21 @@ def _text_output(path: Path) -> Iterator[IO[str]]:
 # --------------------------------------------------------------------------- running
 
 
-def _kill_group(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """Stop the launcher and everything it started (MPI ranks): SIGTERM, then SIGKILL."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def run_process(argv: Sequence[str], cwd: Path, timeout: float | None,
                 grace: float = KILL_GRACE) -> int | None:
     """Run argv in ``cwd`` with stdout -> lammps.out, stderr -> lammps.err; return the exit
     status (negative: killed by that signal) or None when it timed out and was killed.
 
-    Its own process group, so that a timeout or an interrupt of smallcell stops mpirun and
-    its ranks together instead of leaving them running on the node.
+    Its own process group (engines/process.py), so that a timeout or an interrupt of
+    smallcell stops mpirun and its ranks together instead of leaving them on the node.
     """
-    with open(cwd / STDOUT_FILE, "wb") as out, open(cwd / STDERR_FILE, "wb") as err:
-        try:
-            proc = subprocess.Popen(list(argv), cwd=cwd, stdout=out, stderr=err,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        except FileNotFoundError as exc:
-            raise ExploreError(f"LAMMPS command not found: {argv[0]!r} ({exc.strerror}); "
-                               "check lammps.command and lammps.setup") from exc
-        except PermissionError as exc:
-            raise ExploreError(f"LAMMPS command not executable: {argv[0]!r}") from exc
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc, grace)
-            return None
-        except BaseException:
-            _kill_group(proc, grace)
-            raise
+    cwd = Path(cwd)
+    try:
+        return run_logged(argv, cwd, cwd / STDOUT_FILE, cwd / STDERR_FILE, timeout, grace)
+    except ProgramNotFound as exc:
+        what = "not executable" if exc.not_executable else "not found"
+        raise ExploreError(f"LAMMPS command {what}: {exc.program!r} ({exc.reason}); "
+                           "check lammps.command and lammps.setup") from exc
 
 
 def _read(path: Path) -> str:
@@ -425,13 +408,6 @@ def _read(path: Path) -> str:
         return path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return ""
-
-
-def _one_line(text: str, limit: int = _TAIL_CHARS) -> str:
-    """The last non-empty lines of ``text`` joined into one short line."""
-    lines = [" ".join(ln.split()) for ln in text.splitlines()]
-    tail = " | ".join([ln for ln in lines if ln][-2:])
-    return tail if len(tail) <= limit else "..." + tail[-limit:]
 
 
 def _exit_text(rc: int) -> str:
@@ -453,7 +429,7 @@ def failure_message(rc: int | None, log: ThermoLog, screen: ThermoLog, stderr: s
     parts = [f"LAMMPS {how}"]
     if errors:
         parts.append(errors[-1])
-    err_tail = _one_line(stderr)
+    err_tail = tail_line(stderr, lines=2, limit=_TAIL_CHARS)
     if err_tail and not (errors and err_tail in errors[-1]):
         parts.append(f"stderr: {err_tail}")
     if not errors and not err_tail:
@@ -511,10 +487,7 @@ class LammpsExplorer:
         """The argv executed: the command (+ -in/-log), or bash running the setup lines and
         then exec'ing the command passed as "$@" (never re-parsed by the shell)."""
         argv = [*self.settings.command, "-in", IN_FILE, "-log", LOG_FILE]
-        if not self.settings.setup:
-            return argv
-        script = "\n".join(self.settings.setup) + '\nexec "$@"'
-        return ["bash", "-c", script, "smallcell-lammps", *argv]
+        return with_setup(argv, self.settings.setup, "smallcell-lammps")
 
     def _check_inputs(self, out: Path, s: MDSettings, pot: Path) -> MlipLine | None:
         """Refuse to start a run whose in.lammps would not give what this run needs."""

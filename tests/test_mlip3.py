@@ -1,0 +1,648 @@
+"""MLIP-3: the .almtp reader, the log parsers on real `mlp` outputs, and the `mlp` adapter
+against the stand-in (tests/standins/mlp), which replays the real outputs in the fixtures."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from smallcell.engines.mlip3 import (
+    POT,
+    TAG,
+    Mlip3Error,
+    Mlip3Potential,
+    Mlip3Settings,
+    Mlip3Trainer,
+    calculate_grade,
+    call_mlp,
+    check_errors,
+    errors_from_report,
+    match_selected,
+    parse_errors_log,
+    parse_errors_report,
+    parse_grade_log,
+    parse_select_add_log,
+    parse_train_log,
+    read_graded,
+    select_add,
+    train,
+)
+from smallcell.engines.motep_mtp import TrainSettings
+from smallcell.formats.almtp import (
+    KNOWN_LEVELS,
+    read_almtp_header,
+    read_selection_state,
+    set_template_fields,
+)
+from smallcell.formats.cfg import cfg_to_atoms, read_cfgs, write_cfgs
+from smallcell.formats.errors import FormatError
+
+STANDIN = Path(__file__).resolve().parent / "standins" / "mlp"
+MLP = [sys.executable, str(STANDIN)]
+SPECIES = ["K"]  # the Small-Cell fixtures are potassium
+RFC = {6: 2, 8: 2, 10: 3, 12: 3, 14: 4, 16: 4}
+# cand58.cfg indices that the real `mlp select_add trained_cfg.almtp train30.cfg cand58.cfg`
+# wrote to generated/diff_cfg.cfg (matched by coordinates, see test_match_selected_real)
+REAL_SELECTED = [31, 38, 40, 41, 43, 45, 46, 47, 48, 49, 50, 51, 52, 56, 57]
+
+
+@pytest.fixture
+def m3(fixtures: Path) -> Path:
+    return fixtures / "mlip3"
+
+
+@pytest.fixture
+def gen(m3: Path) -> Path:
+    return m3 / "generated"
+
+
+@pytest.fixture
+def standin_env(fixtures: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stand-in finds the fixtures through SMALLCELL_FIXTURES; no failure switches."""
+    monkeypatch.setenv("SMALLCELL_FIXTURES", str(fixtures))
+    for var in ("SMALLCELL_MLP_FAIL", "SMALLCELL_MLP_NP", "SMALLCELL_MLP_SLEEP",
+                "SMALLCELL_MLP_ARGV_LOG"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def _argv_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "argv.log"
+    monkeypatch.setenv("SMALLCELL_MLP_ARGV_LOG", str(path))
+    return path
+
+
+# --------------------------------------------------------------------------- .almtp header
+
+
+@pytest.mark.parametrize("level", sorted(KNOWN_LEVELS))
+def test_upstream_templates_are_untrained_crlf(m3: Path, level: int) -> None:
+    path = m3 / "mlip3_upstream" / "MTP_templates" / f"{level:02d}.almtp"
+    assert b"\r\n" in path.read_bytes()  # upstream templates are CRLF
+    h = read_almtp_header(path)
+    assert (h.level, h.trained, h.al_mode, h.has_active_set) == (level, False, None, False)
+    assert (h.species_count, h.min_dist, h.max_dist) == (1, 2.0, 5.0)
+    assert (h.radial_basis_type, h.radial_basis_size) == ("RBChebyshev", 8)
+    assert h.radial_funcs_count == RFC[level]
+    assert (h.alpha_moments_count, h.alpha_scalar_moments) == KNOWN_LEVELS[level]
+    assert h.scaling is None and h.species_pairs == [] and h.selection_weights == {}
+    assert read_selection_state(path) is None
+
+
+@pytest.mark.parametrize("name,level,max_dist", [
+    ("smallcell/untrained_maxdist7_06.almtp", 6, 7.0),
+    ("smallcell/untrained_maxdist7_08.almtp", 8, 7.0),
+    ("mlip3_upstream/examples/01_train/06.almtp", 6, 5.0),
+])
+def test_other_untrained_templates(m3: Path, name: str, level: int, max_dist: float) -> None:
+    h = read_almtp_header(m3 / name)
+    assert (h.level, h.max_dist, h.trained, h.has_active_set) == (level, max_dist, False, False)
+
+
+@pytest.mark.parametrize("name,mode,level,min_dist,size,filled,n_cfgs", [
+    ("generated/trained_cfg.almtp", "cfg", 8, 3.399142641487338, 26, 23, 23),
+    ("generated/trained_nbh.almtp", "nbh", 8, 3.399142641487338, 26, 23, 23),
+    ("smallcell/CFG08_2-54_.almtp", "cfg", 8, 2.660230880266277, 26, 23, 23),
+    ("smallcell/NBH08_2-8_.almtp", "nbh", 8, 2.726561272334119, 26, 23, 21),
+    ("mlip3_upstream/examples/04_calculate_grade/pot.almtp", "nbh", 6, 2.368526946091849,
+     22, 19, 2),
+    ("mlip3_upstream/examples/06_select_add/pot.almtp", "nbh", 16, 2.5131187342704, 125, 6, 1),
+])
+def test_trained_potentials(m3: Path, name: str, mode: str, level: int, min_dist: float,
+                            size: int, filled: int, n_cfgs: int) -> None:
+    h = read_almtp_header(m3 / name)
+    assert (h.trained, h.has_active_set, h.al_mode, h.level) == (True, True, mode, level)
+    assert h.species_count == 1 and h.species_pairs == [(0, 0)]
+    assert h.min_dist == min_dist and h.scaling is not None
+    w = h.selection_weights
+    assert w["weight_scaling"] == 2 and w["force_weight"] == w["stress_weight"] == 0
+    assert (w["energy_weight"], w["site_en_weight"]) == ((1, 0) if mode == "cfg" else (0, 1))
+    s = read_selection_state(m3 / name)
+    assert s is not None and (s.size, s.filled, s.n_configs) == (size, filled, n_cfgs)
+    # the active set has one row per fitted coefficient: radial + species + moment coeffs
+    assert s.size == h.radial_funcs_count * h.radial_basis_size + 1 + h.alpha_scalar_moments
+
+
+def test_header_never_reads_the_binary_section(gen: Path, tmp_path: Path) -> None:
+    """Everything after the '#' that follows the weights is binary: junk there (even text
+    that would be a format error, or megabytes without a newline) changes nothing."""
+    data = (gen / "trained_cfg.almtp").read_bytes()
+    head = data[: data.index(b"\nweight_scaling 2\n") + len(b"\nweight_scaling 2\n")]
+    junk = tmp_path / "junk.almtp"
+    junk.write_bytes(head + b"#" + b"\xff\xfe\x00 = not a header line" * 200_000)
+    crlf = tmp_path / "crlf.almtp"
+    crlf.write_bytes(head.replace(b"\n", b"\r\n") + b"#\x00\x01")
+    ref = read_almtp_header(gen / "trained_cfg.almtp")
+    for p in (junk, crlf):
+        h = read_almtp_header(p)
+        h.path = ref.path
+        assert h == ref
+
+
+def _edit(src: Path, dst: Path, old: bytes, new: bytes) -> Path:
+    data = src.read_bytes()
+    assert old in data
+    dst.write_bytes(data.replace(old, new, 1))
+    return dst
+
+
+@pytest.mark.parametrize("old,new,line,words", [
+    (b"MTP\r\n", b"MTX\r\n", 1, "expected 'MTP'"),
+    (b"version = 1.1.0", b"version = 1.0.0", 2, "version"),
+    (b"radial_basis_size = 8", b"radial_basis_size = eight", 9, "integer"),
+    (b"\tmax_dist = 5\r\n", b"", None, "max_dist"),
+    (b"alpha_moment_mapping = {0, 10,", b"alpha_moment_mapping = {10,", 17, "entries"),
+    (b"potential_tag = \r\n", b"potential_tag\r\n", 5, "key = value"),
+])
+def test_malformed_headers_name_file_and_line(m3: Path, tmp_path: Path, old: bytes,
+                                              new: bytes, line: int | None,
+                                              words: str) -> None:
+    bad = _edit(m3 / "mlip3_upstream/MTP_templates/08.almtp", tmp_path / "bad.almtp", old, new)
+    with pytest.raises(FormatError) as err:
+        read_almtp_header(bad)
+    assert err.value.path == str(bad) and err.value.line == line
+    assert words in err.value.reason
+
+
+def test_malformed_trained_parts(gen: Path, tmp_path: Path) -> None:
+    src = gen / "trained_cfg.almtp"
+    row = _edit(src, tmp_path / "row.almtp", b"\t\t\t{9.453526091476787e-01, ",
+                b"\t\t\t{")
+    with pytest.raises(FormatError, match="radial_basis_size = 8") as err:
+        read_almtp_header(row)
+    assert err.value.line == 14
+    mvs = _edit(src, tmp_path / "mvs.almtp", b"force_weight 0.0", b"forceweight 0.0")
+    with pytest.raises(FormatError, match="#MVS") as err:
+        read_almtp_header(mvs)
+    assert err.value.line == 27
+
+
+def test_level_unknown_or_hinted(m3: Path, tmp_path: Path) -> None:
+    src = m3 / "mlip3_upstream/MTP_templates/08.almtp"
+    odd = _edit(src, tmp_path / "odd.almtp", b"alpha_moments_count = 18",
+                b"alpha_moments_count = 19")
+    assert read_almtp_header(odd).level is None
+    tagged = _edit(odd, tmp_path / "tag.almtp", b"potential_tag = ", b"potential_tag = level18")
+    assert read_almtp_header(tagged).level == 18
+
+
+# --------------------------------------------------------------------------- templates
+
+
+def test_set_template_fields_keeps_everything_else(m3: Path, tmp_path: Path) -> None:
+    src = m3 / "mlip3_upstream/MTP_templates/08.almtp"
+    text = src.read_bytes().decode()
+    new = set_template_fields(text, species_count=2, min_dist=2.5, max_dist=6.75,
+                              radial_basis_size=10)
+    old_lines, new_lines = text.splitlines(keepends=True), new.splitlines(keepends=True)
+    assert len(old_lines) == len(new_lines) and new.count("\r\n") == text.count("\r\n")
+    changed = [(a, b) for a, b in zip(old_lines, new_lines, strict=True) if a != b]
+    assert changed == [("species_count = 1\r\n", "species_count = 2\r\n"),
+                       ("\tmin_dist = 2\r\n", "\tmin_dist = 2.5\r\n"),
+                       ("\tmax_dist = 5\r\n", "\tmax_dist = 6.75\r\n"),
+                       ("\tradial_basis_size = 8\r\n", "\tradial_basis_size = 10\r\n")]
+    out = tmp_path / "prepared.almtp"
+    out.write_bytes(new.encode())
+    h = read_almtp_header(out)
+    assert (h.species_count, h.min_dist, h.max_dist, h.radial_basis_size, h.level) == (
+        2, 2.5, 6.75, 10, 8)
+
+
+def test_set_template_fields_inserts_species_count(m3: Path) -> None:
+    text = (m3 / "mlip3_upstream/MTP_templates/06.almtp").read_bytes().decode()
+    text = text.replace("species_count = 1\r\n", "")
+    new = set_template_fields(text, species_count=3, min_dist=2, max_dist=5,
+                              radial_basis_size=8)
+    assert "potential_name = MTP1m\r\nspecies_count = 3\r\npotential_tag" in new
+
+
+def test_set_template_fields_refuses(m3: Path) -> None:
+    trained = (m3 / "generated/trained_cfg.almtp").read_bytes()
+    head = trained[: trained.index(b"#MVS")].decode()
+    with pytest.raises(ValueError, match="trained potential"):
+        set_template_fields(head, species_count=1, min_dist=2, max_dist=5,
+                            radial_basis_size=8)
+    tpl = (m3 / "mlip3_upstream/MTP_templates/08.almtp").read_bytes().decode()
+    for kw in ({"min_dist": 5.0, "max_dist": 5.0}, {"species_count": 0},
+               {"radial_basis_size": 1}):
+        args = {"species_count": 1, "min_dist": 2.0, "max_dist": 5.0,
+                "radial_basis_size": 8, **kw}
+        with pytest.raises(ValueError):
+            set_template_fields(tpl, **args)  # type: ignore[arg-type]
+    with pytest.raises(FormatError, match="max_dist"):
+        set_template_fields(tpl.replace("\tmax_dist = 5\r\n", ""), species_count=1,
+                            min_dist=2, max_dist=5, radial_basis_size=8)
+
+
+# --------------------------------------------------------------------------- parsers
+
+
+TRAIN_ERRORS = {  # the numbers of generated/train_cfg.log's errors report
+    "n_configs": 30.0, "energy_rmse": 0.00146593, "energy_mae": 0.00103371,
+    "energy_max": 0.00365196, "force_rmse": 0.00189304, "force_mae": 0.000959537,
+    "force_max": 0.00545773, "n_atoms": 39.0, "stress_rmse": 0.0554857,
+    "stress_mae": 0.0414653, "stress_max": 0.16202,
+}
+
+
+def test_parse_train_log_real(gen: Path) -> None:
+    log = parse_train_log((gen / "train_cfg.log").read_text())
+    assert [len(p) for p in log.phases] == [75, 200] and log.hit_limit == [True, True]
+    assert log.loss_history[0] == 3.312938e-06 and log.loss_history[-1] == 3.1456845e-06
+    assert log.phases[0][0] == 9.3116278e-06
+    assert (log.iterations, log.converged, log.complete, log.n_configs) == (200, False, True, 30)
+    assert log.report is not None
+    assert log.report["energy"] == {"count": 30, "max": 0.00365196, "mean": 0.00135515,
+                                    "rms": 0.00179979}
+    assert log.report["forces"] == {"count": 39, "max": 0.00545773, "mean": 0.000959537,
+                                    "rms": 0.00189304, "max_rel": 0.138109,
+                                    "rms_rel": 0.139961}
+    assert log.report["stresses"]["rms"] == 0.0283714
+    assert log.report["virial"]["rms_rel"] == 0.00808389
+    assert errors_from_report(log.report) == TRAIN_ERRORS
+
+
+def test_parse_check_errors_real(gen: Path) -> None:
+    report = parse_errors_report((gen / "errors_report.txt").read_text())
+    assert report is not None and set(report) == {"energy", "energy_per_atom", "forces",
+                                                  "stresses", "virial"}
+    assert report["energy_per_atom"] == {"count": 58, "max": 440.445, "mean": 8.87338,
+                                         "rms": 58.3618}
+    assert report["virial"]["max"] == 41086.2 and report["forces"]["count"] == 138
+    rows = parse_errors_log((gen / "errors_percfg.log").read_text())
+    assert len(rows) == 58 and [r["cfg"] for r in rows] == list(range(1, 59))
+    assert rows[0] == {"cfg": 1, "atoms": 2, "energy_diff": 0.00109369,
+                       "energy_per_atom_diff": 0.000546844, "force_rms": 0.0125436,
+                       "force_max": 0.0125436, "force_rel": 0.242185,
+                       "stress_diff": 0.0245836, "stress_rel": 0.0384344}
+    assert rows[4]["energy_diff"] == -0.000291313  # signed, while Diff(epa) is absolute
+    # the per-configuration lines and the report describe the same numbers
+    epa = np.array([r["energy_per_atom_diff"] for r in rows])
+    assert math.isclose(epa.mean(), 8.87338, rel_tol=1e-4)
+    assert math.isclose(epa.max(), 440.445, rel_tol=1e-5)
+    assert sum(r["atoms"] for r in rows) == report["forces"]["count"]
+    assert math.isclose(max(r["stress_diff"] for r in rows), 41086.2, rel_tol=1e-5)
+
+
+def test_parse_grade_and_select_logs_real(gen: Path) -> None:
+    grades = parse_grade_log((gen / "grade_cfg.log").read_text())
+    ref = [c.mv_grade for c in read_cfgs(gen / "graded_cfg.cfg")]
+    assert len(grades) == 58 and grades[0] == 7.36151 and grades[-1] == 1.15098e08
+    assert all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(grades, ref, strict=True))
+    assert parse_select_add_log((gen / "selectadd_cfg.log").read_text()) == 15
+    assert len(read_cfgs(gen / "diff_cfg.cfg")) == 15
+    assert parse_select_add_log((gen / "select.log").read_text()) is None
+    assert parse_train_log("").report is None and parse_errors_report("x") is None
+
+
+def test_match_selected_real(gen: Path) -> None:
+    """select_add's real output matched back to its candidates by coordinates (mlp rounds
+    them to 6 decimals; candidate 52 differs from its source in the 7th)."""
+    cands = read_cfgs(gen / "cand58.cfg")
+    assert match_selected(read_cfgs(gen / "diff_cfg.cfg"), cands) == REAL_SELECTED
+    # by tag first: a tagged copy is found even when its coordinates moved
+    sel = read_cfgs(gen / "diff_cfg.cfg")[:2]
+    sel[0].set_feature(TAG, "7")
+    sel[0].positions += 0.5
+    assert match_selected(sel, cands) == [7, 38]
+    with pytest.raises(ValueError, match="matches no candidate"):
+        match_selected(read_cfgs(gen / "diff_cfg.cfg"), cands[:40])
+    sel[0].set_feature(TAG, "99")
+    with pytest.raises(ValueError, match="not one of the 58"):
+        match_selected(sel, cands)
+
+
+def test_read_graded_merges_rank_files(gen: Path, tmp_path: Path) -> None:
+    """An MPI calculate_grade writes graded.cfg.<rank> round-robin; rank 0 is the real MPI
+    output, rank 1 the odd IDs of the real serial output."""
+    shutil.copyfile(gen / "mpi_calculate_grade_output.cfg.0", tmp_path / "graded.cfg.0")
+    serial = read_cfgs(gen / "graded_cfg.cfg")
+    write_cfgs(tmp_path / "graded.cfg.1", serial[1::2])
+    merged = read_graded(tmp_path / "graded.cfg", 58)
+    rank0 = read_cfgs(gen / "mpi_calculate_grade_output.cfg.0")
+    assert [c.feature("ID") for c in merged] == [str(k) for k in range(58)]
+    assert [c.mv_grade for c in merged[0::2]] == [c.mv_grade for c in rank0]
+    assert [c.mv_grade for c in merged[1::2]] == [c.mv_grade for c in serial[1::2]]
+    (tmp_path / "graded.cfg.1").unlink()
+    with pytest.raises(ValueError, match=r"29 of 58 .*missing IDs 1, 3, 5"):
+        read_graded(tmp_path / "graded.cfg", 58)
+
+
+# --------------------------------------------------------------------------- adapter: train
+
+
+def _images(gen: Path, name: str = "train30.cfg") -> list:
+    return [cfg_to_atoms(c, SPECIES) for c in read_cfgs(gen / name)]
+
+
+def _settings(m3: Path, **kw: object) -> Mlip3Settings:
+    base: dict[str, object] = {
+        "mlp": MLP, "template": m3 / "smallcell/untrained_maxdist7_08.almtp", "level": 8,
+        "min_dist": 2.0, "max_dist": 6.5, "iteration_limit": 200, "al_mode": "cfg"}
+    return Mlip3Settings(**{**base, **kw})  # type: ignore[arg-type]
+
+
+@pytest.mark.usefixtures("standin_env")
+def test_train_from_template(m3: Path, gen: Path, tmp_path: Path,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    argv_log = _argv_log(tmp_path, monkeypatch)
+    out = tmp_path / "train"
+    res = train(_images(gen), SPECIES, out, _settings(m3), None)
+    assert sorted(p.name for p in out.iterdir()) == [POT, "train.err", "train.log"]
+    real = parse_train_log((gen / "train_cfg.log").read_text())
+    assert res.loss_history == real.loss_history and res.iterations == 200
+    assert (res.converged, res.message) == (False, "iteration limit reached")
+    assert res.errors == TRAIN_ERRORS
+    assert (res.active_set_size, res.active_set_configs) == (26, 26)
+    assert res.extra["al_mode"] == "cfg" and res.extra["start"] == "template"
+    assert res.extra["pretrain_history"] == real.phases[0]
+    h = read_almtp_header(out / POT)
+    assert (h.trained, h.al_mode, h.level, h.max_dist) == (True, "cfg", 8, 6.5)
+    assert math.isclose(h.min_dist, 0.99 * 3.433477, rel_tol=1e-6)  # training-set mindist
+    argv = argv_log.read_text().rstrip("\n").split("\t")
+    assert argv[0] == "train" and argv[1].endswith("template.almtp") and argv[2] == "train.cfg"
+    assert argv[3:] == ["--save_to=pot.almtp", "--iteration_limit=200", "--tolerance=0.001",
+                        "--energy_weight=1", "--force_weight=0.01", "--stress_weight=0.001",
+                        "--al_mode=cfg"]
+
+
+@pytest.mark.usefixtures("standin_env")
+def test_train_warm_start(m3: Path, gen: Path, tmp_path: Path,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    first = tmp_path / "iter0"
+    train(_images(gen), SPECIES, first, _settings(m3), None)
+    argv_log = _argv_log(tmp_path, monkeypatch)
+    second = tmp_path / "iter1"
+    trainer = Mlip3Trainer(_settings(m3, iteration_limit=50, weight_scaling=2))
+    res = trainer.train(_images(gen), SPECIES, second, None, trainer.start_file(first))
+    argv = argv_log.read_text().rstrip("\n").split("\t")
+    assert argv[1] == str((first / POT).resolve()) and "--weight_scaling=2" in argv
+    assert not any(a.startswith("--al_mode") for a in argv)  # the file keeps its mode
+    assert "Selection data found" in (second / "train.log").read_text()
+    real = parse_train_log((gen / "train_cfg.log").read_text())
+    assert res.loss_history == real.loss_history[:50] and not res.converged
+    assert res.extra["start"] == "warm" and res.extra["pretrain_history"] == []
+    # more iterations allowed than the optimiser needs: converged
+    res = trainer.train(_images(gen), SPECIES, second, _settings(m3, iteration_limit=500),
+                        first / POT)
+    assert res.converged and res.message.startswith("converged")
+    # "template": a fresh fit every iteration, even with a previous potential
+    fresh = trainer.train(_images(gen), SPECIES, second, _settings(m3, start="template"),
+                          first / POT)
+    assert fresh.extra["start"] == "template"
+    assert argv_log.read_text().splitlines()[-1].endswith("--al_mode=cfg")
+
+
+@pytest.mark.usefixtures("standin_env")
+def test_train_settings_from_the_stage(m3: Path, gen: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The train stage passes motep's TrainSettings; the trainer's own settings keep the
+    program paths and templates."""
+    argv_log = _argv_log(tmp_path, monkeypatch)
+    trainer = Mlip3Trainer(Mlip3Settings(
+        mlp=MLP, templates_dir=m3 / "mlip3_upstream/MTP_templates"))
+    ts = TrainSettings(level=6, min_dist=2.2, max_dist=5.5, max_iter=7, al_mode="nbh",
+                       stress_weight=0.0)
+    res = trainer.train(_images(gen), SPECIES, tmp_path / "t", ts, None)
+    argv = argv_log.read_text().rstrip("\n").split("\t")
+    assert "--iteration_limit=7" in argv and "--al_mode=nbh" in argv
+    assert "--stress_weight=0" in argv and res.iterations == 7
+    h = read_almtp_header(tmp_path / "t" / POT)
+    assert (h.level, h.al_mode, h.max_dist) == (6, "nbh", 5.5)
+
+
+@pytest.mark.usefixtures("standin_env")
+def test_train_configuration_errors(m3: Path, gen: Path, tmp_path: Path) -> None:
+    images = _images(gen)
+    with pytest.raises(Mlip3Error, match="no MTP template"):
+        train(images, SPECIES, tmp_path / "a", _settings(m3, template=None), None)
+    with pytest.raises(Mlip3Error, match="is level 6, the config asks for level 8"):
+        train(images, SPECIES, tmp_path / "a",
+              _settings(m3, template=m3 / "smallcell/untrained_maxdist7_06.almtp"), None)
+    with pytest.raises(Mlip3Error, match="is a trained potential"):
+        train(images, SPECIES, tmp_path / "a",
+              _settings(m3, template=m3 / "generated/trained_cfg.almtp"), None)
+    with pytest.raises(Mlip3Error, match="selects in cfg mode, but al_mode is nbh"):
+        train(images, SPECIES, tmp_path / "a", _settings(m3, al_mode="nbh"),
+              m3 / "generated/trained_cfg.almtp")
+    with pytest.raises(Mlip3Error, match="no training configurations"):
+        train([], SPECIES, tmp_path / "a", _settings(m3), None)
+    hashed = _edit(m3 / "smallcell/untrained_maxdist7_08.almtp", tmp_path / "hash.almtp",
+                   b"potential_tag = ", b"potential_tag = run#2")
+    with pytest.raises(Mlip3Error, match="contains '#'"):
+        train(images, SPECIES, tmp_path / "a", _settings(m3, template=hashed), None)
+    assert not list((tmp_path / "a").glob(".mlp.*"))
+
+
+# --------------------------------------------------------------------------- adapter: grade
+
+
+@pytest.mark.usefixtures("standin_env")
+def test_calculate_grade_serial_and_rank_split(gen: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    real = [c.mv_grade for c in read_cfgs(gen / "graded_cfg.cfg")]
+    pot = gen / "trained_cfg.almtp"
+    grades = calculate_grade(pot, gen / "cand58.cfg", tmp_path / "s" / "graded.cfg", mlp=MLP)
+    assert grades == real
+    assert (tmp_path / "s" / "calculate_grade.log").is_file()
+    monkeypatch.setenv("SMALLCELL_MLP_NP", "2")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "graded.cfg.5").write_text("stale output of an earlier run")
+    grades = calculate_grade(pot, gen / "cand58.cfg", tmp_path / "m" / "graded.cfg", mlp=MLP)
+    assert grades == real
+    assert sorted(p.name for p in (tmp_path / "m").glob("graded.cfg*")) == [
+        "graded.cfg.0", "graded.cfg.1"]
+
+
+@pytest.mark.usefixtures("standin_env")
+def test_select_add_indices(gen: Path, tmp_path: Path) -> None:
+    pot = gen / "trained_cfg.almtp"
+    out = tmp_path / "sel" / "new.cfg"
+    picked = select_add(pot, gen / "train30.cfg", gen / "cand58.cfg", out, mlp=MLP)
+    assert picked == REAL_SELECTED
+    written = read_cfgs(out)
+    assert len(written) == 15 and all(c.feature("selected_eqn_inds") == "0" for c in written)
+    assert all(c.feature(TAG) is None for c in written)
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "new.cfg", "select_add.err", "select_add.log"]
+    # derived selection (not cand58): the candidates whose grade exceeds the threshold
+    grades = calculate_grade(pot, gen / "train30.cfg", tmp_path / "g.cfg", mlp=MLP)
+    picked = select_add(pot, None, gen / "train30.cfg", tmp_path / "sel2" / "new.cfg",
+                        mlp=MLP, threshold=3.0)
+    assert picked == [k for k, g in enumerate(grades) if g > 3.0] and picked
+    assert sorted(p.name for p in (tmp_path / "sel2").iterdir()) == [
+        "new.cfg", "select_add.err", "select_add.log"]
+
+
+@pytest.mark.usefixtures("standin_env")
+def test_check_errors_numbers(gen: Path, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    res = check_errors(gen / "trained_cfg.almtp", gen / "cand58.cfg", mlp=MLP,
+                       out_dir=tmp_path / "ce")
+    assert res["report"] == parse_errors_report((gen / "errors_report.txt").read_text())
+    assert res["per_config"] == parse_errors_log((gen / "errors_percfg.log").read_text())
+    assert (res["energy_rmse"], res["energy_mae"], res["force_rmse"], res["stress_rmse"]) == (
+        58.3618, 8.87338, 5806.48, 5487.51)
+    monkeypatch.setenv("SMALLCELL_MLP_NP", "2")
+    res = check_errors(gen / "trained_cfg.almtp", gen / "cand58.cfg", mlp=MLP,
+                       out_dir=tmp_path / "mpi")
+    assert len(res["per_config"]) == 58
+    assert sorted(p.name for p in (tmp_path / "mpi").glob("check_errors.percfg*")) == [
+        "check_errors.percfg.0", "check_errors.percfg.1"]
+
+
+@pytest.mark.usefixtures("standin_env")
+def test_potential_select_and_grade(gen: Path, tmp_path: Path) -> None:
+    """What stages/select.py uses: load(train_dir).select(atoms) -> .selected,
+    .initial_grades; the training set is the iteration's collect/train.cfg."""
+    train_dir = tmp_path / "iter" / "1" / "train"
+    train_dir.mkdir(parents=True)
+    shutil.copyfile(gen / "trained_cfg.almtp", train_dir / POT)
+    (tmp_path / "iter" / "1" / "collect").mkdir()
+    shutil.copyfile(gen / "train30.cfg", tmp_path / "iter" / "1" / "collect" / "train.cfg")
+    pot = Mlip3Trainer(Mlip3Settings(mlp=MLP)).load(train_dir, SPECIES, "cfg")
+    assert pot.train_cfg == (tmp_path / "iter/1/collect/train.cfg").resolve()
+    assert pot.al_mode == "cfg"
+    pot.work_dir = tmp_path / "work"
+    sel = pot.select(_images(gen, "cand58.cfg"))
+    real = np.array([c.mv_grade for c in read_cfgs(gen / "graded_cfg.cfg")])
+    assert np.array_equal(sel.initial_grades, real)
+    assert sorted(sel.selected) == REAL_SELECTED
+    assert list(real[sel.selected]) == sorted(real[REAL_SELECTED], reverse=True)
+    assert len(sel.cfgs) == 15 and list(pot.work_dir.iterdir()) == []
+    assert pot.select([]).selected == []
+    with pytest.raises(NotImplementedError, match="LAMMPS"):
+        _ = pot.calc
+    nbh = Mlip3Potential(gen / "trained_nbh.almtp", SPECIES, "nbh", mlp=MLP,
+                         work_dir=tmp_path / "work")
+    atoms = _images(gen, "cand58.cfg")[12]
+    gamma, per_atom = nbh.grade(atoms)
+    assert per_atom is not None and per_atom.shape == (len(atoms),)
+    assert math.isclose(per_atom.max(), gamma, rel_tol=1e-5)
+    gamma_cfg, none = pot.grade(atoms)
+    assert none is None and gamma_cfg == real[12]
+    with pytest.raises(Mlip3Error, match="no active-learning state"):
+        Mlip3Potential(gen.parent / "mlip3_upstream/MTP_templates/08.almtp", SPECIES)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def _one_line(err: pytest.ExceptionInfo[Mlip3Error]) -> str:
+    text = str(err.value)
+    assert "\n" not in text
+    return text
+
+
+@pytest.mark.usefixtures("standin_env")
+def test_mlp_text_errors_with_exit_status_0(m3: Path, gen: Path, tmp_path: Path) -> None:
+    with pytest.raises(Mlip3Error) as err:
+        call_mlp(MLP, ["calculate-grade", "a", "b", "c"], tmp_path)
+    assert err.value.reason.startswith("this mlp has no command 'calculate-grade'")
+    assert err.value.returncode == 0 and "calculate-grade" in _one_line(err)
+    with pytest.raises(Mlip3Error) as err:
+        call_mlp(MLP, ["train", "only_one.almtp"], tmp_path)
+    assert "wrong number of arguments (mlp train: 2 arguments are required)" in (
+        err.value.reason)
+    # the classic trap: "--key value" turns value into a third positional argument
+    tpl = m3 / "smallcell/untrained_maxdist7_08.almtp"
+    with pytest.raises(Mlip3Error, match="wrong number of arguments"):
+        call_mlp(MLP, ["train", str(tpl), str(gen / "train30.cfg"), "--iteration_limit",
+                       "5"], tmp_path)
+    with pytest.raises(Mlip3Error, match="Error: 4 arguments required"):
+        call_mlp(MLP, ["select_add", "a", "b", "c"], tmp_path)
+    with pytest.raises(Mlip3Error) as err:
+        check_errors(gen / "trained_cfg.almtp", tmp_path / "missing.cfg", mlp=MLP,
+                     out_dir=tmp_path / "ce")
+    assert err.value.reason.startswith("Can not open a file with configurations")
+    run = call_mlp(MLP, ["list"], tmp_path, expect="List of available commands")
+    assert run.returncode == 0 and run.log == tmp_path / "list.log"
+
+
+@pytest.mark.usefixtures("standin_env")
+@pytest.mark.parametrize("mode,reason", [
+    ("exception", "MLIP-3 error (exit status 9): ERROR: injected failure of train"),
+    ("crash", "killed by SIGKILL"),
+    ("silent", "'training complete' missing from its output"),
+    ("nooutput", "exit status 0 but no output file pot.almtp"),
+])
+def test_train_failures(m3: Path, gen: Path, tmp_path: Path,
+                        monkeypatch: pytest.MonkeyPatch, mode: str, reason: str) -> None:
+    out = tmp_path / "train"
+    out.mkdir()
+    (out / POT).write_text("previous potential")
+    monkeypatch.setenv("SMALLCELL_MLP_FAIL", f"train:{mode}")
+    with pytest.raises(Mlip3Error) as err:
+        train(_images(gen), SPECIES, out, _settings(m3), None)
+    text = _one_line(err)
+    assert err.value.reason.startswith(reason) and text.startswith("mlp train: ")
+    assert err.value.log is not None and err.value.log.parent == out
+    assert err.value.log.is_file()  # the log named in the error is kept beside the stage
+    assert (out / POT).read_text() == "previous potential"  # untouched
+    assert not list(out.glob(".mlp.*"))
+
+
+@pytest.mark.usefixtures("standin_env")
+def test_grading_failures(gen: Path, m3: Path, tmp_path: Path,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    pot = gen / "trained_cfg.almtp"
+    with pytest.raises(Mlip3Error, match="ERROR: Selection state not found"):
+        calculate_grade(m3 / "mlip3_upstream/MTP_templates/08.almtp", gen / "cand58.cfg",
+                        tmp_path / "g.cfg", mlp=MLP)
+    monkeypatch.setenv("SMALLCELL_MLP_FAIL", "calculate_grade:nooutput,select_add:silent")
+    with pytest.raises(Mlip3Error, match="grades for 0 of 58 configurations in no output"):
+        calculate_grade(pot, gen / "cand58.cfg", tmp_path / "g.cfg", mlp=MLP)
+    with pytest.raises(Mlip3Error, match="'Training set was increased by' missing"):
+        select_add(pot, gen / "train30.cfg", gen / "cand58.cfg", tmp_path / "s.cfg", mlp=MLP)
+    monkeypatch.setenv("SMALLCELL_MLP_FAIL", "check_errors:exception")
+    with pytest.raises(Mlip3Error, match="exit status 9"):
+        check_errors(pot, gen / "cand58.cfg", mlp=MLP, out_dir=tmp_path / "ce")
+
+
+@pytest.mark.usefixtures("standin_env")
+def test_process_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(Mlip3Error, match="executable not found: '/nonexistent/mlp'"):
+        call_mlp(["/nonexistent/mlp"], ["train", "a", "b"], tmp_path)
+    with pytest.raises(Mlip3Error, match=r"exit status 3: boom"):
+        call_mlp([sys.executable, "-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"],
+                 ["train"], tmp_path)
+    monkeypatch.setenv("SMALLCELL_MLP_SLEEP", "30")
+    with pytest.raises(Mlip3Error, match=r"timed out after 0.5 s"):
+        call_mlp(MLP, ["list"], tmp_path, timeout=0.5)
+
+
+@pytest.mark.usefixtures("standin_env")
+def test_train_timeout_keeps_the_log(m3: Path, gen: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMALLCELL_MLP_SLEEP", "30")
+    out = tmp_path / "train"
+    with pytest.raises(Mlip3Error) as err:
+        train(_images(gen), SPECIES, out, _settings(m3, timeout=0.5), None)
+    assert err.value.reason == "timed out after 0.5 s (killed)"
+    assert err.value.log == out / "train.log" and err.value.log.is_file()
+    assert not (out / POT).exists() and not list(out.glob(".mlp.*"))
+
+
+def test_settings_validation() -> None:
+    s = Mlip3Settings(mlp="mpirun -np 4 mlp", templates_dir="/opt/mlip-3/MTP_templates",
+                      level=10)  # type: ignore[arg-type]
+    assert s.mlp == ["mpirun", "-np", "4", "mlp"]
+    assert s.template_path() == Path("/opt/mlip-3/MTP_templates/10.almtp")
+    for bad in ({"al_mode": "atoms"}, {"start": "cold"}, {"mlp": []}):
+        with pytest.raises(ValueError):
+            Mlip3Settings(**bad)  # type: ignore[arg-type]
+
+
+def test_standin_runs_by_its_shebang(tmp_path: Path) -> None:
+    if shutil.which("python3") is None:
+        pytest.skip("no python3 on PATH for the stand-in's shebang")
+    assert os.access(STANDIN, os.X_OK)
+    res = subprocess.run([str(STANDIN), "calc-grade"], capture_output=True, text=True,
+                         cwd=tmp_path, check=False)
+    assert (res.returncode, res.stdout) == (0, "Error: command calc-grade does not exist.\n")
