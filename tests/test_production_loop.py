@@ -1,0 +1,123 @@
+"""The production configuration end to end: VASP, MLIP-3's mlp and LAMMPS with pair_style
+mlip, each played by a stand-in that behaves like the real program (tests/standins/), so
+that switching from the embedded default to production is only a change of config."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smallcell.engines.mtp_basis import write_template
+from smallcell.formats.cfg import read_cfgs
+
+REPO = Path(__file__).resolve().parents[1]
+STANDINS = REPO / "tests" / "standins"
+
+
+def _config(tmp: Path, policy: str = "threshold") -> Path:
+    lib = tmp / "potpaw_PBE" / "Pb_d"
+    lib.mkdir(parents=True)
+    (lib / "POTCAR").write_text("  PAW_PBE Pb_d 06Sep2000\n   VRHFIN =Pb: s2p2\n"
+                                "   TITEL  = PAW_PBE Pb_d 06Sep2000\n")
+    write_template(tmp / "MTP_templates" / "08.almtp", 8)
+    text = f"""
+species: [Pb]
+masses: [207.2]
+structure: {{lattice: fcc, a: 4.95, cell: [1, 1, 1], displacement: 0.1}}
+grid: {{temperatures: [300.0], pressures: [1.0], seeds_per_point: 2}}
+md: {{steps: 60, ensemble: npt}}
+extrapolation: {{gamma_save: 2.1, gamma_break: 10.0}}
+select: {{policy: {policy}, max_selected: 3}}
+initial: {{source: generate, n_configs: 4}}
+trainer: {{level: 8, max_iter: 50}}
+engines: {{explorer: lammps, labeler: vasp, trainer: mlip3, scheduler: local}}
+vasp:
+  command: ["{sys.executable}", "{STANDINS / 'vasp_eam'}"]
+  potcar_dir: {tmp / 'potpaw_PBE'}
+  potcars: {{Pb: Pb_d}}
+  incar: {{ENCUT: 300, NCORE: 2}}
+  kspacing: 0.3
+mlip3:
+  mlp: "{STANDINS / 'mlp'}"
+  templates_dir: {tmp / 'MTP_templates'}
+lammps:
+  command: "{STANDINS / 'lmp'}"
+  grade_floor: 0.1
+run: {{seed: 5, jobs: 2}}
+"""
+    path = tmp / "prod.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.slow
+def test_production_loop_with_standins(tmp_path: Path, fixtures: Path) -> None:
+    config = _config(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(SMALLCELL_FIXTURES=str(fixtures), SMALLCELL_LMP_GRADES="break")
+    res = subprocess.run([str(REPO / "bin" / "smallcell"), "--run-dir", str(tmp_path), "iter",
+                          "--upto", "2", "--config", str(config)], capture_output=True,
+                         text=True, env=env, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    it = tmp_path / "iter"
+    # iteration 0: generated cells labeled by "VASP" from rendered inputs
+    task = it / "0" / "vasp" / "0"
+    names = {p.name for p in task.iterdir()}
+    assert {"INCAR", "KPOINTS", "POSCAR", "OUTCAR", "labeled.cfg", "done"} <= names
+    assert "POTCAR" not in names  # licensed file removed after the run
+    incar = (task / "INCAR").read_text()
+    assert "IBRION = -1" in incar and "NSW = 0" in incar and "ENCUT = 300" in incar
+    assert "Pb" in (task / "POSCAR").read_text().splitlines()[5]
+    [label] = read_cfgs(task / "labeled.cfg")
+    assert label.feature("EFS_by") == "vasp" and label.energy == pytest.approx(-8.0, abs=0.3)
+    # every iteration trained by mlp into pot.almtp with its log
+    for i in (0, 1, 2):
+        train = it / str(i) / "train"
+        assert (train / "pot.almtp").read_bytes().startswith(b"MTP")
+        errors = json.loads((train / "errors.json").read_text())
+        assert "force_rmse" in errors["errors"]
+    assert "training complete" in (it / "0" / "train" / "train.log").read_text()
+    # explore: LAMMPS ran in.lammps with pair_style mlip, broke, kept MLIP-3's messages
+    for i in (1, 2):
+        summary = json.loads((it / str(i) / "summary.json").read_text())
+        sel = json.loads((it / str(i) / "select" / "selection.json").read_text())
+        in_range = [c for c in sel["candidates"] if 2.1 < c["gamma"] < 10.0]
+        assert summary["broke"] is True and summary["n_selected"] == min(len(in_range), 3) > 0
+        assert summary["n_labeled"] == summary["n_selected"] and summary["n_failed"] == 0
+        for run in sorted(p for p in (it / str(i) / "explore").iterdir() if p.is_dir()):
+            files = {p.name for p in run.iterdir()}
+            assert {"in.lammps", "data.lmp", "log.lammps", "lammps.out", "lammps.err",
+                    "preselected.cfg", "queried.cfg", "gamma.json", "done"} <= files
+            text = (run / "in.lammps").read_text()
+            assert f"load_from=../../../{i - 1}/train/pot.almtp" in text
+            assert "threshold_save=0.1 threshold_break=10" in text
+            gamma = json.loads((run / "gamma.json").read_text())
+            assert gamma["broke"] and gamma["grades"] == "all_queries"
+            assert all(c.mv_grade > 2.1 for c in read_cfgs(run / "preselected.cfg"))
+            assert "Breaking threshold exceeded" in (run / "lammps.err").read_text()
+    status = subprocess.run([str(REPO / "bin" / "smallcell"), "--run-dir", str(tmp_path),
+                             "status"], capture_output=True, text=True, env=env, check=True)
+    assert len(status.stdout.strip().splitlines()) == 4
+
+
+@pytest.mark.slow
+def test_production_dopt_selection_by_mlp_select_add(tmp_path: Path, fixtures: Path) -> None:
+    """policy dopt with MLIP-3: the select stage asks `mlp select_add`."""
+    config = _config(tmp_path, policy="dopt")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(SMALLCELL_FIXTURES=str(fixtures), SMALLCELL_LMP_GRADES="break",
+               SMALLCELL_MLP_ARGV_LOG=str(tmp_path / "mlp_calls.jsonl"))
+    res = subprocess.run([str(REPO / "bin" / "smallcell"), "--run-dir", str(tmp_path), "iter",
+                          "--upto", "1", "--config", str(config)], capture_output=True,
+                         text=True, env=env, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    calls = (tmp_path / "mlp_calls.jsonl").read_text()
+    assert "select_add" in calls and "train" in calls
+    sel = json.loads((tmp_path / "iter" / "1" / "select" / "selection.json").read_text())
+    assert sel["policy"] == "dopt" and sel["n_candidates"] >= 1
+    assert sel["n_selected"] == sum(c["selected"] for c in sel["candidates"])
