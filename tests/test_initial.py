@@ -40,7 +40,7 @@ def test_crashed_outcar_is_one_clear_error(fixtures: Path, tmp_path: Path) -> No
     src = fixtures / "vasp" / "unfinished" / "vasp544_crashed_before_NIONS" / "OUTCAR"
     (tmp_path / "x").mkdir()
     shutil.copyfile(src, tmp_path / "x" / "OUTCAR")
-    with pytest.raises(SmallcellError, match=r"x/OUTCAR: cannot read"):
+    with pytest.raises(SmallcellError, match=r"x/OUTCAR:\d+: no complete, converged DFT"):
         initial._import_outcars(tmp_path, ["Mg"])
 
 
@@ -85,3 +85,16 @@ def test_generated_initial_set_is_seeded(tmp_path: Path) -> None:
     it2 = _iteration0(tmp_path / "again", "initial: {n_configs: 5}\n")
     initial.select(it2, it2.stage("select"))
     assert (it2.stage("select") / "selected.cfg").read_text() == first
+
+
+def test_outcar_import_keeps_only_converged_steps(fixtures: Path, tmp_path: Path) -> None:
+    """An MD whose first two ionic steps reached NELM: only the converged step is data."""
+    src = fixtures / "vasp" / "unconverged" / "vasp544_ch4_md3_NELM15" / "OUTCAR"
+    (tmp_path / "md").mkdir()
+    shutil.copyfile(src, tmp_path / "md" / "OUTCAR")
+    cfgs = initial._import_outcars(tmp_path, ["C", "H"])  # POTCAR order is H, C
+    assert len(cfgs) == 1
+    assert cfgs[0].energy == pytest.approx(-23.94708651, abs=1e-8)
+    assert sorted(cfgs[0].types.tolist()) == [0, 1, 1, 1, 1]  # C first in the run's species
+    with pytest.raises(SmallcellError, match=r"species C not in the config"):
+        initial._import_outcars(tmp_path, ["H"])

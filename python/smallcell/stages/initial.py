@@ -9,11 +9,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+import numpy as np
 
 from smallcell.errors import SmallcellError
 from smallcell.formats.cfg import atoms_to_cfg, read_cfgs, write_cfgs
 from smallcell.formats.errors import FormatError
+from smallcell.formats.outcar import outcar_to_cfgs, read_outcar
 from smallcell.stages.common import Iteration, progress
 from smallcell.state import atomic_output, atomic_write_json
 from smallcell.structures import initial_structures
@@ -22,20 +26,30 @@ IMPORTED = "imported.cfg"
 
 
 def _import_outcars(folder: Path, species: list[str]) -> list:
-    from ase.io import read
-
+    """Every complete, converged DFT ionic step of every OUTCAR under `folder`, with types
+    mapped from the OUTCAR's POTCAR order to the run's species order."""
     cfgs = []
     for path in sorted(folder.rglob("OUTCAR")):
         try:
-            frames = read(path, index=":", format="vasp-out")
-        except Exception as exc:  # ase raises many types on broken files
-            raise SmallcellError(f"{path}: cannot read this OUTCAR ({exc})") from None
-        for k, atoms in enumerate(frames):
-            cfg = atoms_to_cfg(atoms, species,
-                               energy=atoms.get_potential_energy(force_consistent=True))
-            cfg.set_feature("EFS_by", "VASP")
-            cfg.set_feature("origin", f"{path}#{k}")
+            info, steps = read_outcar(path)
+            found = outcar_to_cfgs(path, keep_converged_steps=True)
+        except FormatError as exc:
+            raise SmallcellError(f"cannot import this OUTCAR: {exc}") from None
+        missing = sorted({info.species[t] for c in found for t in set(c.types.tolist())}
+                         - set(species))
+        if missing:
+            raise SmallcellError(f"{path}: species {', '.join(missing)} not in the config's "
+                                 f"species {species}")
+        remap = np.array([species.index(s) if s in species else -1 for s in info.species])
+        for cfg in found:
+            cfg.types = remap[cfg.types]
+            cfg.set_feature("origin", f"{path}")
             cfgs.append(cfg)
+        dropped = len([s for s in steps if not s.ml]) - len(found)
+        if dropped:
+            progress_note = f"{path}: {dropped} ionic step(s) skipped ({info.status}"
+            print(progress_note + (f": {info.reason})" if info.reason else ")"),
+                  file=sys.stderr)
     if not cfgs:
         raise SmallcellError(f"{folder}: no OUTCAR with a complete ionic step found")
     return cfgs
