@@ -1,12 +1,13 @@
 """Run the benchmarks and rewrite their sections of BENCHMARKS.md (`make bench`).
 
 Each benchmark owns the text between its marker comments in BENCHMARKS.md
-(`<!-- bench:status -->` ... `<!-- /bench:status -->`, likewise `iter`); everything
+(`<!-- bench:status -->` ... `<!-- /bench:status -->`, likewise `iter` and `outcar`); everything
 outside the markers is hand-written and kept. A section is only rewritten after its
 benchmark finished, so an interrupted run leaves the previous numbers in place.
 
     .venv/bin/python bench/run_all.py                # every benchmark
     .venv/bin/python bench/run_all.py --only status  # just one (status: ~20 s)
+    .venv/bin/python bench/run_all.py --only outcar  # OUTCAR parser vs ASE (~40 s)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_iter
+import bench_outcar
 import bench_status
 from benchlib import BENCHMARKS_MD, write_sections
 
@@ -32,10 +34,16 @@ def _iter(args: argparse.Namespace) -> tuple[str, bool]:
     return bench_iter.markdown(m, date, results), all(r.passed for r in results)
 
 
+def _outcar(args: argparse.Namespace) -> tuple[str, bool]:
+    res = bench_outcar.run()
+    return bench_outcar.markdown(res), res.passed
+
+
 # name -> (heading used when the markers are missing, runner)
 BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], tuple[str, bool]]]] = {
     "status": ("`smallcell status` on 90,000 task folders", _status),
     "iter": ("The embedded loop end to end (`smallcell iter`)", _iter),
+    "outcar": ("OUTCAR reading: smallcell vs `ase.io.read`", _outcar),
 }
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from smallcell.formats import outcar as outcar_mod
-from smallcell.formats.cfg import format_cfg, read_cfgs
+from smallcell.formats.cfg import format_cfg
 from smallcell.formats.errors import FormatError
 from smallcell.formats.outcar import (
     KBAR_A3_PER_EV,
@@ -229,7 +229,7 @@ def test_unfinished_run_raises_unless_converged_steps_are_wanted(fixtures: Path)
     path = fixtures / "vasp/unfinished/vasp541_relax3_no_footer_mlip3/OUTCAR"
     with pytest.raises(FormatError, match="unfinished run: no timing footer") as exc:
         outcar_to_cfgs(path)
-    assert exc.value.path == str(path) and exc.value.line == 2857
+    assert exc.value.path == str(path) and exc.value.line == 2855  # its last line of text
     kept = "".join(format_cfg(c) for c in outcar_to_cfgs(path, keep_converged_steps=True))
     # The file is the relaxation's OUTCAR without its end: the same three configurations.
     assert kept == (fixtures / "vasp/relax_md/vasp541_relax3_32at_mlip3/relax.cfg").read_text()
@@ -251,6 +251,34 @@ def test_unconverged_steps_are_reported_and_dropped(fixtures: Path) -> None:
     with pytest.raises(FormatError, match="no complete, converged DFT ionic step"):
         outcar_to_cfgs(nelm2, keep_converged_steps=True)
     assert read_outcar(nelm2)[0].notes == ["relaxation stopped at NSW=2 before reaching EDIFFG"]
+
+
+def test_step_without_stress_block_takes_the_header_cell(fixtures: Path, tmp_path: Path) -> None:
+    """ISIF=0 prints no stress (and no lattice after it): the cell cannot have changed."""
+    data = (fixtures / "vasp/single_point/vasp544_Al2/OUTCAR").read_bytes()
+    a = data.rindex(b"\n", 0, data.index(b"FORCE on cell")) + 1
+    b = data.index(b"length of vectors", a)
+    path = tmp_path / "OUTCAR"
+    path.write_bytes(data[:a] + data[b:])
+    (cfg,) = outcar_to_cfgs(path)
+    (ref,) = outcar_to_cfgs(fixtures / "vasp/single_point/vasp544_Al2/OUTCAR")
+    assert cfg.plus_stress is None and ref.plus_stress is not None
+    np.testing.assert_array_equal(cfg.cell, ref.cell)
+    np.testing.assert_array_equal(cfg.forces, ref.forces)
+
+
+def test_vasp6_not_reached_text_marks_the_step(fixtures: Path, tmp_path: Path) -> None:
+    """VASP 6 says it when the loop stopped at NELM; the count alone would miss it here."""
+    data = (fixtures / "vasp/relax_md/vasp544_h2o_md3/OUTCAR").read_bytes()
+    text = b"aborting loop because EDIFF is reached"
+    at = data.index(text, data.index(text) + 1)  # ionic step 2 (12 of NELM=60 steps)
+    path = tmp_path / "OUTCAR"
+    path.write_bytes(data[:at] + b"aborting loop EDIFF was not reached (unconverged)"
+                     + data[at + len(text):])
+    info, steps = read_outcar(path)
+    assert [s.converged for s in steps] == [True, False, True]
+    assert (info.status, info.reason) == (
+        "unconverged", "ionic step 2: electronic loop not converged (VASP says so)")
 
 
 @pytest.mark.parametrize("name", [n for n, (s, _) in STATUS.items() if s == "unfinished"])
@@ -447,8 +475,7 @@ def test_not_an_outcar(tmp_path: Path, fixtures: Path) -> None:
     assert (info.status, info.reason, steps) == ("unfinished",
                                                  "stopped before NIONS was printed", [])
     cfg = fixtures / "vasp/relax_md/vasp541_relax3_32at_mlip3/relax.cfg"
-    assert read_outcar(cfg)[0].status == "unfinished"
-    assert read_cfgs(cfg)  # (the cfg itself is fine)
+    assert read_outcar(cfg)[0].reason == "stopped before NIONS was printed"
     path.write_text(" POSITION                                       TOTAL-FORCE (eV/Angst)\n")
     with pytest.raises(FormatError, match="before NIONS"):
         read_outcar(path)

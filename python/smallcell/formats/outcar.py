@@ -21,15 +21,19 @@ MLIP-3's own converter (``Configuration::LoadDynamicsFromOUTCAR``), because ``ml
 How it reads, and why not line by line: a Python loop that only iterates the lines of an
 OUTCAR already costs about a third of what ASE needs for the whole parse, and every
 substring test per line adds as much again. So the file is streamed in blocks of a few MiB
-(constant memory in the file size); in each block ``bytes.find`` (C speed, ~2 GB/s) locates
-the few markers that matter ("- Iteration", "FORCE on cell", "direct lattice vectors",
-"TOTAL-FORCE", "FREE ENERGIE", "aborting loop"), and only the lines at
-those places are read; numeric blocks go to numpy in one call. No regex runs per line. A
-step is emitted when the next one starts (or at the end of the file), so the order of the
-blocks inside a step does not matter (5.2.2 prints the energy first). VASP errors and
-"reached required accuracy" are looked up in the last 64 KiB, where a run that stops
-prints them, and so is the timing footer. Line numbers (for messages only) are counted
-when one is needed.
+(constant memory in the file size) and ``bytes.find`` (C speed, ~2 GB/s) locates the
+blocks of each ionic step: one pass for "FORCE" (the stress block "FORCE on cell" and the
+"TOTAL-FORCE" block) and one for "FREE ENERGIE". The lattice is looked up right after each
+stress block, and the text between two blocks - the electronic loop - is read backwards
+from its end: its last "Iteration N(k)" line gives the ionic step and the number of
+electronic steps, the "aborting loop" line VASP 6's verdict. Only the lines at those places
+are read; numeric blocks go to numpy in one call; no regex runs per line. A step is emitted
+when the next one starts (or at the end of the file), so the order of the blocks inside a
+step does not matter (5.2.2 prints the energy first). The timing footer, "reached required
+accuracy" and the error that stopped VASP are looked up in the last 64 KiB. Line numbers
+(for messages only) are counted when one is needed. Measured (BENCHMARKS.md, ``outcar``):
+about 11x ASE's throughput over the fixture OUTCARs together and on a 50 MB relaxation,
+from 5x on a 40 KB file (a fixed ~0.2 ms per file) to 20x on a 0.5 MB one.
 
 Classification (:func:`read_outcar`): ``complete`` (timing footer present, every DFT step
 converged), ``unconverged`` (some step reached NELM) or ``unfinished`` (no timing footer:
@@ -79,7 +83,8 @@ _ERROR_STARTS = ("Error", "ERROR", "VERY BAD NEWS", "internal error", "Internal 
 _STRESS_BYTES = 4000  # from "FORCE on cell" to its "in kB" line (~1.3 KB in every layout)
 _ENERGY_BYTES = 1000  # from "FREE ENERGIE" to "energy(sigma->0)" (~300 bytes)
 _CHUNK = 4 << 20  # bytes read at a time
-_TAIL = 64 << 10  # bytes kept for the end-of-file scan (footer, errors, required accuracy)
+_TAIL = 64 << 10  # bytes kept for the end-of-file scan (footer, required accuracy)
+_ERROR_TAIL = 16 << 10  # the last bytes searched for the error that stopped VASP
 
 # The blocks of an ionic step that the body scan locates (event kinds, their names).
 _STRESS, _FORCES, _ENERGY = range(3)
@@ -88,8 +93,6 @@ _BLOCK_NAMES = ("stress block", "TOTAL-FORCE block", "energy block")
 _PARAMETER_KEYS = (b"NELM", b"NWRITE", b"IBRION", b"NSW")
 _HEADER_KEYS = (b"POTCAR:", b"TITEL", b"VRHFIN", b"ions per type", b"NIONS",
                 *_PARAMETER_KEYS, b"direct lattice vectors")
-# A line with one of these ends the header (ML runs print an ML step before Iteration 1).
-_BODY_STARTS = (b"- Iteration", b"FORCE on cell", b"TOTAL-FORCE", b"FREE ENERGIE")
 
 
 @dataclass(eq=False)
@@ -142,6 +145,8 @@ class OutcarInfo:
     has_footer: bool = False  # "General timing and accounting informations" present
     error: str | None = None  # the VASP error text of a crashed run, if any
     reason_line: int | None = None  # line of the OUTCAR the reason points at
+    # line of the first DFT step printed without a TOTAL-FORCE block (NWRITE=0, or damage)
+    no_forces_line: int | None = None
 
 
 class _Cut(Exception):
@@ -198,27 +203,17 @@ def _element(tokens: list[str]) -> str | None:
     return None
 
 
-def _line_numbers(path: str, offsets: list[int]) -> dict[int, int]:
-    """1-based line of each byte offset. Messages need them rarely, so they are counted
-    then, in a second pass, instead of on every block of the fast path."""
-    out: dict[int, int] = {}
-    todo = sorted(set(offsets))
-    if not todo:
-        return out
+def _line_number(path: str, offset: int) -> int:
+    """1-based line of a byte offset, counted in a second pass over the file: messages need
+    it rarely, so the fast path never counts lines."""
     lines, done = 1, 0
     with open(path, "rb") as f:
-        while todo:
-            data = f.read(_CHUNK)
-            if not data:
-                break
-            while todo and todo[0] <= done + len(data):
-                out[todo[0]] = lines + data.count(b"\n", 0, todo[0] - done)
-                todo.pop(0)
+        while data := f.read(_CHUNK):
+            if offset <= done + len(data):
+                return lines + data.count(b"\n", 0, offset - done)
             lines += data.count(b"\n")
             done += len(data)
-    for off in todo:  # past the end (an offset at EOF of a file without final newline)
-        out[off] = lines
-    return out
+    return lines
 
 
 class _Parser:
@@ -257,12 +252,12 @@ class _Parser:
         self.end = 0  # buf[:end] holds complete lines only (unless at EOF)
         self.eof = False
         self.size = 0  # bytes read so far
+        self.file_size = 0  # when opened
         self.tail = b""  # the last _TAIL bytes read (end-of-file scan)
         # body
         self.out: list[IonicStep] = []  # finished steps not yet handed out
         self.dft: _Rec | None = None
         self.ml: _Rec | None = None
-        self.mode_ml = False  # the last marker seen belonged to an ML block
         self.n_ml_blocks = 0
         self.n_ml_done = 0
         self.last_dft_index = -1
@@ -279,8 +274,7 @@ class _Parser:
     # ------------------------------------------------------------------ helpers
 
     def err(self, offset: int | None, message: str) -> FormatError:
-        line = None if offset is None else _line_numbers(self.path, [offset])[offset]
-        return FormatError(self.path, line, message)
+        return FormatError(self.path, None if offset is None else self.line_of(offset), message)
 
     def short(self, restart: int, what: str) -> None:
         """A block needs lines past buf[:end]: read more, or the file ends inside it."""
@@ -292,19 +286,6 @@ class _Parser:
         """Index of the newline ending the line that contains i (len(buf) at a cut end)."""
         j = self.buf.find(b"\n", i, self.end)
         return j if j >= 0 else self.end
-
-    def lines_after(self, le: int, n: int, restart: int, what: str) -> list[bytes]:
-        """The n lines after the newline at ``le`` (each without its newline)."""
-        buf, end = self.buf, self.end
-        out = []
-        p = le + 1
-        for _ in range(n):
-            q = buf.find(b"\n", p, end)
-            if q < 0:
-                self.short(restart, what)
-            out.append(buf[p:q])
-            p = q + 1
-        return out
 
     def floats(self, text: str, offset: int, what: str) -> list[float]:
         """Every number of ``text`` (touching Fortran fields split); FormatError if garbled."""
@@ -353,11 +334,11 @@ class _Parser:
         n = len(self.ions_per_type or ())
         for ls in self.key_lines(text, (b"NIONS",), max(0, ipt - 2000), ipt):
             self.header_line(text, ls, base)
-        params = self.key_lines(text, _PARAMETER_KEYS, ipt, min(len(text), ipt + 6000))
-        if len(params) < len(_PARAMETER_KEYS):  # an unusual layout: the INCAR echo too
-            params = self.key_lines(text, _PARAMETER_KEYS, 0, len(text))
-        for ls in params:
+        for ls in self.key_lines(text, _PARAMETER_KEYS, ipt, min(len(text), ipt + 6000)):
             self.header_line(text, ls, base)
+        if None in (self.nelm, self.nwrite, self.ibrion, self.nsw):  # an unusual layout
+            for ls in self.key_lines(text, _PARAMETER_KEYS, 0, len(text)):
+                self.header_line(text, ls, base)
         i = text.find(b"POTCAR:")
         while i >= 0 and len(self.potcar) < n:
             self.header_line(text, text.rfind(b"\n", 0, i) + 1, base)
@@ -457,14 +438,12 @@ class _Parser:
         if self.ml is None:
             self.ml = _Rec(self.n_ml_blocks, True, offset)
             self.n_ml_blocks += 1
-        self.mode_ml = True
         return self.ml
 
     def enter_dft(self, offset: int) -> _Rec:
         """DFT output: an ML block still open has ended without its energy (incomplete)."""
         if self.ml is not None:
             self.close_ml()
-        self.mode_ml = False
         if self.dft is None:  # DFT output without an Iteration header (never seen in practice)
             self.dft = _Rec(self.last_dft_index + 1, False, offset)
         return self.dft
@@ -524,12 +503,13 @@ class _Parser:
         if at_end and not self.footer and not complete:
             self.eof_rec = r
             return
-        if not usable:
-            self.notes.append(f"ionic step {r.index + 1} has no final energy (skipped)")
-            return
+        if not usable:  # VASP always ends a step with it: the file is damaged
+            raise self.err(r.iter_offset, f"ionic step {r.index + 1} has no 'FREE ENERGIE' "
+                                          "block (its energy) before the next step or the end")
         step = self.make_step(r)
-        self.dft_steps.append((r.index, step.converged, r.forces is not None, r.n_el,
-                               r.iter_offset))
+        if not self.strict:  # read_outcar classifies the run; iter_outcar keeps nothing
+            self.dft_steps.append((r.index, step.converged, r.forces is not None, r.n_el,
+                                   r.iter_offset))
         self.out.append(step)
 
     # ------------------------------------------------------------------ blocks
@@ -554,14 +534,16 @@ class _Parser:
             self.dft = d = _Rec(n - 1, False, self.base + ls)
         if k > d.n_el:
             d.n_el, d.iter_offset = k, self.base + ls
-        self.mode_ml = False
 
     def catch_up(self, a: int, b: int) -> None:
-        """The electronic loop between two blocks: its last "Iteration N(k)" line says which
-        ionic step runs and how many electronic steps it took (the earlier ones say less),
-        and VASP 6 marks a loop stopped at NELM with "aborting loop EDIFF was not reached"."""
+        """The electronic loop between two blocks, read backwards: "aborting loop" ends it
+        (VASP 6 writes "EDIFF was not reached" there when it stopped at NELM), and the last
+        "Iteration N(k)" line before says which ionic step ran and how many electronic
+        steps it took (the earlier lines say less). Between them VASP may print the
+        eigenvalues (hundreds of KB): searching from the end reads that stretch once."""
         buf = self.buf
-        j = buf.rfind(b"- Iteration", a, b)
+        k = buf.rfind(b"aborting loop", a, b)
+        j = buf.rfind(b"- Iteration", a, k if k >= 0 else b)
         if j >= 0:
             ls = buf.rfind(b"\n", 0, j) + 1
             le = buf.find(b"\n", j, self.end)
@@ -572,11 +554,8 @@ class _Parser:
                     le = buf.find(b"\n", j, self.end)
             if j >= 0:
                 self.on_iteration(ls, le)
-        k = buf.rfind(b"aborting loop", max(a, j), b)
-        if k >= 0 and self.dft is not None:
-            le = self.line_end(k)
-            if b"not reached" in buf[k:le]:
-                self.dft.not_converged_text = True
+        if k >= 0 and self.dft is not None and b"not reached" in buf[k : self.line_end(k)]:
+            self.dft.not_converged_text = True
 
     def on_stress(self, ls: int, le: int, limit: int) -> int:
         """'FORCE on cell =-STRESS' block: the 'Total' (eV) and 'in kB' lines, then the
@@ -616,6 +595,12 @@ class _Parser:
         return kle
 
     def six(self, raw: bytes, offset: int, what: str) -> np.ndarray:
+        try:  # the common case, straight from the bytes
+            vals = [float(t) for t in raw.split()]
+        except ValueError:
+            vals = []
+        if len(vals) == 6 and math.isfinite(sum(vals)):
+            return np.array(vals)
         text = raw.decode("latin-1")
         vals = self.floats(text, offset, what)
         if len(vals) != 6:
@@ -645,10 +630,21 @@ class _Parser:
         return cell
 
     def read_lattice(self, i: int, restart: int) -> tuple[np.ndarray, int]:
+        buf, end = self.buf, self.end
         le = self.line_end(i)
-        rows = self.lines_after(le, 3, restart, "lattice vectors")
-        cell = self.lattice([r.decode("latin-1") for r in rows], self.base + le + 1)
-        return cell, le + 3 + sum(map(len, rows))
+        r1 = buf.find(b"\n", le + 1, end)
+        r2 = buf.find(b"\n", r1 + 1, end) if r1 >= 0 else -1
+        r3 = buf.find(b"\n", r2 + 1, end) if r2 >= 0 else -1
+        if r3 < 0:
+            self.short(restart, "lattice vectors")
+        try:  # the common case, straight from the bytes
+            vals = [float(t) for t in buf[le + 1 : r3].split()]
+        except ValueError:
+            vals = []
+        if len(vals) == 18 and math.isfinite(sum(vals)):
+            return np.array(vals).reshape(3, 6)[:, :3].copy(), r3
+        rows = [buf[le + 1 : r1], buf[r1 + 1 : r2], buf[r2 + 1 : r3]]
+        return self.lattice([r.decode("latin-1") for r in rows], self.base + le + 1), r3
 
     def on_forces(self, ls: int, le: int) -> int:
         assert self.nions is not None
@@ -739,9 +735,8 @@ class _Parser:
 
     def energy_value(self, raw: bytes, key: str, offset: int) -> float:
         """The first number after ``key`` and its '=': '  =  -1.23 eV  w/o vdW = ...'."""
-        text = raw.decode("latin-1")
-        rest = text.lstrip()
-        if rest.startswith("="):
+        rest = raw.lstrip()
+        if rest[:1] == b"=":
             rest = rest[1:]
         toks = rest.split(None, 1)
         try:
@@ -749,14 +744,25 @@ class _Parser:
         except ValueError:
             value = math.nan
         if not math.isfinite(value):
-            raise self.err(offset, f"cannot read the energy after {key!r}: {text.strip()[:80]!r}")
+            raise self.err(offset, f"cannot read the energy after {key!r}: "
+                                   f"{raw.decode('latin-1').strip()[:80]!r}")
         return value
 
     # ------------------------------------------------------------------ the pass
 
-    def read_more(self, f: IO[bytes], keep_from: int) -> None:
-        """Drop buf[:keep_from], append the next block; buf[:end] ends on a newline."""
-        data = f.read(max(self.chunk, 2 * (len(self.buf) - keep_from)))
+    def read_more(self, f: IO[bytes], keep_from: int) -> int:
+        """Drop buf[:keep_from] and append the next block; return where buf[keep_from] is
+        now. buf[:end] ends on a newline. At the end of the file nothing is dropped: a
+        small file stays whole in memory, for line numbers without a second pass."""
+        want = max(self.chunk, 2 * (len(self.buf) - keep_from))
+        # Never ask for more than the file holds: a 4 MiB read() of a 40 KB file costs
+        # more than parsing it.
+        left = self.file_size - self.size  # (a file still being written may hold more)
+        data = f.read(min(want, left + 1) if left >= 0 else want)
+        if not data:
+            self.eof = True
+            self.end = len(self.buf)
+            return keep_from
         if keep_from >= _TAIL:
             self.tail = self.buf[keep_from - _TAIL : keep_from]
         elif keep_from:
@@ -764,13 +770,13 @@ class _Parser:
         self.base += keep_from
         self.buf = self.buf[keep_from:] + data if keep_from < len(self.buf) else data
         self.size += len(data)
-        if not data:
-            self.eof = True
-        self.end = len(self.buf) if self.eof else self.buf.rfind(b"\n") + 1
+        self.end = self.buf.rfind(b"\n") + 1
+        return 0
 
     def steps(self) -> Iterator[IonicStep]:
         try:
             with open(self.path, "rb") as f:
+                self.file_size = os.fstat(f.fileno()).st_size
                 yield from self.run(f)
         except _Cut as cut:
             self.cut = cut
@@ -816,8 +822,7 @@ class _Parser:
                 self.out.clear()
             if self.eof:
                 break
-            self.read_more(f, pos)
-            pos = 0
+            pos = self.read_more(f, pos)
         self.finish()
         if self.ml is not None:
             self.close_ml()
@@ -826,13 +831,16 @@ class _Parser:
         self.out.clear()
 
     def body_start(self) -> int:
-        """Index of the first marker of an ionic step in buf[:end], or -1. Each search is
-        bounded by the earliest hit so far, so none runs through the whole file."""
-        first = -1
-        for marker in _BODY_STARTS:
-            i = self.buf.find(marker, 0, self.end if first < 0 else first)
-            if i >= 0:
-                first = i
+        """Index of the first line of an ionic step in buf[:end] (its first "Iteration", or
+        the stress or force block of an ML step before it), or -1."""
+        first = self.buf.find(b"- Iteration", 0, self.end)
+        # An ML run predicts a step (stress block first) before its first Iteration.
+        limit = self.end if first < 0 else first
+        i = self.buf.find(b"FORCE", 0, limit)
+        while i >= 0:
+            if self.buf.startswith(b"FORCE on cell", i) or self.buf[i - 6 : i] == b"TOTAL-":
+                return i
+            i = self.buf.find(b"FORCE", i + 5, limit)
         return first
 
     def scan(self, start: int) -> int:
@@ -878,27 +886,38 @@ class _Parser:
 
     def finish(self) -> None:
         """The end-of-file scan: the timing footer, "reached required accuracy" and the
-        error that stopped VASP are all printed in the last lines of the file."""
-        tail = (self.tail + self.buf)[-_TAIL:]
-        tail_base = self.base + len(self.buf) - len(tail)
-        self.footer = b"General timing and accounting" in tail
-        self.reached_accuracy = b"reached required accuracy" in tail
+        error that stopped VASP are all printed in the last lines of the file (VASP 6.2
+        prints profiling data after the footer: up to ~40 KB)."""
+        buf = self.buf
+        tail = buf[-_TAIL:] if len(buf) >= _TAIL else (self.tail + buf)[-_TAIL:]
+        tail_base = self.base + len(buf) - len(tail)
+        self.footer = tail.rfind(b"General timing and accounting") >= 0
+        if self.ibrion in (1, 2, 3):  # only a relaxation reaches (or not) EDIFFG
+            self.reached_accuracy = tail.rfind(b"reached required accuracy") >= 0
         if self.footer:
             return
+        # VASP stops right after printing its error: look in the last lines only.
+        last = max(0, len(tail) - _ERROR_TAIL)
         best: tuple[int, str] | None = None
-        for start in _ERROR_STARTS:
-            key = start.encode()
-            i = tail.find(key)
+        for key in (b"rror", b"RROR", b"BAD NEWS"):
+            i = tail.find(key, last)
             while i >= 0 and (best is None or i < best[0]):
                 ls = tail.rfind(b"\n", 0, i) + 1
                 le = tail.find(b"\n", i)
                 body = tail[ls : le if le >= 0 else len(tail)].decode("latin-1").strip(" |\t\r")
-                if body.startswith(start):
+                if body.startswith(_ERROR_STARTS):
                     best = (ls, body)
                     break
                 i = tail.find(key, i + 1)
         if best is not None:
             self.error = (tail_base + best[0], best[1])
+
+    def line_of(self, offset: int) -> int:
+        """1-based line of a file offset: counted in the buffer when the file's start is
+        still there (every small file), else in a second pass over the file."""
+        if self.base == 0 and offset <= len(self.buf):
+            return self.buf.count(b"\n", 0, offset) + 1
+        return _line_number(self.path, offset)
 
 
 # ---------------------------------------------------------------------------- public API
@@ -944,7 +963,10 @@ def _classify(p: _Parser) -> OutcarInfo:
     if p.n_ml_done:
         verb = "included (ml=True)" if p.include_ml else "skipped"
         notes.append(f"{p.n_ml_done} ML force-field steps {verb}")
-    if any(not has_f for _, _, has_f, _, _ in dft):
+    no_forces_line = None
+    without = [off for _, _, has_f, _, off in dft if not has_f]
+    if without:
+        no_forces_line = p.line_of(without[0])
         with_forces = [i + 1 for i, _, has_f, _, _ in dft if has_f]
         shown = ", ".join(map(str, with_forces)) or "none"
         notes.append(f"NWRITE={p.nwrite}: positions and forces only for ionic steps {shown} "
@@ -953,7 +975,8 @@ def _classify(p: _Parser) -> OutcarInfo:
     if p.footer and relax and not p.reached_accuracy and len(dft) >= (p.nsw or 0):
         notes.append(f"relaxation stopped at NSW={p.nsw} before reaching EDIFFG")
     unconverged = [(i + 1, n_el, off) for i, conv, _, n_el, off in dft if not conv]
-    eof = p.base + len(p.buf)
+    # The last line of the file (not the empty one after its final newline).
+    eof = p.base + p.buf.rstrip(b"\n").rfind(b"\n") + 1
     if p.nions is None:
         status, reason, reason_at = "unfinished", "stopped before NIONS was printed", eof
     elif not p.footer:
@@ -983,9 +1006,7 @@ def _classify(p: _Parser) -> OutcarInfo:
         else:
             reason = f"{_steps_phrase(nums)}: electronic loop not converged (VASP says so)"
         reason_at = unconverged[0][2]
-    reason_line = None
-    if reason_at is not None:
-        reason_line = _line_numbers(p.path, [reason_at])[reason_at]
+    reason_line = None if reason_at is None else p.line_of(reason_at)
     return OutcarInfo(
         path=p.path,
         version=p.version,
@@ -1005,6 +1026,7 @@ def _classify(p: _Parser) -> OutcarInfo:
         has_footer=p.footer,
         error=p.error[1] if p.error else None,
         reason_line=reason_line,
+        no_forces_line=no_forces_line,
     )
 
 
@@ -1061,6 +1083,6 @@ def outcar_to_cfgs(
     usable = [s for s in steps if s.converged and s.forces is not None]
     if not usable:
         why = f"{info.status}: {info.reason}" if info.reason else info.status
-        raise FormatError(info.path, info.reason_line,
+        raise FormatError(info.path, info.reason_line or info.no_forces_line,
                           f"no complete, converged DFT ionic step with forces ({why})")
     return [step_to_cfg(s, info, energy=energy) for s in usable]
