@@ -112,17 +112,10 @@ def _remap(cfgs: list[Cfg], source: Sequence[str], target: Sequence[str], path: 
 
 
 def _read_outcar(path: str, energy: str, keep: bool) -> tuple[list[Cfg], list[str]]:
-    from smallcell.formats.outcar import read_outcar, step_to_cfg
+    from smallcell.formats.outcar import read_outcar, step_to_cfg, usable_steps
 
-    # The rule of outcar_to_cfgs, kept here so that one pass also gives the species.
-    info, steps = read_outcar(path)
-    if info.status != "complete" and not keep:
-        raise FormatError(info.path, info.reason_line, f"{info.status} run: {info.reason}")
-    usable = [s for s in steps if s.converged and s.forces is not None]
-    if not usable:
-        why = f"{info.status}: {info.reason}" if info.reason else info.status
-        raise FormatError(info.path, info.reason_line,
-                          f"no complete, converged DFT ionic step with forces ({why})")
+    info, steps = read_outcar(path)  # one pass gives the steps and the species
+    usable = usable_steps(info, steps, keep_converged_steps=keep)
     return [step_to_cfg(s, info, energy=energy) for s in usable], list(info.species)
 
 

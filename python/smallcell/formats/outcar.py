@@ -62,6 +62,7 @@ __all__ = [
     "outcar_to_cfgs",
     "read_outcar",
     "step_to_cfg",
+    "usable_steps",
 ]
 
 # 1 eV/Å^3 = 160.21766 GPa = 1602.1766 kB: PlusStress (eV) = in_kB * V / KBAR_A3_PER_EV.
@@ -1078,6 +1079,13 @@ def outcar_to_cfgs(
     if energy not in ("free", "sigma0"):
         raise ValueError(f"energy must be 'free' or 'sigma0', got {energy!r}")
     info, steps = read_outcar(path)
+    usable = usable_steps(info, steps, keep_converged_steps=keep_converged_steps)
+    return [step_to_cfg(s, info, energy=energy) for s in usable]
+
+
+def usable_steps(info: OutcarInfo, steps: list[IonicStep], *,
+                 keep_converged_steps: bool = False) -> list[IonicStep]:
+    """The steps that are training data (the rule of `outcar_to_cfgs`), or FormatError."""
     if info.status != "complete" and not keep_converged_steps:
         raise FormatError(info.path, info.reason_line, f"{info.status} run: {info.reason}")
     usable = [s for s in steps if s.converged and s.forces is not None]
@@ -1085,4 +1093,4 @@ def outcar_to_cfgs(
         why = f"{info.status}: {info.reason}" if info.reason else info.status
         raise FormatError(info.path, info.reason_line or info.no_forces_line,
                           f"no complete, converged DFT ionic step with forces ({why})")
-    return [step_to_cfg(s, info, energy=energy) for s in usable]
+    return usable

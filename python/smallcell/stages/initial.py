@@ -17,7 +17,7 @@ import numpy as np
 from smallcell.errors import SmallcellError
 from smallcell.formats.cfg import atoms_to_cfg, read_cfgs, write_cfgs
 from smallcell.formats.errors import FormatError
-from smallcell.formats.outcar import outcar_to_cfgs, read_outcar
+from smallcell.formats.outcar import read_outcar, step_to_cfg, usable_steps
 from smallcell.stages.common import Iteration, progress
 from smallcell.state import atomic_output, atomic_write_json
 from smallcell.structures import initial_structures
@@ -32,7 +32,8 @@ def _import_outcars(folder: Path, species: list[str]) -> list:
     for path in sorted(folder.rglob("OUTCAR")):
         try:
             info, steps = read_outcar(path)
-            found = outcar_to_cfgs(path, keep_converged_steps=True)
+            found = [step_to_cfg(s, info)
+                     for s in usable_steps(info, steps, keep_converged_steps=True)]
         except FormatError as exc:
             raise SmallcellError(f"cannot import this OUTCAR: {exc}") from None
         missing = sorted({info.species[t] for c in found for t in set(c.types.tolist())}
