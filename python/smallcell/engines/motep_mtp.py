@@ -161,14 +161,17 @@ class MotepPotential:
 
 
 def _errors(pot: MotepPotential, images: Sequence[Atoms]) -> dict[str, float]:
-    """Training-set errors: energy per atom (eV/atom), forces (eV/Å), stress (GPa)."""
+    """Training-set errors: energy per atom (eV/atom), forces (eV/Å), stress (GPa).
+
+    Forces are compared as vectors, |F_ref - F_ML| per atom (DESIGN.md section 6, and what
+    MLIP-3's errors report calls Forces), so the numbers of both trainers mean the same."""
     de, df, ds = [], [], []
     for ref in images:
         a = ref.copy()
         e, f, s = pot.evaluate(a)
         n = len(ref)
         de.append((e - ref.get_potential_energy()) / n)
-        df.append((f - ref.get_forces()).ravel())
+        df.append(np.linalg.norm(f - ref.get_forces(), axis=1))
         with contextlib.suppress(Exception):
             ds.append((s - ref.get_stress()) * _EV_A3_TO_GPA)
     de_a, df_a = np.abs(np.array(de)), np.abs(np.concatenate(df))
