@@ -12,7 +12,7 @@ RUN_DIR ?= $(or $(SMALLCELL_RUN_DIR),.)
 SC      := bin/smallcell --run-dir $(RUN_DIR)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup iter status test lint clean-iter config-doc bench
+.PHONY: help setup iter submit pilot cancel status test lint clean-iter config-doc bench
 
 help:  ## list every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,7 +28,16 @@ setup: $(STAMP)  ## create .venv with everything smallcell needs (idempotent)
 iter: $(STAMP)  ## run iterations 0..N of CONFIG locally, resuming from RUN_DIR/iter/ (N=3)
 	$(SC) iter --upto $(N) --config $(CONFIG)
 
-status: $(STAMP)  ## one line per iteration: stage, tasks, gamma, errors
+submit: $(STAMP)  ## submit iterations 0..N of CONFIG to SLURM as chained job arrays and return
+	$(SC) submit --upto $(N) --config $(CONFIG)
+
+pilot: $(STAMP)  ## submit one SLURM job running the whole loop, resubmitting itself (N=3)
+	$(SC) pilot --upto $(N) --config $(CONFIG)
+
+cancel: $(STAMP)  ## cancel this run's SLURM jobs (finished tasks are kept)
+	$(SC) cancel
+
+status: $(STAMP)  ## one line per iteration: stage, tasks, gamma, errors (and SLURM jobs)
 	@$(SC) status
 
 clean-iter: $(STAMP)  ## remove iteration I and later (asks first; FORCE=1 to skip)

@@ -8,6 +8,8 @@ benchmark finished, so an interrupted run leaves the previous numbers in place.
     .venv/bin/python bench/run_all.py                # every benchmark
     .venv/bin/python bench/run_all.py --only status  # just one (status: ~20 s)
     .venv/bin/python bench/run_all.py --only outcar  # OUTCAR parser vs ASE (~40 s)
+    .venv/bin/python bench/run_all.py --only slurm   # SLURM chain vs one job per task
+                                                     # (a local Slurm; ~15 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_iter
 import bench_outcar
+import bench_slurm
 import bench_status
 from benchlib import BENCHMARKS_MD, write_sections
 
@@ -39,11 +42,17 @@ def _outcar(args: argparse.Namespace) -> tuple[str, bool]:
     return bench_outcar.markdown(res), res.passed
 
 
+def _slurm(args: argparse.Namespace) -> tuple[str, bool]:
+    res = bench_slurm.run(keep=args.keep)
+    return bench_slurm.markdown(res), res.passed
+
+
 # name -> (heading used when the markers are missing, runner)
 BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], tuple[str, bool]]]] = {
     "status": ("`smallcell status` on 90,000 task folders", _status),
     "iter": ("The embedded loop end to end (`smallcell iter`)", _iter),
     "outcar": ("OUTCAR reading: smallcell vs `ase.io.read`", _outcar),
+    "slurm": ("SLURM: the chain of arrays vs one job per task (1,000 label tasks)", _slurm),
 }
 
 
@@ -53,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="run only this benchmark (repeatable; default: all)")
     p.add_argument("--rebuild-tree", action="store_true",
                    help="rebuild the cached synthetic tree of the status benchmark")
-    p.add_argument("--keep", action="store_true", help="keep the iter benchmark's run folders")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the iter and slurm benchmarks' run folders")
     p.add_argument("--output", type=Path, default=BENCHMARKS_MD,
                    help="the markdown file to update (default: BENCHMARKS.md)")
     args = p.parse_args(argv)

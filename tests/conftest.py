@@ -25,3 +25,37 @@ def fixtures() -> Path:
             "shared/fixtures folder to run the conformance tests)"
         )
     return root
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(request: pytest.FixtureRequest):
+    """One real single-node Slurm (tests/slurm_local.py) for the whole session.
+
+    Installs the Debian packages when missing (as root; skips otherwise), starts munged,
+    slurmctld and slurmd with every file under one fresh /tmp/pytest-slurm-* dir (munged
+    needs o+x on every ancestor, which pytest's 0700 tmp dirs lack), and stops them at the
+    end of the session, also when tests fail. The dir is removed when no test failed, else
+    kept for its logs. Use `slurm_cluster.env` (SLURM_CONF) or
+    `slurm_cluster.subprocess_env()` for the environment of Slurm commands.
+    """
+    import shutil
+    import tempfile
+
+    from slurm_local import LocalSlurm, SlurmUnavailable
+
+    root = Path(tempfile.mkdtemp(prefix="pytest-slurm-"))
+    cluster = LocalSlurm(root)
+
+    def finish() -> None:
+        cluster.stop()
+        if request.session.testsfailed == 0:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            print(f"\nslurm_cluster: logs kept in {root}/log and {root}/munge")
+
+    request.addfinalizer(finish)
+    try:
+        cluster.start()
+    except SlurmUnavailable as exc:
+        pytest.skip(str(exc))
+    return cluster

@@ -87,6 +87,70 @@ def cmd_clean_iter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_records(records: list[dict]) -> None:
+    for r in records:
+        words = [f"  {r['stage']:<8} job {r['job_id']}"]
+        if r.get("array"):
+            words.append(f"array [{r['array']}]: {r['n_tasks']} tasks in {r['elements']} "
+                         "element(s)")
+        if r.get("after"):
+            words.append(f"after {r['after']}")
+        print(", ".join(words))
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from smallcell import jobs
+
+    root = _root(args)
+    records = jobs.submit(root, args.config, args.upto)
+    if records:
+        print(f"smallcell: submitted the chain of iterations up to {args.upto} of {args.config} "
+              f"({root / 'iter'}):")
+        _print_records(records)
+        print("the jobs submit the rest themselves; `make status` shows them, `make cancel` "
+              "stops them, `make submit` again continues where the folders say")
+    return 0
+
+
+def cmd_pilot(args: argparse.Namespace) -> int:
+    from smallcell import jobs
+
+    rec = jobs.pilot(_root(args), args.config, args.upto)
+    if rec:
+        print(f"smallcell: submitted the pilot job {rec['job_id']} (iterations up to "
+              f"{args.upto} in one allocation; it resubmits itself before its walltime)")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from smallcell.sched import slurm
+    from smallcell.state import RunPaths
+
+    paths = RunPaths(_root(args))
+    ids = slurm.cancel(paths)
+    if ids:
+        print(f"smallcell: cancelled {len(ids)} job(s): {' '.join(ids)}")
+    else:
+        print("smallcell: no job of this run is queued or running")
+    print("finished tasks are kept; `make submit` continues where the folders say")
+    return 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    from smallcell import jobs
+
+    root = _root(args)
+    if args.stage in ("explore", "label"):
+        if args.list is None or args.element is None:
+            raise SmallcellError(f"job {args.stage} needs --list and --element")
+        return jobs.run_element(root, args.stage, args.iter, args.list, args.element)
+    if args.stage == "pilot":
+        return jobs.run_pilot(root, args.upto, args.config, args.jobs)
+    if args.iter is None:
+        raise SmallcellError(f"job {args.stage} needs --iter")
+    return jobs.run_checker(root, args.stage, args.iter, args.upto, args.config)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from smallcell.config import load_config
     from smallcell.engines.base import check_engines
@@ -114,6 +178,25 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default="config.yaml")
     s.add_argument("--jobs", type=int, default=None, help="worker processes (default: run.jobs)")
     s.set_defaults(fn=cmd_iter)
+    s = sub.add_parser("submit", help="submit the SLURM chain up to iteration N and return")
+    s.add_argument("--upto", type=int, required=True, metavar="N")
+    s.add_argument("--config", default="config.yaml")
+    s.set_defaults(fn=cmd_submit)
+    s = sub.add_parser("pilot", help="submit one SLURM job that runs the whole loop")
+    s.add_argument("--upto", type=int, required=True, metavar="N")
+    s.add_argument("--config", default="config.yaml")
+    s.set_defaults(fn=cmd_pilot)
+    s = sub.add_parser("cancel", help="cancel this run's SLURM jobs")
+    s.set_defaults(fn=cmd_cancel)
+    s = sub.add_parser("job", help="what a SLURM job runs (used by the sbatch scripts)")
+    s.add_argument("stage", choices=("explore", "select", "label", "collect-train", "pilot"))
+    s.add_argument("--iter", type=int, metavar="I")
+    s.add_argument("--list", help="task list name (array jobs)")
+    s.add_argument("--element", type=int, help="array element (SLURM_ARRAY_TASK_ID)")
+    s.add_argument("--upto", type=int, default=0, metavar="N")
+    s.add_argument("--config", default="config.yaml")
+    s.add_argument("--jobs", type=int, default=1, help="worker processes (pilot)")
+    s.set_defaults(fn=cmd_job)
     s = sub.add_parser("status", help="one line per iteration")
     s.set_defaults(fn=cmd_status)
     s = sub.add_parser("clean-iter", help="remove iteration I and later")

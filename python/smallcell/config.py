@@ -51,6 +51,86 @@ class Section:
     keys: dict[str, Key | Section] = field(default_factory=dict)
 
 
+def _slurm_stage(doc: str, time: str, cpus: int = 1) -> Section:
+    """The resources of one kind of job: the same keys for every stage, so a cluster's
+    sbatch header is written once per stage and nothing is hard-coded."""
+    return Section(doc, {
+        "partition": Key("str", None, "Partition of this stage's jobs; null = slurm.partition.",
+                         nullable=True),
+        "account": Key("str", None, "Account; null = slurm.account.", nullable=True),
+        "qos": Key("str", None, "QOS; null = slurm.qos.", nullable=True),
+        "time": Key("str", time, "Walltime (sbatch --time: minutes, MM:SS, HH:MM:SS, D-HH, "
+                    "D-HH:MM or D-HH:MM:SS; Slurm rounds it up to whole minutes)."),
+        "nodes": Key("int", 1, "sbatch --nodes.", low=1),
+        "ntasks": Key("int", 1, "sbatch --ntasks (MPI ranks of the programs the job runs).",
+                      low=1),
+        "cpus_per_task": Key("int", cpus, "sbatch --cpus-per-task.", low=1),
+        "mem": Key("str", None, "sbatch --mem, e.g. 4G; null = the cluster's default.",
+                   nullable=True),
+        "setup": Key("list[str]", [], "Shell lines run before smallcell in this stage's jobs, "
+                     "after slurm.setup (module loads, exports; shell by design)."),
+        "launcher": Key("list[str]", [], "Words put before this stage's smallcell command, "
+                        "e.g. [srun] to run it as a job step; VASP's, LAMMPS's and mlp's own MPI "
+                        "launchers belong in their command keys."),
+        "extra": Key("list[str]", [], "More sbatch options for this stage, one per item, "
+                     "e.g. ['--constraint=haswell', '--gres=gpu:1']."),
+    })
+
+
+_SLURM = Section(
+    "SLURM (engines.scheduler: slurm). `make submit` submits per iteration an explore array, "
+    "a select job, a label array and a collect+train job, chained by "
+    "--dependency=afterany and each checking the markers. Unlike every other section, "
+    "this one is read from the run's config file at every submission (never from the "
+    "iteration's frozen copy): resources may change between submissions, results do not "
+    "depend on them.",
+    {
+        "partition": Key("str", None, "Default partition; null = the cluster's default.",
+                         nullable=True),
+        "account": Key("str", None, "Default account (sbatch --account).", nullable=True),
+        "qos": Key("str", None, "Default QOS (sbatch --qos).", nullable=True),
+        "max_array_size": Key("int", 1000,
+                              "Most elements of one job array (keep it below the cluster's "
+                              "MaxArraySize); more tasks are sliced into this many elements.",
+                              low=1),
+        "throttle": Key("int", 0, "Most elements of an array running at once (--array=...%K); "
+                        "0 = no limit.", low=0),
+        "tasks_per_element": Key("int", None,
+                                 "Label (and explore) tasks run one after another by one array "
+                                 "element; null = ceil(tasks / max_array_size). Raised when "
+                                 "the array would exceed max_array_size.",
+                                 nullable=True, low=1),
+        "walltime_margin": Key("float", 300.0,
+                               "An array element stops taking new tasks when less than this "
+                               "is left of its walltime (at least one task's duration); the "
+                               "checking job resubmits what is left. The pilot job stops its "
+                               "loop this long before its walltime and resubmits itself.",
+                               low=0, unit="s"),
+        "resubmit": Key("int", 3,
+                        "How often the missing runs or tasks of a stage (killed or crashed "
+                        "elements) are resubmitted in a row without any of them finishing; a "
+                        "round that finished some does not count. Then the chain stops with "
+                        "a message in iter/<i>/stopped. 0 = never resubmit.", low=0),
+        "setup": Key("list[str]", [], "Shell lines run first in every job (module loads, "
+                     "exports; shell by design)."),
+        "extra": Key("list[str]", [], "sbatch options for every job, one per item, "
+                     "e.g. ['--mail-type=FAIL']."),
+        "explore": _slurm_stage("Explore array elements: one MD run each (or a slice).",
+                                "02:00:00"),
+        "select": _slurm_stage("The select job: checks the runs, selects, prepares the label "
+                               "tasks and submits the label array (small).", "00:30:00"),
+        "label": _slurm_stage("Label array elements: a slice of the label tasks each (VASP "
+                              "runs inside them: size ntasks/nodes for vasp.command).",
+                              "04:00:00"),
+        "train": _slurm_stage("The collect+train job: failure policy, collect, train, "
+                              "summary, then the next iteration's submission.", "02:00:00"),
+        "pilot": _slurm_stage("The pilot job (`make pilot`): the whole local loop in one "
+                              "allocation, cpus_per_task worker processes.", "1-00:00:00",
+                              cpus=4),
+    },
+)
+
+
 SCHEMA = Section(
     "A smallcell run: one YAML file. Every key is optional; the defaults are the embedded "
     "fcc Pb example.",
@@ -216,7 +296,12 @@ SCHEMA = Section(
                                "embedded) or vasp.", choices=("eam", "vasp")),
                 "trainer": Key("str", "motep", "Fitting and grading: motep (embedded) or "
                                "mlip3 (MLIP-3's mlp).", choices=("motep", "mlip3")),
-                "scheduler": Key("str", "local", "Where tasks run.", choices=("local",)),
+                "scheduler": Key("str", "local",
+                                 "Where tasks run: local (`make iter`: worker processes on this "
+                                 "machine) or slurm (`make submit`: job arrays chained by "
+                                 "dependencies; `make pilot`: the local loop inside one "
+                                 "allocation). `make iter` works with either.",
+                                 choices=("local", "slurm")),
             },
         ),
         "vasp": Section(
@@ -290,6 +375,7 @@ SCHEMA = Section(
                                nullable=True, low=0, low_open=True, unit="s"),
             },
         ),
+        "slurm": _SLURM,
         "run": Section(
             "The run as a whole.",
             {
@@ -549,6 +635,7 @@ def _cross_checks(cfg: Config, lines: _Lines, source: str) -> None:
     if len(set(cfg["species"])) != len(cfg["species"]):
         raise fail("species", "species lists a symbol twice")
     _engine_checks(cfg, fail)
+    _slurm_checks(cfg, fail)
     if cfg["engines"]["labeler"] == "eam" and cfg["species"] != ["Pb"]:
         raise fail("engines.labeler", "the eam labeler knows only Pb; set species: [Pb]")
     if cfg["trainer"]["min_dist"] >= cfg["trainer"]["max_dist"]:
@@ -563,6 +650,68 @@ def _cross_checks(cfg: Config, lines: _Lines, source: str) -> None:
         if not (path.is_dir() if want_dir else path.is_file()):
             kind = "folder" if want_dir else "file"
             raise fail("initial.path", f"initial.path: no such {kind}: {path}")
+
+
+_SLURM_TIME = re.compile(r"^(?:(\d+)-(\d+)(?::(\d+)(?::(\d+))?)?|(\d+)(?::(\d+)(?::(\d+))?)?)$")
+SLURM_STAGES = ("explore", "select", "label", "train", "pilot")
+
+
+def slurm_seconds(value: str) -> int:
+    """Seconds of a Slurm time limit (sbatch --time formats), rounded up to whole minutes
+    as Slurm does; ValueError when `value` is not one of the formats."""
+    m = _SLURM_TIME.match(value.strip())
+    if not m:
+        raise ValueError(f"{value!r} is not a Slurm time (minutes, MM:SS, HH:MM:SS, D-HH, "
+                         "D-HH:MM or D-HH:MM:SS)")
+    d, dh, dm, ds, a, b, c = m.groups()
+    if d is not None:
+        secs = int(d) * 86400 + int(dh) * 3600 + int(dm or 0) * 60 + int(ds or 0)
+    elif c is not None:  # HH:MM:SS
+        secs = int(a) * 3600 + int(b) * 60 + int(c)
+    elif b is not None:  # MM:SS
+        secs = int(a) * 60 + int(b)
+    else:  # minutes
+        secs = int(a) * 60
+    if secs <= 0:
+        raise ValueError(f"{value!r}: a time limit must be positive")
+    return -(-secs // 60) * 60
+
+
+def _slurm_checks(cfg: Config, fail: Any) -> None:
+    """#SBATCH values are read by sbatch, not by a shell, and split at whitespace: refuse
+    what cannot be written there, and time limits that leave no time for the margin."""
+    sl = cfg["slurm"]
+    for name in ("partition", "account", "qos"):
+        _sbatch_word(sl[name], f"slurm.{name}", fail)
+    for k, opt in enumerate(sl["extra"]):
+        _sbatch_option(opt, f"slurm.extra[{k}]", fail)
+    for stage in SLURM_STAGES:
+        st = sl[stage]
+        for name in ("partition", "account", "qos", "mem", "time"):
+            _sbatch_word(st[name], f"slurm.{stage}.{name}", fail)
+        for k, opt in enumerate(st["extra"]):
+            _sbatch_option(opt, f"slurm.{stage}.extra[{k}]", fail)
+        try:
+            secs = slurm_seconds(st["time"])
+        except ValueError as exc:
+            raise fail(f"slurm.{stage}.time", f"slurm.{stage}.time: {exc}") from None
+        if stage in ("explore", "label", "pilot") and secs <= sl["walltime_margin"]:
+            raise fail("slurm.walltime_margin",
+                       f"slurm.walltime_margin ({sl['walltime_margin']:g} s) must be shorter "
+                       f"than slurm.{stage}.time ({st['time']} = {secs} s): its jobs would "
+                       "stop before doing anything")
+
+
+def _sbatch_word(value: str | None, where: str, fail: Any) -> None:
+    if value is not None and (not value or any(c.isspace() for c in value)):
+        raise fail(where, f"{where} must be one word without spaces, got {value!r}")
+
+
+def _sbatch_option(value: str, where: str, fail: Any) -> None:
+    _sbatch_word(value, where, fail)
+    if not value.startswith("-"):
+        raise fail(where, f"{where} must be an sbatch option such as --gres=gpu:1, "
+                   f"got {value!r}")
 
 
 def _program(cfg: Config, section: str, key: str, fail: Any) -> None:

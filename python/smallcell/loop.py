@@ -18,7 +18,14 @@ from smallcell.config import Config
 from smallcell.errors import SmallcellError
 from smallcell.stages import collect, explore, label, select, train
 from smallcell.stages.common import Iteration, Runner, progress
-from smallcell.state import RunPaths, atomic_write_json, is_done, read_json, sweep_debris
+from smallcell.state import (
+    RunPaths,
+    atomic_write_json,
+    clear_stopped,
+    is_done,
+    read_json,
+    sweep_debris,
+)
 
 STAGES = ("explore", "select", "label", "collect", "train")
 
@@ -33,6 +40,7 @@ def run_iteration(it: Iteration, runner: Runner) -> dict[str, Any]:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     sweep_debris(it.dir)  # scratch of a killed earlier attempt (we hold the run lock)
+    clear_stopped(it.dir)  # a stopped SLURM chain's message is history once we go on
 
     def timed(name: str, fn: Any, *args: Any) -> Any:
         s = time.perf_counter()
@@ -40,21 +48,38 @@ def run_iteration(it: Iteration, runner: Runner) -> dict[str, Any]:
         timings[name] = time.perf_counter() - s
         return out
 
-    rep = None
     if it.i > 0:
         rep = (explore.report_of(it) if is_done(it.stage("explore"))
                else timed("explore", explore.run, it, runner))
-        progress(it, "explore", f"{rep.n_runs} runs, {rep.n_broke} broke, "
-                 f"{rep.n_preselected} preselected, gamma max {rep.gamma_max:.4g} "
-                 f"mean {rep.gamma_mean:.4g} std {rep.gamma_std:.4g}")
+        explore_progress(it, rep)
     if not is_done(it.stage("select")):
         timed("select", select.run, it)
-    n_sel = label.n_tasks(it)
-    labeled, failed = timed("label", label.run, it, runner) if n_sel else (0, 0)
+    if label.n_tasks(it):
+        timed("label", label.run, it, runner)
     if not is_done(it.stage("collect")):
         timed("collect", collect.run, it)
-    errors = (read_json(it.stage("train") / "errors.json") if is_done(it.stage("train"))
-              else timed("train", train.run, it))
+    if not is_done(it.stage("train")):
+        timed("train", train.run, it)
+    return finish_iteration(it, timings, time.perf_counter() - t0)
+
+
+def explore_progress(it: Iteration, rep: explore.ExploreReport) -> None:
+    """The one line that tells how the explore stage ended (local loop and SLURM job)."""
+    progress(it, "explore", f"{rep.n_runs} runs, {rep.n_broke} broke, "
+             f"{rep.n_preselected} preselected, gamma max {rep.gamma_max:.4g} "
+             f"mean {rep.gamma_mean:.4g} std {rep.gamma_std:.4g}")
+
+
+def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -> dict[str, Any]:
+    """Write `summary.json` (last, it marks the iteration complete) from the folders alone.
+
+    Shared by the local loop and the SLURM collect+train job: everything comes from the
+    stages' files and markers, never from values held in memory, so both schedulers write
+    the same summary for the same folders (only the clock readings differ)."""
+    rep = explore.report_of(it) if it.i > 0 else None
+    n_sel = label.n_tasks(it)
+    labeled, failed = label.counts(it) if n_sel else (0, 0)
+    errors = read_json(it.stage("train") / "errors.json")
     gb = it.cfg["extrapolation"]["gamma_break"]
     coll = read_json(it.stage("collect") / "done")
     summary: dict[str, Any] = {
@@ -83,10 +108,20 @@ def run_iteration(it: Iteration, runner: Runner) -> dict[str, Any]:
         "active_set_size": errors.get("active_set_size"),
         "train_errors": errors.get("errors", {}),
         "stage_seconds": timings,
-        "seconds": time.perf_counter() - t0,
+        "seconds": seconds,
     }
     atomic_write_json(it.paths.summary(it.i), summary)
     return summary
+
+
+def stop_reason(summary: dict[str, Any], upto: int) -> str | None:
+    """Why the loop ends after this iteration (None: go on with the next one). The one
+    decision of the local loop and of the SLURM chain's collect+train job."""
+    if summary.get("converged"):
+        return "converged: no MD run broke"
+    if summary["iteration"] >= upto:
+        return f"reached iteration {upto}"
+    return None
 
 
 def run(root: Path, cfg: Config, upto: int, runner: Runner) -> list[dict[str, Any]]:
@@ -107,7 +142,9 @@ def run(root: Path, cfg: Config, upto: int, runner: Runner) -> list[dict[str, An
         it = Iteration.open(root, i, cfg)
         s = run_iteration(it, runner)
         summaries.append(s)
-        if s["converged"]:
-            progress(it, "done", "converged: no MD run broke")
+        reason = stop_reason(s, upto)
+        if reason and s["converged"]:
+            progress(it, "done", reason)
+        if reason:
             break
     return summaries

@@ -32,6 +32,7 @@ DONE = "done"
 FAILED = "failed"
 SUMMARY = "summary.json"
 LOCK = ".lock"
+STOPPED = "stopped"  # iter/<i>/stopped: why a SLURM chain stopped in this iteration
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -128,6 +129,18 @@ def is_failed(folder: str | os.PathLike) -> bool:
     return os.path.exists(os.path.join(folder, FAILED))
 
 
+def mark_stopped(it_dir: str | os.PathLike, reason: str, **info: Any) -> None:
+    """Record why a chain of jobs stopped in this iteration: nobody watches a batch job's
+    log, so the reason stays beside the iteration for `status` and the next `submit`."""
+    atomic_write_json(Path(it_dir) / STOPPED, {"time": time.time(), "reason": reason, **info})
+
+
+def clear_stopped(it_dir: str | os.PathLike) -> None:
+    """A new attempt on the iteration starts: the earlier stop is history."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(it_dir, STOPPED))
+
+
 def clear_markers(folder: str | os.PathLike) -> None:
     """Forget a task's outcome so that it runs again (used by explicit retries only)."""
     for name in (DONE, FAILED):
@@ -168,30 +181,46 @@ class RunPaths:
 
 class RunLock:
     """One writer per run folder: an flock on `iter/.lock`, released by the kernel when the
-    holder dies (kill -9 included), so a stale lock never blocks a resume."""
+    holder dies (kill -9 included), so a stale lock never blocks a resume.
 
-    def __init__(self, paths: RunPaths, command: str) -> None:
+    SLURM jobs share the folder: array elements (each task atomic, behind its marker) hold
+    it `shared`, the jobs that write stage outputs (select, collect+train) and `make iter`
+    hold it exclusively, so a local loop can never run beside a chain's jobs. Jobs `wait`
+    for it (an element may start while the job that submitted it is still exiting)."""
+
+    def __init__(self, paths: RunPaths, command: str, *, shared: bool = False,
+                 wait: float = 0.0) -> None:
         self.path = paths.iter_root / LOCK
         self.command = command
+        self.shared = shared
+        self.wait = wait
         self._fh: Any = None
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+", encoding="utf-8")  # held open for the whole run
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                fcntl.flock(fh, mode | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                fh.close()
+                raise SmallcellError(
+                    f"{self.path}: this run folder is in use by {holder}; wait for it to "
+                    "finish or stop it (its lock is released automatically when it exits)"
+                ) from None
+        if not self.shared:  # shared holders are many: the file names the last sole one
             fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            fh.close()
-            raise SmallcellError(
-                f"{self.path}: this run folder is in use by {holder}; wait for it to finish "
-                "or stop it (its lock is released automatically when it exits)"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()} ({self.command})\n")
-        fh.flush()
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()} ({self.command})\n")
+            fh.flush()
         self._fh = fh
         return self
 

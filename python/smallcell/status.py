@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from smallcell.state import DONE, FAILED, RunPaths
+from smallcell.state import DONE, FAILED, STOPPED, RunPaths
 
 _ORDER = ("explore", "select", "label", "collect", "train")
 HEADER = (f"{'iter':>4} {'cell':>7} {'stage':>8} {'presel':>7} {'select':>6} {'label':>6} "
@@ -85,11 +85,30 @@ def line_in_progress(paths: RunPaths, i: int) -> str:
 
 
 def status_lines(root: Path) -> list[str]:
+    """The status table; under an iteration submitted to SLURM, its jobs (ids and states
+    from one squeue call with a short timeout), and why its chain stopped, if it did."""
+    from smallcell.sched import slurm
+
     paths = RunPaths(root)
     lines = [HEADER]
-    for i in paths.iterations():
-        s = _load(paths.summary(i))
+    its = paths.iterations()
+    summaries = {i: _load(paths.summary(i)) for i in its}
+    complete = {i for i, s in summaries.items() if s}
+    jobs = slurm.job_lines(paths, its, complete)
+    for i in its:
+        s = summaries[i]
         lines.append(line_for_summary(s) if s else line_in_progress(paths, i))
+        if i in jobs:
+            lines.append(f"{'':>6}{jobs[i]}")
+        stopped = None if s else _load(paths.it(i) / STOPPED)
+        if stopped:
+            first, *rest = str(stopped.get("reason", "")).splitlines() or [""]
+            lines.append(f"{'':>6}STOPPED: {first}")
+            lines += [f"{'':>8}{line}" for line in rest[:12]]
+            lines.append(f"{'':>8}(from {paths.it(i) / STOPPED}; `make submit` continues)")
+    if slurm.cancelled(paths):
+        lines.append(f"(cancelled: {paths.iter_root / slurm.CANCELLED}; `make submit` "
+                     "starts again)")
     if len(lines) == 1:
         lines.append(f"(no iterations under {paths.iter_root} yet: run `make iter`)")
     return lines

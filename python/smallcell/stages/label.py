@@ -125,6 +125,18 @@ def run(it: Iteration, runner: Runner) -> tuple[int, int]:
                      f"{'' if ok else f' (task {k} failed)'}")
 
     runner.map(run_task, it, todo, "label", report)
+    return counts(it, n)
+
+
+def counts(it: Iteration, n: int | None = None) -> tuple[int, int]:
+    """(labeled, failed) over the iteration's tasks, from their markers."""
+    n = n_tasks(it) if n is None else n
     failed = sum(is_failed(task_dir(it, k)) for k in range(n))
     labeled = sum(is_done(task_dir(it, k)) for k in range(n))
     return labeled, failed
+
+
+def missing(it: Iteration, n: int | None = None) -> list[int]:
+    """Tasks without a marker (never run, or cut short): what a resubmission must run."""
+    n = n_tasks(it) if n is None else n
+    return [k for k in range(n) if not (is_done(task_dir(it, k)) or is_failed(task_dir(it, k)))]

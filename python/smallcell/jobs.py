@@ -1,0 +1,435 @@
+"""What each SLURM job runs (`bin/smallcell job ...`), and `submit` / `pilot` themselves.
+
+Every job does one stage of one iteration with the very functions the local loop calls
+(stages/*.py, loop.finish_iteration), so local and SLURM runs write identical folders;
+then the job that ends a stage submits the next link of the chain (sched/slurm.py):
+
+- `job explore` / `job label`: one array element, its slice of the runs or tasks, one
+  after another; it stops taking new ones when SMALLCELL_DEADLINE (walltime minus
+  slurm.walltime_margin) has passed. A failed or crashed task never stops the others.
+- `job select`: checks the explore runs (resubmits the missing ones, or stops), aggregates
+  them, selects, prepares the label task folders and submits the label array and the
+  collect+train job after it.
+- `job collect-train`: checks the label tasks (resubmits the missing ones, or stops),
+  applies the failure policy, collects, trains, writes the summary and submits the next
+  iteration, or ends the chain when converged or at --upto.
+- `job pilot`: the whole local loop (`smallcell iter`) inside one allocation, interrupted
+  before the walltime and resubmitted to go on from the folders.
+
+Why a stop is written to `iter/<i>/stopped`: nobody reads batch logs while waiting for a
+chain; `status` shows it and the next `submit` clears it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from smallcell.config import Config, load_config
+from smallcell.errors import SmallcellError
+from smallcell.sched import slurm
+from smallcell.stages.common import Iteration, progress
+from smallcell.state import (
+    RunLock,
+    RunPaths,
+    atomic_write_json,
+    clear_stopped,
+    is_done,
+    mark_stopped,
+    read_json,
+    sweep_debris,
+)
+
+# Stage modules are imported where they are used: an array element imports only its own
+# stage (a label element starts in ~0.3 s instead of ~1 s; a 1,000-task stage pays it
+# once per element).
+
+LOCK_WAIT = 600.0  # seconds a job waits for the run lock (its submitter may still be exiting)
+STAGE_SECONDS = "stage_seconds.json"  # iter/<i>/slurm/: the select job's timings
+
+
+def job_id() -> str | None:
+    """This job's id (the array's id for an element), None outside SLURM."""
+    return os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+
+
+def deadline() -> float:
+    """When to stop taking new tasks (epoch seconds; set by the job script)."""
+    try:
+        return float(os.environ["SMALLCELL_DEADLINE"])
+    except (KeyError, ValueError):
+        return float("inf")
+
+
+def _chain(root: Path, config: str | os.PathLike, upto: int, by: str) -> tuple[
+        slurm.Chain, Config]:
+    cfg = load_config(config)
+    path = Path(config).resolve()
+    return slurm.Chain(root, path, upto, cfg["slurm"], by), cfg
+
+
+def first_incomplete(paths: RunPaths, upto: int) -> tuple[int | None, str]:
+    """The first iteration without a summary (None, and why, when there is nothing to do)."""
+    for i in range(upto + 1):
+        if not paths.summary(i).exists():
+            if i > 0 and not paths.summary(i - 1).exists():
+                raise SmallcellError(f"{paths.summary(i - 1)}: missing")
+            return i, ""
+        if read_json(paths.summary(i)).get("converged"):
+            return None, f"converged at iteration {i}"
+    return None, f"iterations 0..{upto} are complete"
+
+
+# ---------------------------------------------------------------------------- submit
+
+
+def _check_queue(paths: RunPaths) -> None:
+    active = slurm.active_jobs(paths)
+    if active is None:
+        raise SmallcellError("squeue did not answer: cannot tell whether this run's jobs are "
+                             f"still queued{slurm.environment_note()}; try again")
+    if active:
+        raise SmallcellError(f"this run still has jobs in the queue ({', '.join(active)}): "
+                             "wait for them (`make status`) or `make cancel` first")
+
+
+def start_iteration(it: Iteration, chain: slurm.Chain) -> list[dict[str, Any]]:
+    """Submit what iteration `it` needs from where its folders stand: an explore array of
+    the runs without a marker (i > 0), and the select job after it. The select job goes
+    on from there whatever is already done, so this is also how a chain resumes."""
+    from smallcell.stages import explore
+
+    records = []
+    after = None
+    if it.i > 0 and not is_done(it.stage("explore")):
+        runs = explore.write_plan(it)
+        todo = [r.index for r in runs if not is_done(explore.run_dir(it, r))]
+        if todo:
+            records.append(chain.submit_array(it.i, "explore", todo))
+            after = records[-1]["job_id"]
+    records.append(chain.submit_job(it.i, "select", after=after))
+    return records
+
+
+def submit(root: Path, config: str | os.PathLike, upto: int) -> list[dict[str, Any]]:
+    """`smallcell submit`: submit the chain from the first iteration without a summary and
+    return at once. Refuses while jobs of this run are still queued (two chains on one
+    folder would run the same tasks twice)."""
+    from smallcell.engines.base import check_engines
+
+    chain, cfg = _chain(root, config, upto, "submit")
+    if cfg["engines"]["scheduler"] != "slurm":
+        raise SmallcellError(f"{config}: engines.scheduler is {cfg['engines']['scheduler']!r}; "
+                             "set it to slurm to submit (or run `make iter` on this machine)")
+    check_engines(cfg)
+    paths = RunPaths(root)
+    _check_queue(paths)  # first: the clearer message when the chain is still running
+    with RunLock(paths, f"smallcell submit --upto {upto}"):
+        _check_queue(paths)  # again under the lock: nothing can submit while we hold it
+        (paths.iter_root / slurm.CANCELLED).unlink(missing_ok=True)
+        i, why = first_incomplete(paths, upto)
+        if i is None:
+            print(f"nothing to submit: {why}")
+            return []
+        it = Iteration.open(root, i, cfg)
+        clear_stopped(it.dir)
+        return start_iteration(it, chain)
+
+
+def pilot(root: Path, config: str | os.PathLike, upto: int) -> dict[str, Any] | None:
+    """`smallcell pilot`: submit one job that runs the whole local loop (None: nothing to
+    do)."""
+    chain, cfg = _chain(root, config, upto, "pilot")
+    paths = RunPaths(root)
+    _check_queue(paths)
+    with RunLock(paths, f"smallcell pilot --upto {upto}"):
+        _check_queue(paths)
+        (paths.iter_root / slurm.CANCELLED).unlink(missing_ok=True)
+        i, why = first_incomplete(paths, upto)
+        if i is None:
+            print(f"nothing to submit: {why}")
+            return None
+        clear_stopped(paths.it(i))
+        return chain.submit_pilot(i, cfg["slurm"]["pilot"]["cpus_per_task"])
+
+
+# ------------------------------------------------------------------------- the jobs
+
+
+def _skip(paths: RunPaths, i: int, stage: str) -> bool:
+    """A job that must not act: the run was cancelled, or a later job of the same stage
+    exists (this one is a stale duplicate)."""
+    if slurm.cancelled(paths):
+        print(f"smallcell: {paths.iter_root / slurm.CANCELLED} exists (make cancel): "
+              "exiting without work", flush=True)
+        return True
+    if slurm.superseded(slurm.read_jobs(paths, i), stage, job_id()):
+        print(f"smallcell: a later {stage} job of iteration {i} was submitted; this one "
+              "(a stale duplicate) exits without work", flush=True)
+        return True
+    return False
+
+
+def _guard(paths: RunPaths, i: int, stage: str, fn: Callable[[], int]) -> int:
+    """Run a chain link; any error stops the chain with its message in iter/<i>/stopped."""
+    try:
+        return fn()
+    except SmallcellError as exc:
+        reason = str(exc)
+    except Exception:
+        reason = f"unexpected error in the {stage} job:\n{traceback.format_exc()}"
+    return _stop(paths, i, stage, reason)
+
+
+def _stop(paths: RunPaths, i: int, stage: str, reason: str) -> int:
+    """Write why the chain stopped beside the iteration, say it in the job log, exit 2."""
+    log = f"; job log: iter/{i}/slurm/ (job {job_id()})" if job_id() else ""
+    mark_stopped(paths.it(i), reason, stage=stage, job=job_id())
+    print(f"smallcell: chain stopped at iteration {i} ({stage}): {reason}{log}",
+          file=sys.stderr, flush=True)
+    return 2
+
+
+def run_element(root: Path, stage: str, i: int, list_name: str, element: int) -> int:
+    """`job explore|label`: this element's slice of the task list, one task after another.
+    Exit 1 when a task raised (the checking job sees its missing marker), else 0."""
+    paths = RunPaths(root)
+    if stage == "explore":
+        from smallcell.stages.explore import run_task as fn
+    else:
+        from smallcell.stages.label import run_task as fn
+    with RunLock(paths, f"{stage} element", shared=True, wait=LOCK_WAIT):
+        if slurm.cancelled(paths):
+            print("smallcell: run cancelled (make cancel): exiting without work", flush=True)
+            return 0
+        tasks, n_elements = slurm.task_list(paths, i, list_name)
+        mine = [tasks[p] for p in slurm.element_slice(len(tasks), n_elements, element)]
+        it = Iteration.open(root, i)
+        stop_at = deadline()
+        errors = 0
+        progress(it, stage, f"element {element}: {len(mine)} task(s) of {list_name}: "
+                 f"{mine[:5]}{' ...' if len(mine) > 5 else ''}")
+        for n, k in enumerate(mine):
+            if time.time() >= stop_at:
+                progress(it, stage, f"walltime margin reached: {len(mine) - n} task(s) left "
+                         "to the checking job, which resubmits them")
+                break
+            t0 = time.perf_counter()
+            try:
+                res = fn(root, i, k)
+            except Exception as exc:  # one task's failure never costs the others
+                errors += 1
+                detail = str(exc) if isinstance(exc, SmallcellError) else traceback.format_exc()
+                progress(it, stage, f"task {k} failed: {detail}")
+                continue
+            ok = res if isinstance(res, bool) else True
+            progress(it, stage, f"task {k} {'done' if ok else 'failed (marked)'} in "
+                     f"{time.perf_counter() - t0:.1f} s")
+        return 1 if errors else 0
+
+
+def _resubmit(it: Iteration, chain: slurm.Chain, stage: str, missing: list[int],
+              checker: str) -> None:
+    """Resubmit `missing` runs/tasks of `stage` with the checking job after them, or stop
+    the chain (SmallcellError with the reason and the folders), by resubmit_decision."""
+    from smallcell.stages import explore, label
+
+    jobs = slurm.read_jobs(it.paths, it.i)
+    last = slurm.last_record(jobs, stage)
+    d = slurm.resubmit_decision(len(missing), last, chain.slurm["resubmit"])
+    what = "runs" if stage == "explore" else "tasks"
+    if d.action == "resubmit":
+        rec = chain.submit_array(it.i, stage, missing, stalls=d.stalls)
+        chain.submit_job(it.i, checker, after=rec["job_id"])
+        progress(it, stage, f"{len(missing)} {what} without a marker ({d.reason}): "
+                 f"resubmitted as array {rec['job_id']} [{rec['array']}]")
+        return
+    folders = [explore.run_dir(it, explore.md_runs(it.cfg, it.i)[k]) if stage == "explore"
+               else label.task_dir(it, k) for k in missing]
+    lines = [f"  {f}" + ("  (see error.log)" if (f / "error.log").exists() else "")
+             for f in folders[:10]]
+    more = f"\n  ... and {len(folders) - 10} more" if len(folders) > 10 else ""
+    logs = f"; the last array's logs: {last['log']}" if last else ""
+    raise SmallcellError(
+        f"iteration {it.i}: {len(missing)} {stage} {what} still have no marker: {d.reason}"
+        f"{logs}\n" + "\n".join(lines) + more
+        + "\nFix the cause (or raise the stage's time), then `make submit` to go on.")
+
+
+def _stage_seconds(it: Iteration, update: dict[str, float] | None = None) -> dict[str, float]:
+    path = it.dir / slurm.SLURM_DIR / STAGE_SECONDS
+    seconds = read_json(path) if path.exists() else {}
+    if update:
+        seconds.update(update)
+        atomic_write_json(path, seconds)
+    return seconds
+
+
+def _since_first(it: Iteration, stage: str) -> float | None:
+    """Wall seconds since the first submission of `stage` in this iteration (queue time
+    included: what a person waiting for the stage sees)."""
+    times = [r["time"] for r in slurm.read_jobs(it.paths, it.i) if r["stage"] == stage]
+    return time.time() - min(times) if times else None
+
+
+def _select(it: Iteration, chain: slurm.Chain) -> int:
+    from smallcell import loop
+    from smallcell.sched.local import LocalRunner
+    from smallcell.stages import explore, label, select
+
+    seconds: dict[str, float] = {}
+    sweep_debris(it.dir)  # scratch of killed elements (they are all over: afterany)
+    if it.i > 0:
+        if not is_done(it.stage("explore")):
+            runs = explore.write_plan(it)
+            missing = [r.index for r in runs if not is_done(explore.run_dir(it, r))]
+            if missing:
+                _resubmit(it, chain, "explore", missing, "select")
+                return 0
+            wall = _since_first(it, "explore")
+            if wall is not None:
+                seconds["explore"] = wall
+            rep = explore.run(it, LocalRunner(1))  # every run is done: aggregate, mark
+        else:
+            rep = explore.report_of(it)
+        loop.explore_progress(it, rep)
+    if not is_done(it.stage("select")):
+        t0 = time.perf_counter()
+        select.run(it)
+        seconds["select"] = time.perf_counter() - t0
+    n = label.n_tasks(it)
+    todo: list[int] = []
+    if n:
+        label.prepare(it)
+        todo = label.missing(it, n)
+    _stage_seconds(it, seconds)
+    after = None
+    if todo:
+        rec = chain.submit_array(it.i, "label", todo)
+        after = rec["job_id"]
+        progress(it, "label", f"{len(todo)} of {n} tasks submitted: array {after} "
+                 f"[{rec['array']}], {rec['elements']} element(s)")
+    rec = chain.submit_job(it.i, "train", after=after)
+    progress(it, "collect", f"collect+train job {rec['job_id']}"
+             + (f" after {after}" if after else ""))
+    return 0
+
+
+def _collect_train(it: Iteration, chain: slurm.Chain, cfg: Config) -> int:
+    from smallcell import loop
+    from smallcell.stages import collect, label, train
+
+    n = label.n_tasks(it)
+    missing = label.missing(it, n) if n else []
+    if missing:
+        _resubmit(it, chain, "label", missing, "train")
+        return 0
+    sweep_debris(it.dir)
+    timings = _stage_seconds(it)
+    wall = _since_first(it, "label")
+    if wall is not None and n:
+        timings["label"] = wall
+    for stage, fn in (("collect", collect.run), ("train", train.run)):
+        if not is_done(it.stage(stage)):
+            t0 = time.perf_counter()
+            fn(it)
+            timings[stage] = time.perf_counter() - t0
+    total = _since_first(it, "select") or 0.0
+    if it.i > 0:
+        total = max(total, _since_first(it, "explore") or 0.0)
+    summary = loop.finish_iteration(it, timings, total)
+    reason = loop.stop_reason(summary, chain.upto)
+    if reason:
+        progress(it, "done", f"{reason}; potential: {it.stage('train')}; the chain ends here")
+        return 0
+    nxt = Iteration.open(it.paths.root, it.i + 1, cfg)
+    clear_stopped(nxt.dir)
+    records = start_iteration(nxt, chain)
+    progress(it, "done", "next iteration submitted: " + ", ".join(
+        f"{r['stage']} {r['job_id']}" for r in records))
+    return 0
+
+
+def run_checker(root: Path, stage: str, i: int, upto: int, config: str) -> int:
+    """`job select` / `job collect-train`: one link of the chain, under the run lock."""
+    paths = RunPaths(root)
+    key = "select" if stage == "select" else "train"
+    lock = RunLock(paths, f"slurm job {job_id()}: smallcell job {stage} --iter {i}",
+                   wait=LOCK_WAIT)
+    try:
+        lock.__enter__()
+    except SmallcellError as exc:  # e.g. `make iter` running on the same folder
+        return _stop(paths, i, stage, str(exc))
+    try:
+        if _skip(paths, i, key):
+            return 0
+
+        def body() -> int:
+            chain, cfg = _chain(root, config, upto, f"job {job_id()} ({stage} {i})")
+            it = Iteration.open(root, i)
+            return _select(it, chain) if key == "select" else _collect_train(it, chain, cfg)
+
+        return _guard(paths, i, stage, body)
+    finally:
+        lock.__exit__()
+
+
+def run_pilot(root: Path, upto: int, config: str, jobs: int) -> int:
+    """`job pilot`: `smallcell iter` until SMALLCELL_DEADLINE, then Ctrl-C it (finished
+    work is kept, a task cut short has no marker) and resubmit this job after itself."""
+    paths = RunPaths(root)
+    if slurm.cancelled(paths):
+        print("smallcell: run cancelled (make cancel): exiting without work", flush=True)
+        return 0
+    i, why = first_incomplete(paths, upto)
+    if i is None:
+        print(f"smallcell pilot: nothing to do: {why}", flush=True)
+        return 0
+    stop_at = deadline()
+    cmd = [str(slurm.SMALLCELL), "--run-dir", str(root), "iter", "--upto", str(upto),
+           "--config", str(config), "--jobs", str(jobs)]
+    print(f"smallcell pilot: {' '.join(cmd)} until {time.ctime(stop_at)}", flush=True)
+    proc = subprocess.Popen(cmd)
+    interrupted = False
+    try:
+        rc = proc.wait(timeout=max(stop_at - time.time(), 0.0))
+    except subprocess.TimeoutExpired:
+        interrupted = True
+        proc.send_signal(signal.SIGINT)  # the loop kills its workers and keeps finished work
+        try:
+            rc = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+    if not interrupted and rc == 0:
+        print("smallcell pilot: the loop is complete", flush=True)
+        return 0
+    if not interrupted:
+        first, _ = first_incomplete(paths, upto)
+        mark_stopped(paths.it(first if first is not None else i),
+                     f"the pilot's `smallcell iter` failed (exit {rc}); see its job log",
+                     stage="pilot", job=job_id())
+        return rc
+    nxt, why = first_incomplete(paths, upto)
+    if nxt is None:
+        print(f"smallcell pilot: {why}", flush=True)
+        return 0
+
+    def resubmit() -> int:
+        chain, _ = _chain(root, config, upto, f"job {job_id()} (pilot)")
+        with RunLock(paths, f"slurm job {job_id()}: pilot resubmission", wait=LOCK_WAIT):
+            if slurm.cancelled(paths):
+                return 0
+            rec = chain.submit_pilot(nxt, jobs, after=job_id())
+        print(f"smallcell pilot: walltime margin reached; resubmitted as job "
+              f"{rec['job_id']} (iteration {nxt} on)", flush=True)
+        return 0
+
+    return _guard(paths, nxt, "pilot", resubmit)
