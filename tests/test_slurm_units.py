@@ -426,12 +426,14 @@ def test_stop_reason() -> None:
     assert loop.stop_reason({"iteration": 2, "converged": False}, 5) is None
 
 
-def test_submit_refuses_a_local_config(tmp_path: Path, fake_slurm: Path) -> None:
+def test_submit_of_a_local_config_goes_to_slurm_with_a_note(
+        tmp_path: Path, fake_slurm: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`make submit CONFIG=examples/tiny.yaml` works: the command itself asks for SLURM."""
     cfg = tmp_path / "local.yaml"
     cfg.write_text(TINY.replace("engines: {scheduler: slurm}\n", ""))
-    with pytest.raises(SmallcellError, match=r"engines\.scheduler is 'local'"):
-        jobs.submit(tmp_path, cfg, 1)
-    assert _calls(fake_slurm) == []
+    jobs.submit(tmp_path, cfg, 1)
+    assert "engines.scheduler 'local'" in capsys.readouterr().err
+    assert _calls(fake_slurm)
 
 
 def test_submit_refuses_while_jobs_are_queued(iter0: Iteration, fake_slurm: Path) -> None:

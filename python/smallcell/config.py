@@ -300,7 +300,8 @@ SCHEMA = Section(
                                  "Where tasks run: local (`make iter`: worker processes on this "
                                  "machine) or slurm (`make submit`: job arrays chained by "
                                  "dependencies; `make pilot`: the local loop inside one "
-                                 "allocation). `make iter` works with either.",
+                                 "allocation). `make iter` works with either, and `make "
+                                 "submit` / `make pilot` use SLURM whatever this says.",
                                  choices=("local", "slurm")),
             },
         ),
