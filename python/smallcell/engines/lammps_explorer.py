@@ -77,6 +77,7 @@ from smallcell.engines.lammps_input import IN_FILE
 from smallcell.engines.process import (
     KILL_GRACE,
     ProgramNotFound,
+    command_words,
     run_logged,
     tail_line,
     with_setup,
@@ -122,14 +123,7 @@ class LammpsSettings:
     RENDER_KEYS = ("dump_every",)
 
     def __post_init__(self) -> None:
-        if isinstance(self.command, str) or not self.command:
-            raise ValueError(
-                f"lammps.command must be a non-empty list of words (argv), got {self.command!r}"
-            )
-        self.command = [str(c) for c in self.command]
-        if isinstance(self.setup, str):
-            raise ValueError("lammps.setup must be a list of shell lines, got a string")
-        self.setup = [str(s) for s in self.setup]
+        self.command, self.setup = command_words(self.command, self.setup, "lammps")
         for key in ("timeout", "grade_floor"):
             value = getattr(self, key)
             if value is not None and (

@@ -138,3 +138,14 @@ def tail_line(text_or_path: str | os.PathLike[str], lines: int = 2, limit: int =
     kept = [line for line in kept if line]
     tail = " | ".join(kept[-lines:]) if lines > 0 else ""
     return tail if len(tail) <= limit else "..." + tail[-limit:]
+
+
+def command_words(command: object, setup: object, section: str) -> tuple[list[str], list[str]]:
+    """Validate a configured command (argv) and its setup lines: one rule for every
+    adapter's settings, so a string command is never split or run by a shell here."""
+    if isinstance(command, str) or not command:
+        raise ValueError(
+            f"{section}.command must be a non-empty list of words (argv), got {command!r}")
+    if isinstance(setup, str):
+        raise ValueError(f"{section}.setup must be a list of shell lines, got a string")
+    return [str(c) for c in command], [str(s) for s in setup]

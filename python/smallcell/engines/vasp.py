@@ -47,6 +47,7 @@ from smallcell.engines.base import LabelError
 from smallcell.engines.process import (
     KILL_GRACE,
     ProgramNotFound,
+    command_words,
     run_logged,
     tail_line,
     with_setup,
@@ -124,14 +125,7 @@ class VaspSettings:
     keep_potcar: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.command, str) or not self.command:
-            raise ValueError(
-                f"vasp.command must be a non-empty list of words (argv), got {self.command!r}"
-            )
-        self.command = [str(c) for c in self.command]
-        if isinstance(self.setup, str):
-            raise ValueError("vasp.setup must be a list of shell lines, got a string")
-        self.setup = [str(s) for s in self.setup]
+        self.command, self.setup = command_words(self.command, self.setup, "vasp")
         self.potcar_dir = Path(self.potcar_dir).expanduser()
         self.potcars = {str(k): str(v) for k, v in dict(self.potcars).items()}
         for sym, name in self.potcars.items():
