@@ -12,7 +12,8 @@ RUN_DIR ?= $(or $(SMALLCELL_RUN_DIR),.)
 SC      := bin/smallcell --run-dir $(RUN_DIR)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup iter submit pilot cancel status test lint clean-iter config-doc bench
+.PHONY: help setup iter submit pilot cancel status test lint clean-iter config-doc bench \
+        bench-labels
 
 help:  ## list every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,3 +56,6 @@ config-doc: $(STAMP)  ## regenerate docs/config.md from the schema
 
 bench: $(STAMP)  ## run the benchmarks and rewrite their tables in BENCHMARKS.md
 	$(VENV)/bin/python bench/run_all.py
+
+bench-labels: $(STAMP)  ## selection policies to convergence: labels, errors, figures (~30 min)
+	$(VENV)/bin/python bench/label_efficiency.py

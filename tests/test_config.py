@@ -161,6 +161,14 @@ BAD = [
     pytest.param("initial:\n  source: outcar\n  path: nothere\n", 3, "initial.path",
                  "no such folder", id="outcar-missing-folder"),
     pytest.param("structure: 5\n", 1, "structure", "must be a mapping", id="section-scalar"),
+    pytest.param("engines: {explorer: lammps, trainer: mlip3}\nselect: {policy: dopt_batch}\n",
+                 2, "select.policy", "needs the embedded grader", id="batch-with-mlip3"),
+    pytest.param("select:\n  swap_threshold: 1.0\n", 2, "select.swap_threshold",
+                 "must be > 1", id="swap-threshold-1"),
+    pytest.param("run:\n  converged_iterations: 0\n", 2, "run.converged_iterations",
+                 "must be >= 1", id="converged-iterations-0"),
+    pytest.param("trainer:\n  tolerance: 0\n", 2, "trainer.tolerance", "must be > 0",
+                 id="tolerance-0"),
 ]
 
 

@@ -115,6 +115,32 @@ def test_errors_are_finite_and_small(fit: Fit) -> None:
     assert np.abs(f - fit.images[3].get_forces()).max() <= e["force_max"] + 1e-12
 
 
+def test_fit_stops_on_its_tolerance_and_reports_it(fit: Fit, tmp_path: Path) -> None:
+    # a loose tolerance: the first 50-iteration window is enough
+    loose = train(fit.images, SPECIES, tmp_path / "loose",
+                  TrainSettings(level=6, max_iter=400, tolerance=0.9), None)
+    assert loose.converged and 1 <= loose.iterations <= 50
+    assert loose.message.startswith("converged")
+    # an impossible one: max_iter ends the fit, which is then not converged
+    tight = train(fit.images, SPECIES, tmp_path / "tight",
+                  TrainSettings(level=6, max_iter=60, tolerance=1e-12), None)
+    assert not tight.converged and 50 < tight.iterations <= 60
+    assert "max_iter 60" in tight.message
+    # the loss history is in the loss's own units, the L-BFGS part continuing the LLS one
+    h = tight.loss_history
+    assert len(h) > 50 and h[-1] <= h[2] and h[-1] < 1.0
+
+
+def test_fit_goes_on_where_raw_lbfgs_stopped(fit: Fit, tmp_path: Path) -> None:
+    """The raw loss of a good fit is ~1e-5, below scipy's absolute thresholds: without the
+    normalization L-BFGS stopped after a few iterations (2 in the measurement). With it,
+    a warm start on the same data keeps improving."""
+    more = train(fit.images, SPECIES, tmp_path / "more",
+                 TrainSettings(level=6, max_iter=100, tolerance=1e-9), fit.folder / POT)
+    assert more.iterations > 50
+    assert more.loss_history[-1] < 0.9 * more.loss_history[1]
+
+
 # ---------------------------------------------------------------- grades
 
 
@@ -154,6 +180,27 @@ def test_rows_are_not_cached_between_configurations(fit: Fit) -> None:
     # rows of a 2x cell are those of the 4-atom cell, repeated
     big = fit.images[0].repeat((2, 1, 1))
     np.testing.assert_allclose(pot.rows(big), np.vstack([ra, ra]), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["cfg", "nbh"])
+@pytest.mark.parametrize("batch", [False, True])
+def test_dopt_takes_one_of_duplicate_candidates(fit: Fit, tmp_path: Path, mode: str,
+                                                batch: bool) -> None:
+    """In both active-set modes and with both D-optimal selectors, copies of one
+    configuration never enter the active set twice."""
+    folder = tmp_path / mode
+    train(fit.images, SPECIES, folder, TrainSettings(level=6, max_iter=50, al_mode=mode),
+          fit.folder / POT)
+    pot = MotepPotential.load(folder, SPECIES, mode)
+    rng = np.random.default_rng(5)
+    far = displace(fit.images[0].copy(), 0.45, "uniform", rng)
+    far.calc = None
+    inside = fit.images[1].copy()
+    assert pot.grade(far.copy())[0] > 1.5 and pot.grade(inside.copy())[0] <= 1.0 + TOL
+    sel = pot.select([inside, far.copy(), far.copy(), far.copy()], batch=batch)
+    assert len(set(sel.selected) & {1, 2, 3}) == 1
+    if mode == "cfg":  # one row per configuration: what is inside stays out
+        assert 0 not in sel.selected
 
 
 def test_cells_of_different_sizes_mix(fit: Fit, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from smallcell.engines.maxvol import ActiveSet, build_active_set, select_add
+from smallcell.engines.maxvol import ActiveSet, build_active_set, select_add, select_batch
 
 TOL = 1e-3
 
@@ -185,3 +185,77 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     probe = np.random.default_rng(0).normal(size=(5, act.size))
     np.testing.assert_array_equal(back.grades(probe), act.grades(probe))
     assert [p.name for p in tmp_path.iterdir()] == ["active_set.npz"]
+
+
+# ---------------------------------------------------------------- batch-diverse selection
+
+
+def _identity(n: int = 2) -> ActiveSet:
+    return ActiveSet(np.eye(n), np.eye(n), np.column_stack([np.arange(n), -np.ones(n, int)]))
+
+
+def test_batch_skips_a_near_duplicate_that_select_add_takes() -> None:
+    # two 2-atom frames A and B, B a near-copy of A; the active set is the identity, so
+    # c = b. select_add swaps A's first row in, then B's second row (2.001 > A's 2.0):
+    # both frames labeled. Taking A as a whole (both rows) leaves B inside (1.0005).
+    a = [[3.0, 0.0], [0.0, 2.0]]
+    b = [[2.99, 0.0], [0.0, 2.001]]
+    rows, owner = np.array(a + b), np.array([0, 0, 1, 1])
+    assert sorted(select_add(_identity(), rows, owner).selected) == [0, 1]
+    sel = select_batch(_identity(), rows, owner, threshold=1.001)
+    assert sel.selected == [0]
+    np.testing.assert_allclose(sel.at_pick, [3.0])
+    np.testing.assert_allclose(sel.initial_grades, [3.0, 2.99])
+    assert sel.final_grades[1] == pytest.approx(1.0005)
+    np.testing.assert_allclose(sel.active.rows, np.diag([3.0, 2.0]))
+    np.testing.assert_allclose(sel.active.rows @ sel.active.inverse, np.eye(2), atol=1e-12)
+    assert sorted(map(tuple, sel.active.owners)) == [(-1, 0), (-1, 0)]
+
+
+def test_batch_takes_highest_grade_first_and_respects_the_cap() -> None:
+    rows = np.array([[0.0, 2.0], [3.0, 0.0], [2.9, 0.1], [0.5, 0.5]])
+    owner = np.arange(4)
+    sel = select_batch(_identity(), rows, owner, threshold=1.001)
+    assert sel.selected == [1, 0]  # 2 is a near-copy of 1, 3 is inside
+    np.testing.assert_allclose(sel.at_pick, [3.0, 2.0])
+    assert sel.over_cap == []
+    capped = select_batch(_identity(), rows, owner, threshold=1.001, max_configs=1)
+    assert capped.selected == [1] and capped.over_cap == [0]
+    # candidates that grade below the threshold from the start are never taken
+    high = select_batch(_identity(), rows, owner, threshold=2.5)
+    assert high.selected == [1]
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_duplicates_never_enter_the_active_set_twice(batch: bool) -> None:
+    act, rng = _base(seed=3)
+    n = act.size
+    one = rng.normal(size=(4, n)) * 3.0  # a 4-atom configuration far outside
+    other = rng.normal(size=(4, n)) * 3.0
+    rows = np.vstack([one, other, one, one, other])
+    owner = np.repeat(np.arange(5), 4)
+    sel = (select_batch(act, rows, owner) if batch else select_add(act, rows, owner))
+    assert len(sel.selected) == len(set(sel.selected))
+    copies = [{0, 2, 3}, {1, 4}]
+    for group in copies:
+        assert len(group & set(sel.selected)) <= 1
+    left = ~np.isin(owner, sel.selected)
+    assert sel.active.grades(rows[left]).max() <= 1.001 + 1e-9
+
+
+def test_batch_random_nbh_candidates_end_inside() -> None:
+    act, rng = _base(seed=4)
+    n = act.size
+    cand = rng.normal(size=(60, n)) * np.repeat(rng.uniform(0.2, 3.0, 15), 4)[:, None]
+    owner = np.repeat(np.arange(15), 4)
+    sel = select_batch(act, cand, owner, threshold=1.1)
+    left = [k for k in range(15) if k not in sel.selected]
+    # what was not taken lies inside the final set (a taken configuration's own rows may
+    # be swapped out again by a later one: it joins the training set whole anyway)
+    assert sel.active.grades(cand[np.isin(owner, left)]).max() <= 1.1 + 1e-9
+    np.testing.assert_allclose(sel.final_grades[left],
+                               sel.active.grades(cand).reshape(15, 4).max(axis=1)[left])
+    assert _logdet(sel.active.rows) > _logdet(act.rows)
+    assert len(sel.selected) == len(set(sel.selected)) > 0
+    assert np.all(sel.at_pick > 1.1)
+    assert int(np.argmax(sel.initial_grades)) == sel.selected[0]

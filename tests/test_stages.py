@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import subprocess
 from collections import Counter
@@ -230,6 +231,48 @@ def test_dopt_selects_a_subset_and_records_reasons(run_copy: Path) -> None:
     # at most one candidate per row of the active set can enlarge it
     active = read_json(run_copy / "iter" / "0" / "train" / "errors.json")["active_set_size"]
     assert reasons["selected"] + reasons["capped"] <= active
+
+
+def _redo_select(run_copy: Path, policy: str) -> Iteration:
+    d = run_copy / "iter" / "1"
+    for name in ("select", "vasp", "collect", "train", "summary.json"):
+        p = d / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    frozen = d / "config.yaml"
+    text = re.sub(r"policy: \w+", f"policy: {policy}", frozen.read_text())
+    frozen.write_text(text
+                      .replace("max_selected: 4", "max_selected: null"))
+    return Iteration.open(run_copy, 1)
+
+
+def test_dopt_batch_takes_whole_configurations(run_copy: Path) -> None:
+    it = _redo_select(run_copy, "dopt_batch")
+    n = select.run(it)
+    sel = read_json(run_copy / "iter" / "1" / "select" / "selection.json")
+    assert sel["policy"] == "dopt_batch" and n == sel["n_selected"] >= 1
+    taken = sorted((c for c in sel["candidates"] if c["selected"]),
+                   key=lambda c: int(c["reason"].split(":")[0].split()[1]))
+    assert [int(c["reason"].split(":")[0].split()[1]) for c in taken] == list(range(1, n + 1))
+    for c in sel["candidates"]:
+        if not c["selected"]:
+            assert "once the taken configurations joined the active set" in c["reason"]
+            assert float(c["reason"].split()[1]) <= 1.001
+    # no more configurations than dopt (row by row) takes from the same candidates
+    dopt = _redo_select(run_copy, "dopt")
+    assert n <= select.run(dopt)
+
+
+def test_dopt_batch_takes_one_of_identical_candidates(run_copy: Path) -> None:
+    """Duplicates of one configuration never enter the active set twice."""
+    folder = run_copy / "iter" / "1" / "explore"
+    runs = sorted(p for p in folder.iterdir() if (p / "preselected.cfg").exists())
+    best = max((c for r in runs for c in read_cfgs(r / "preselected.cfg")),
+               key=lambda c: c.mv_grade)
+    for r in runs:  # every run preselected only copies of the most extrapolative frame
+        write_cfgs(r / "preselected.cfg", [best, best, best])
+    for policy in ("dopt_batch", "dopt"):
+        it = _redo_select(run_copy, policy)
+        assert select.run(it) == 1, policy
 
 
 # ---------------------------------------------------------------- label

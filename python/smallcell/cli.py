@@ -47,7 +47,7 @@ def cmd_iter(args: argparse.Namespace) -> int:
     print(f"\n{len(summaries)} iterations, {labels} labels ({failed} failed), "
           f"{summaries[-1].get('n_train', 0)} configurations in the training set")
     last = summaries[-1]
-    verdict = ("converged: no MD run broke" if last.get("converged")
+    verdict = (loop.verdict(last) if loop.finished(last)
                else f"not converged yet (run `make iter N={last['iteration'] + 1}` or more)")
     print(f"\n{verdict}; potential: {RunPaths(root).stage(last['iteration'], 'train')}/pot.mtp; "
           f"{time.perf_counter() - t0:.1f} s")

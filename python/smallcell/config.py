@@ -221,14 +221,21 @@ SCHEMA = Section(
                     "str", "threshold",
                     "threshold: every preselected configuration with gamma_save < gamma < "
                     "gamma_max (the report's rule); dopt: D-optimal MaxVol selection, only "
-                    "configurations that enlarge the active set (like mlp select_add).",
-                    choices=("threshold", "dopt")),
+                    "configurations that enlarge the active set (like mlp select_add); "
+                    "dopt_batch: dopt one configuration at a time, so near-duplicate frames "
+                    "are not taken together (embedded trainer only).",
+                    choices=("threshold", "dopt", "dopt_batch")),
                 "gamma_max": Key("float", None,
                                  "Upper gamma bound of the threshold rule; null = gamma_break.",
                                  nullable=True, low=1.0),
                 "max_selected": Key("int", None,
-                                    "Cap on the labels per iteration (highest gamma first); "
+                                    "Cap on the labels per iteration (threshold: highest "
+                                    "gamma first; dopt: first to enter the active set); "
                                     "null = no cap.", nullable=True, low=1),
+                "swap_threshold": Key("float", 1.001,
+                                      "dopt, dopt_batch: a candidate enlarges the active set "
+                                      "when one of its rows grades above this (mlp "
+                                      "select_add's --threshold).", low=1.0, low_open=True),
             },
         ),
         "initial": Section(
@@ -260,6 +267,11 @@ SCHEMA = Section(
                                 low_open=True, unit="Å"),
                 "radial_basis_size": Key("int", 8, "Chebyshev radial basis functions.", low=2),
                 "max_iter": Key("int", 300, "Iteration limit of the L-BFGS fit.", low=1),
+                "tolerance": Key("float", 0.01,
+                                 "Embedded trainer: the fit has converged when 50 L-BFGS "
+                                 "iterations lower the loss by less than this fraction "
+                                 "(max_iter still caps it).",
+                                 low=0, low_open=True),
                 "warm_start": Key("bool", True,
                                   "Start each fit from the previous iteration's potential."),
                 "energy_weight": Key("float", 1.0, "Loss weight of energies (per atom).", low=0),
@@ -383,6 +395,9 @@ SCHEMA = Section(
                 "seed": Key("int", 2026, "Master seed: structures, MD and fits derive from it.",
                             low=0),
                 "jobs": Key("int", 2, "Parallel worker processes (0 = all cores).", low=0),
+                "converged_iterations": Key(
+                    "int", 1, "Consecutive converged iterations (no MD run broke, max gamma "
+                    "< gamma_break) after which the loop stops.", low=1),
             },
         ),
     },
@@ -746,6 +761,10 @@ def _engine_checks(cfg: Config, fail: Any) -> None:
             if not potcar.is_file():
                 raise fail("vasp.potcars", f"vasp.potcars: no POTCAR for {sym}: {potcar}")
         _program(cfg, "vasp", "command", fail)
+    if eng["trainer"] == "mlip3" and cfg["select"]["policy"] == "dopt_batch":
+        raise fail("select.policy", "select.policy dopt_batch needs the embedded grader "
+                   "(engines.trainer motep): mlp select_add has no per-configuration mode; "
+                   "use dopt with MLIP-3")
     if eng["trainer"] == "mlip3":
         m = cfg["mlip3"]
         if m["template"] is not None:

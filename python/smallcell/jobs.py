@@ -77,12 +77,14 @@ def _chain(root: Path, config: str | os.PathLike, upto: int, by: str) -> tuple[
 
 def first_incomplete(paths: RunPaths, upto: int) -> tuple[int | None, str]:
     """The first iteration without a summary (None, and why, when there is nothing to do)."""
+    from smallcell import loop
+
     for i in range(upto + 1):
         if not paths.summary(i).exists():
             if i > 0 and not paths.summary(i - 1).exists():
                 raise SmallcellError(f"{paths.summary(i - 1)}: missing")
             return i, ""
-        if read_json(paths.summary(i)).get("converged"):
+        if loop.finished(read_json(paths.summary(i))):
             return None, f"converged at iteration {i}"
     return None, f"iterations 0..{upto} are complete"
 

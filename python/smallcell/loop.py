@@ -3,9 +3,10 @@
 Iteration 0 is the initial fit: select (the initial data set) -> label -> collect -> train.
 Iteration i >= 1: explore (MD with the potential of i-1) -> select -> label -> collect ->
 train. Each stage runs only when its `done` marker is missing; `summary.json` is written
-last and marks the iteration complete. The run stops after an iteration whose explore
-converged (no run broke and max gamma < gamma_break, or nothing was preselected): that
-iteration still labels and learns what it preselected, then the loop ends.
+last and marks the iteration complete. The run stops after `run.converged_iterations`
+consecutive iterations whose explore converged (no run broke and max gamma < gamma_break,
+or nothing was preselected): the last one still labels and learns what it preselected,
+then the loop ends.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
     errors = read_json(it.stage("train") / "errors.json")
     gb = it.cfg["extrapolation"]["gamma_break"]
     coll = read_json(it.stage("collect") / "done")
+    conv = converged(rep, gb) if rep else False
+    before = it.paths.summary(it.i - 1)
+    streak = (read_json(before).get("converged_streak", 0) + 1
+              if conv and it.i > 1 and before.exists() else int(conv))
     summary: dict[str, Any] = {
         "iteration": it.i,
         "cell": it.cfg["structure"]["cell"],
@@ -99,13 +104,16 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
         "gamma_std": rep.gamma_std if rep else None,
         "gamma_count": rep.gamma_count if rep else 0,
         "broke": (rep.n_broke > 0) if rep else None,
-        "converged": converged(rep, gb) if rep else False,
+        "converged": conv,
+        "converged_streak": streak,
+        "converged_needed": it.cfg["run"]["converged_iterations"],
         "policy": it.cfg["select"]["policy"],
         "train_seconds": errors.get("seconds"),
         "train_iterations": errors.get("iterations"),
         "train_converged": errors.get("converged"),
         "train_skipped": errors.get("skipped"),
         "active_set_size": errors.get("active_set_size"),
+        "active_set_configs": errors.get("active_set_configs"),
         "train_errors": errors.get("errors", {}),
         "stage_seconds": timings,
         "seconds": seconds,
@@ -114,11 +122,26 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
     return summary
 
 
+def finished(summary: dict[str, Any]) -> bool:
+    """The run converged with this iteration: enough consecutive converged iterations
+    (summaries written before the streak was recorded count a converged one as enough)."""
+    if not summary.get("converged"):
+        return False
+    return summary.get("converged_streak", 1) >= summary.get("converged_needed", 1)
+
+
+def verdict(summary: dict[str, Any]) -> str:
+    """How a finished run converged, in words."""
+    n = summary.get("converged_needed", 1)
+    return ("converged: no MD run broke" if n == 1 else
+            f"converged: no MD run broke in {n} consecutive iterations")
+
+
 def stop_reason(summary: dict[str, Any], upto: int) -> str | None:
     """Why the loop ends after this iteration (None: go on with the next one). The one
     decision of the local loop and of the SLURM chain's collect+train job."""
-    if summary.get("converged"):
-        return "converged: no MD run broke"
+    if finished(summary):
+        return verdict(summary)
     if summary["iteration"] >= upto:
         return f"reached iteration {upto}"
     return None
@@ -132,7 +155,7 @@ def run(root: Path, cfg: Config, upto: int, runner: Runner) -> list[dict[str, An
         if paths.summary(i).exists():
             s = read_json(paths.summary(i))
             summaries.append(s)
-            if s.get("converged"):
+            if finished(s):
                 print(f"converged at iteration {i}: nothing left to do", flush=True)
                 break
             continue
@@ -143,7 +166,7 @@ def run(root: Path, cfg: Config, upto: int, runner: Runner) -> list[dict[str, An
         s = run_iteration(it, runner)
         summaries.append(s)
         reason = stop_reason(s, upto)
-        if reason and s["converged"]:
+        if reason and finished(s):
             progress(it, "done", reason)
         if reason:
             break

@@ -39,8 +39,10 @@ class Potential(Protocol):
         """gamma of `atoms`, and per-atom grades in nbh mode (else None)."""
         ...
 
-    def select(self, candidates: list[Atoms], threshold: float = 1.001) -> Any:
-        """D-optimal selection among candidates (a maxvol.Selection)."""
+    def select(self, candidates: list[Atoms], threshold: float = 1.001, *,
+               batch: bool = False, limit: int | None = None) -> Any:
+        """D-optimal selection among candidates (a maxvol.Selection); `batch`: one
+        configuration at a time, at most `limit` (maxvol.select_batch)."""
         ...
 
 

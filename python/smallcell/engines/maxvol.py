@@ -14,7 +14,7 @@ it rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +109,21 @@ class Selection:
     selected: list[int]  # candidates owning rows of the final active set, by entry order
     initial_grades: np.ndarray  # per candidate, before any swap
     active: ActiveSet  # the enlarged active set
+    # select_batch only: grade of each selected candidate when it was taken, every
+    # candidate's grade against the final set, candidates left out by the cap
+    at_pick: np.ndarray | None = None
+    final_grades: np.ndarray | None = None
+    over_cap: list[int] = field(default_factory=list)
+
+
+def _swap(inv: np.ndarray, rows: np.ndarray, j: int, new: np.ndarray) -> np.ndarray:
+    """Replace row j of `rows` (in place) by `new`; return the updated inverse
+    (Sherman-Morrison on the row change, O(n^2))."""
+    delta = new - rows[j]
+    u = inv[:, j]
+    inv = inv - np.outer(u, delta @ inv) / (1.0 + delta @ u)
+    rows[j] = new
+    return inv
 
 
 def select_add(active: ActiveSet, cand_rows: np.ndarray, cand_owner: np.ndarray, *,
@@ -136,12 +151,7 @@ def select_add(active: ActiveSet, cand_rows: np.ndarray, cand_owner: np.ndarray,
         i, j = np.unravel_index(np.argmax(np.abs(c)), c.shape)
         if abs(c[i, j]) <= threshold:
             break
-        # Replace active row j by candidate row i; Sherman-Morrison on the row change.
-        delta = cand_rows[i] - rows[j]
-        u = inv[:, j]
-        denom = 1.0 + delta @ u
-        inv = inv - np.outer(u, delta @ inv) / denom
-        rows[j] = cand_rows[i]
+        inv = _swap(inv, rows, j, cand_rows[i])
         if owners[j, 0] <= -2:  # a candidate row leaves the set again
             in_set[-owners[j, 0] - 2] = False
         owners[j] = (-2 - i, cand_owner[i])
@@ -153,3 +163,56 @@ def select_add(active: ActiveSet, cand_rows: np.ndarray, cand_owner: np.ndarray,
     mask = final[:, 0] <= -2
     final[mask, 0] = -1  # candidate rows: owner index not in the training set yet
     return Selection(picked, initial, ActiveSet(rows, np.linalg.inv(rows), final))
+
+
+def select_batch(active: ActiveSet, cand_rows: np.ndarray, cand_owner: np.ndarray, *,
+                 threshold: float = 1.001, max_configs: int | None = None) -> Selection:
+    """Batch-diverse D-optimal selection, one configuration at a time.
+
+    `select_add` swaps single rows, so in nbh mode two near-identical frames of one MD run
+    can both enter: one brings atom 1's neighbourhood, the other atom 2's. Labeling either
+    frame teaches the potential every neighbourhood of it, so here the unit is the
+    configuration: take the candidate with the highest grade, swap all of its rows that
+    still grade above `threshold` into the active set (as training on it would), regrade
+    the rest, repeat until no candidate grades above `threshold` or `max_configs` are
+    taken. Near-duplicates of a taken frame then grade ~1 and are left out."""
+    cand_rows = np.atleast_2d(np.asarray(cand_rows, dtype=float))
+    cand_owner = np.asarray(cand_owner, dtype=int)
+    n_cand = int(cand_owner.max()) + 1 if cand_owner.size else 0
+    rows, inv, owners = active.rows.copy(), active.inverse.copy(), active.owners.copy()
+
+    def grades() -> np.ndarray:
+        g = np.zeros(n_cand)
+        if cand_rows.size:
+            np.maximum.at(g, cand_owner, np.abs(cand_rows @ inv).max(axis=1))
+        return g
+
+    initial = grades()
+    picked: list[int] = []
+    at_pick: list[float] = []
+    g = initial.copy()
+    over_cap: list[int] = []
+    while n_cand:
+        g[picked] = 0.0
+        k = int(np.argmax(g))
+        if g[k] <= threshold:
+            break
+        if max_configs is not None and len(picked) >= max_configs:
+            over_cap = [int(j) for j in np.flatnonzero(g > threshold)]
+            break
+        picked.append(k)
+        at_pick.append(float(g[k]))
+        mine = np.flatnonzero(cand_owner == k)
+        for _ in range(10 * rows.shape[0]):
+            c = cand_rows[mine] @ inv
+            i, j = np.unravel_index(np.argmax(np.abs(c)), c.shape)
+            if abs(c[i, j]) <= threshold:
+                break
+            inv = _swap(inv, rows, j, cand_rows[mine[i]])
+            owners[j] = (-1, k)
+        inv = np.linalg.inv(rows)  # no drift from the rank-one updates between picks
+        g = grades()
+    final_grades = g
+    final_grades[picked] = 0.0
+    return Selection(picked, initial, ActiveSet(rows, inv, owners), np.array(at_pick),
+                     final_grades, over_cap)

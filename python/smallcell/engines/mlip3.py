@@ -939,12 +939,17 @@ class Mlip3Potential:
         """gamma of one configuration (one mlp call: grade many at once when you can)."""
         return self.grade_many([atoms])[0]
 
-    def select(self, candidates: Sequence[Atoms], threshold: float = 1.001) -> Mlip3Selection:
+    def select(self, candidates: Sequence[Atoms], threshold: float = 1.001, *,
+               batch: bool = False, limit: int | None = None) -> Mlip3Selection:
         """D-optimal selection with ``mlp select_add`` against this potential's active set
         (and its training set when known). MLIP-3 does not report the order in which
         candidates entered the active set; `selected` is ordered by initial grade, the
         order in which a greedy MaxVol starts swapping, so a cap keeps the most
-        extrapolative ones."""
+        extrapolative ones. `batch` (select.policy dopt_batch) is refused when the config
+        is loaded: mlp has no per-configuration selection."""
+        if batch:
+            raise ValueError("mlp select_add has no batch-diverse mode; use policy dopt")
+        del limit  # the stage applies max_selected to the order above
         if not candidates:
             return Mlip3Selection([], np.zeros(0))
         with self._folder() as folder:

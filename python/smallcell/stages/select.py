@@ -5,9 +5,13 @@ Policies (config `select.policy`):
   that broke with no candidate below gamma_max contributes its least extrapolative
   candidate, so a run that breaks at once still teaches the potential something.
 - dopt: D-optimal MaxVol selection against the previous potential's active set, like
-  `mlp select_add`: only candidates that enlarge the active set.
-Both honour `select.max_selected` (threshold: highest gamma first; dopt: order of entry
-into the active set). Every candidate's fate and the reason are written to selection.json.
+  `mlp select_add`: only candidates that enlarge the active set (row by row).
+- dopt_batch: the same, one configuration at a time (maxvol.select_batch): a taken
+  configuration brings all its neighbourhoods into the active set before the rest are
+  graded again, so near-duplicate frames of one MD run are not taken together.
+All honour `select.max_selected` (threshold: highest gamma first; dopt: order of entry
+into the active set; dopt_batch: order of taking). Every candidate's fate and the reason
+are written to selection.json.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from smallcell.engines.base import trainer_for
+from smallcell.engines.maxvol import Selection
 from smallcell.formats.cfg import Cfg, cfg_to_atoms, read_preselected, write_cfgs
 from smallcell.stages import explore, initial
 from smallcell.stages.common import Iteration, progress
@@ -73,8 +78,12 @@ def _threshold(it: Iteration, cands: list[Candidate], broke: set[str]) -> None:
 def _dopt(it: Iteration, cands: list[Candidate]) -> None:
     assert it.previous_train is not None
     pot = trainer_for(it.cfg).load(it.previous_train, it.species, it.cfg["trainer"]["al_mode"])
-    sel = pot.select([cfg_to_atoms(c.cfg, it.species) for c in cands])
-    cap = it.cfg["select"]["max_selected"]
+    cap, thr = it.cfg["select"]["max_selected"], it.cfg["select"]["swap_threshold"]
+    images = [cfg_to_atoms(c.cfg, it.species) for c in cands]
+    if it.cfg["select"]["policy"] == "dopt_batch":
+        _batch(cands, pot.select(images, thr, batch=True, limit=cap), thr, cap)
+        return
+    sel = pot.select(images, thr)
     picked = sel.selected if cap is None else sel.selected[:cap]
     rank = {k: n for n, k in enumerate(sel.selected)}
     for k, c in enumerate(cands):
@@ -88,6 +97,24 @@ def _dopt(it: Iteration, cands: list[Candidate]) -> None:
             c.reason = f"inside the enlarged active set (grade {g0:.4g} at start)"
 
 
+def _batch(cands: list[Candidate], sel: Selection, thr: float, cap: int | None) -> None:
+    assert sel.at_pick is not None and sel.final_grades is not None
+    rank = {k: n for n, k in enumerate(sel.selected)}
+    capped = set(sel.over_cap)
+    for k, c in enumerate(cands):
+        g0 = float(sel.initial_grades[k])
+        c.selected = k in rank
+        if c.selected:
+            c.reason = (f"taken {rank[k] + 1}: grade {sel.at_pick[rank[k]]:.4g} against the "
+                        f"active set so far (initial {g0:.4g})")
+        elif k in capped:
+            c.reason = (f"grade {sel.final_grades[k]:.4g} > {thr:g} but over "
+                        f"max_selected={cap}")
+        else:
+            c.reason = (f"grade {sel.final_grades[k]:.4g} <= {thr:g} once the taken "
+                        f"configurations joined the active set (initial {g0:.4g})")
+
+
 def run(it: Iteration) -> int:
     """Write selected.cfg, selection.json and the marker; return the number selected."""
     folder = it.stage(STAGE)
@@ -97,7 +124,7 @@ def run(it: Iteration) -> int:
         return n
     cands, broke = candidates(it)
     policy = it.cfg["select"]["policy"]
-    if policy == "dopt" and cands:
+    if policy in ("dopt", "dopt_batch") and cands:
         _dopt(it, cands)
     else:
         _threshold(it, cands, broke)

@@ -1,0 +1,287 @@
+"""Label efficiency: how many reference labels each selection policy needs to converge.
+
+Issue 5. On the embedded 1x1x1 fcc Pb problem (4 atoms, EAM labels, motep MTP), with
+MLIP-3's semantics (grade every MD step, gamma_save 2.1, gamma_break 10) and the same MD
+budget per iteration for every policy, each policy runs `smallcell iter` until no MD run
+breaks and max gamma < gamma_break in two consecutive iterations
+(`run.converged_iterations: 2`). Recorded per iteration: labels so far, active-set size,
+max/mean gamma, and the energy and force errors of that iteration's potential on a fixed
+held-out set. The held-out set is drawn once from long NPT MD with the reference EAM at
+the grid's (T, P) points and is never trained on.
+
+Equal accuracy is judged on potentials trained to convergence: every fit of the loop
+stops when 50 L-BFGS iterations lower the loss by less than 1% (trainer.tolerance), and
+each policy's final training set is then fitted on from its last potential with a
+tighter tolerance (FINAL_FIT); whether each final fit converged is recorded.
+
+    .venv/bin/python bench/label_efficiency.py [--seeds 3] [--jobs 2] [--quick]
+
+Run folders live under /tmp/smallcell-bench/labels/ (reused when complete: delete it to
+start over); results.json there; the section `labels` of BENCHMARKS.md and the PNGs in
+bench/figures/ are rewritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib
+
+ROOT = benchlib.CACHE_ROOT / "labels"
+FIGURES = benchlib.REPO / "bench" / "figures"
+MAX_ITER = 14  # iteration cap of every run (a run that reaches it did not converge)
+
+BASE: dict[str, Any] = {
+    "species": ["Pb"], "masses": [207.2],
+    "structure": {"lattice": "fcc", "a": 4.95, "cell": [1, 1, 1], "displacement": 0.1},
+    "grid": {"temperatures": [200.0, 300.0, 400.0], "pressures": [1.0], "seeds_per_point": 1},
+    "md": {"ensemble": "npt", "timestep": 2.0, "steps": 500, "grade_every": 1},
+    "extrapolation": {"gamma_save": 2.1, "gamma_break": 10.0},
+    "select": {"policy": "threshold"},
+    # fewer configurations than the active set has rows: the first MD breaks at once,
+    # as with a small initial set in MLIP-3 practice; the same for every policy
+    "initial": {"source": "generate", "n_configs": 4, "strain": 0.04, "displacement": 0.15},
+    "trainer": {"level": 8, "max_iter": 300, "warm_start": True, "al_mode": "nbh"},
+    "engines": {"explorer": "embedded", "labeler": "eam", "trainer": "motep",
+                "scheduler": "local"},
+    "run": {"jobs": 1, "converged_iterations": 2},
+}
+POLICIES: dict[str, dict[str, Any]] = {
+    "threshold": {"select": {"policy": "threshold"}},
+    "dopt": {"select": {"policy": "dopt"}},
+    "dopt_cap4": {"select": {"policy": "dopt", "max_selected": 4}},
+    "dopt_batch": {"select": {"policy": "dopt_batch"}},
+}
+# one seed each, threshold against dopt_batch: what moves the ratio
+VARIANTS: dict[str, dict[str, Any]] = {
+    "grade_every_10": {"md": {"grade_every": 10}},
+    "gamma_save_3": {"extrapolation": {"gamma_save": 3.0}},
+    "gamma_save_5": {"extrapolation": {"gamma_save": 5.0}},
+}
+VARIANT_POLICIES = ("threshold", "dopt_batch")
+FINAL_FIT = {"max_iter": 400, "tolerance": 0.005}
+HELDOUT = {"steps": 3000, "skip": 500, "every": 25}  # per (T, P): 100 frames, 50 fs apart
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# --------------------------------------------------------------------------- held-out set
+
+
+def heldout_point(t: float, p: float, seed: int) -> list[Any]:
+    """Frames of one long NPT run with the reference EAM at (t, p), labeled by it."""
+    from ase import units
+    from ase.md.langevinbaoab import LangevinBAOAB
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
+
+    from smallcell.engines.eam_pb import calculator
+    from smallcell.structures import displace, supercell
+
+    rng = np.random.default_rng(seed)
+    atoms = displace(supercell("fcc", 4.95, (1, 1, 1), "Pb"), 0.1, "uniform", rng)
+    atoms.set_masses([207.2] * len(atoms))
+    atoms.calc = calculator()
+    thermalize_momenta(atoms, temperature_K=t, rng=rng)
+    Stationary(atoms)
+    with warnings.catch_warnings():  # ASE announces its heuristic barostat mass
+        warnings.simplefilter("ignore", UserWarning)
+        dyn = LangevinBAOAB(atoms, 2.0 * units.fs, temperature_K=t,
+                            externalstress=p * units.bar, hydrostatic=True,
+                            T_tau=100 * units.fs, P_tau=1000 * units.fs, rng=rng)
+    frames = []
+    for step in range(1, HELDOUT["steps"] + 1):
+        dyn.run(1)
+        if step > HELDOUT["skip"] and step % HELDOUT["every"] == 0:
+            from ase.calculators.singlepoint import SinglePointCalculator
+
+            a = atoms.copy()
+            a.calc = SinglePointCalculator(a, energy=atoms.get_potential_energy(),
+                                           forces=atoms.get_forces(), stress=atoms.get_stress())
+            frames.append(a)
+    return frames
+
+
+def heldout_path() -> Path:
+    return ROOT / "heldout.cfg"
+
+
+def make_heldout(pool: ProcessPoolExecutor) -> Path:
+    from smallcell.formats.cfg import atoms_to_cfg, write_cfgs
+
+    path = heldout_path()
+    if path.exists():
+        return path
+    grid = BASE["grid"]
+    points = [(t, p) for t in grid["temperatures"] for p in grid["pressures"]]
+    futs = [pool.submit(heldout_point, t, p, 900 + k) for k, (t, p) in enumerate(points)]
+    frames = [a for f in futs for a in f.result()]
+    tmp = path.with_suffix(".tmp")
+    write_cfgs(tmp, [atoms_to_cfg(a, ["Pb"]) for a in frames])
+    tmp.replace(path)
+    return path
+
+
+def errors_on(pot: Path, frames: list[Any]) -> dict[str, float]:
+    """Energy RMSE (meV/atom) and force RMSE (meV/Å, |F_ref - F_ML| per atom) on frames."""
+    from smallcell.engines.motep_mtp import MotepPotential
+
+    model = MotepPotential(pot, None, ["Pb"], "nbh")
+    de, df = [], []
+    for ref in frames:
+        e, f, _ = model.evaluate(ref.copy())
+        de.append((e - ref.get_potential_energy()) / len(ref))
+        df.append(np.linalg.norm(f - ref.get_forces(), axis=1))
+    return {"energy_rmse": 1000 * float(np.sqrt(np.mean(np.square(de)))),
+            "force_rmse": 1000 * float(np.sqrt(np.mean(np.square(np.concatenate(df)))))}
+
+
+def read_frames(path: Path) -> list[Any]:
+    from smallcell.formats.cfg import cfg_to_atoms, read_cfgs
+
+    return [cfg_to_atoms(c, ["Pb"]) for c in read_cfgs(path)]
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def run_case(name: str, policy: str, seed: int, over: dict[str, Any]) -> dict[str, Any]:
+    """One policy with one seed to convergence, then its held-out numbers."""
+    from smallcell.engines.motep_mtp import TrainSettings, train
+    from smallcell.formats.cfg import cfg_to_atoms, read_cfgs
+
+    folder = ROOT / name
+    done = folder / "case.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    cfg = merge(merge(BASE, POLICIES[policy]), over)
+    cfg["run"]["seed"] = seed
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    wall, code, _ = benchlib.timed_run(
+        [str(benchlib.SMALLCELL), "--run-dir", str(folder), "iter", "--upto", str(MAX_ITER),
+         "--config", str(folder / "config.yaml")], stdout_path=folder / "iter.log")
+    if code != 0:
+        raise RuntimeError(f"{name}: smallcell iter failed ({code}); see {folder}/iter.log")
+    frames = read_frames(heldout_path())
+    iters = []
+    labels = 0
+    for sfile in sorted((folder / "iter").glob("*/summary.json"), key=lambda p: int(p.parent.name)):
+        s = json.loads(sfile.read_text())
+        labels += s["n_labeled"]
+        train_dir = sfile.parent / "train"
+        iters.append({"iteration": s["iteration"], "labels": labels, "n_train": s["n_train"],
+                      "n_selected": s["n_selected"], "n_preselected": s["n_preselected"],
+                      "active_set_size": s["active_set_size"],
+                      "active_set_configs": s.get("active_set_configs"),
+                      "gamma_max": s["gamma_max"], "gamma_mean": s["gamma_mean"],
+                      "broke": s["broke"], "converged": s["converged"],
+                      "train_iterations": s["train_iterations"],
+                      "train_converged": s["train_converged"],
+                      "seconds": s["seconds"], **errors_on(train_dir / "pot.mtp", frames)})
+    last = iters[-1]
+    converged = (last["converged"] and len(iters) > 2 and iters[-2]["converged"])
+    out = {"name": name, "policy": policy, "seed": seed, "over": over, "wall": wall,
+           "converged": converged, "labels": last["labels"],
+           "initial_labels": iters[0]["labels"], "iterations": iters, "final": None}
+    if over:  # the variants measure labels only
+        done.write_text(json.dumps(out, indent=1))
+        return out
+    # the final training set fitted to convergence, from the run's last potential
+    last_dir = folder / "iter" / str(last["iteration"])
+    images = [cfg_to_atoms(c, ["Pb"]) for c in read_cfgs(last_dir / "collect" / "train.cfg")]
+    ts = TrainSettings(level=cfg["trainer"]["level"], max_iter=FINAL_FIT["max_iter"],
+                       tolerance=FINAL_FIT["tolerance"], seed=seed)
+    t0 = time.perf_counter()
+    fit = train(images, ["Pb"], folder / "final_fit", ts, last_dir / "train" / "pot.mtp")
+    out["final"] = {"iterations": fit.iterations, "converged": fit.converged,
+                    "seconds": time.perf_counter() - t0, "message": fit.message,
+                    "n_train": len(images),
+                    **errors_on(folder / "final_fit" / "pot.mtp", frames)}
+    done.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def cases(seeds: int) -> list[tuple[str, str, int, dict[str, Any]]]:
+    out = [(f"{pol}-s{s}", pol, s, {}) for s in range(1, seeds + 1) for pol in POLICIES]
+    out += [(f"{pol}-{var}-s1", pol, 1, over) for var, over in VARIANTS.items()
+            for pol in VARIANT_POLICIES]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    global ROOT, MAX_ITER
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=2, help="runs side by side (1 core each)")
+    ap.add_argument("--no-variants", action="store_true")
+    ap.add_argument("--quick", action="store_true",
+                    help="a minutes-long smoke run of the whole pipeline (1 seed, short MD) "
+                         "into labels-quick/; BENCHMARKS.md is left alone")
+    ap.add_argument("--root", type=Path, help=f"run folders and results (default {ROOT})")
+    args = ap.parse_args(argv)
+    from labels_report import report
+
+    if args.root:
+        ROOT = args.root.resolve()
+    elif args.quick:
+        ROOT = benchlib.CACHE_ROOT / "labels-quick"
+    figures_dir = ROOT / "figures" if args.quick else FIGURES
+    if args.quick:
+        MAX_ITER = 2
+        args.seeds = 1
+        BASE["md"]["steps"] = 40
+        BASE["trainer"]["max_iter"] = 60
+        HELDOUT.update(steps=300, skip=100, every=20)
+        FINAL_FIT.update(max_iter=60)
+        VARIANTS.clear()
+        VARIANTS["grade_every_10"] = {"md": {"grade_every": 10}}
+    ROOT.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    todo = cases(args.seeds)
+    if args.no_variants:
+        todo = [c for c in todo if not c[3]]
+    # the threshold runs are the longest: start them first
+    todo.sort(key=lambda c: c[1] != "threshold")
+    results = []
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        make_heldout(pool)
+        futs = {pool.submit(run_case, *c): c[0] for c in todo}
+        for n, (fut, name) in enumerate(futs.items(), 1):
+            results.append(fut.result())
+            print(f"[{n}/{len(futs)}] {name}: {results[-1]['labels']} labels, "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+    wall = time.perf_counter() - t0
+    (ROOT / "results.json").write_text(json.dumps(results, indent=1))
+    body, ok = report(results, wall=wall, jobs=args.jobs, figures_dir=figures_dir,
+                      config=BASE, final_fit=FINAL_FIT, heldout=HELDOUT, max_iter=MAX_ITER)
+    (ROOT / "report.md").write_text(body + "\n")
+    print(body)
+    if args.quick:
+        return 0
+    benchlib.write_sections({"labels": ("Label efficiency: selection policies", body)})
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
