@@ -141,6 +141,24 @@ def test_fit_goes_on_where_raw_lbfgs_stopped(fit: Fit, tmp_path: Path) -> None:
     assert more.loss_history[-1] < 0.9 * more.loss_history[1]
 
 
+def test_restarts_keep_the_lowest_loss(fit: Fit, tmp_path: Path) -> None:
+    res = train(fit.images, SPECIES, tmp_path / "r",
+                TrainSettings(level=6, max_iter=60, tolerance=0.05, restarts=2, seed=3),
+                fit.folder / POT)
+    tries = res.extra["attempts"]
+    assert [t["start"] for t in tries] == ["warm start", "fresh template, seed 4",
+                                           "fresh template, seed 5"]
+    losses = [t["loss"] for t in tries]
+    assert len(set(losses)) == 3  # different starts end in different places
+    assert "best of 3 fits" in res.message
+    log = (tmp_path / "r" / "train.log").read_text()
+    assert log.count("# attempt ") == 3 and log.count("(kept)") == 1
+    kept = tries[int(log.split("(kept)")[0].rsplit("# attempt ", 1)[1].split(":")[0])]
+    assert kept["loss"] == min(losses)
+    # the written potential is the kept one: its loss history ends at the kept loss
+    assert res.loss_history[-1] == pytest.approx(min(losses), rel=1e-6)
+
+
 # ---------------------------------------------------------------- grades
 
 

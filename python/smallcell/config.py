@@ -267,6 +267,11 @@ SCHEMA = Section(
                                 low_open=True, unit="Å"),
                 "radial_basis_size": Key("int", 8, "Chebyshev radial basis functions.", low=2),
                 "max_iter": Key("int", 300, "Iteration limit of the L-BFGS fit.", low=1),
+                "restarts": Key("int", 0,
+                                "Embedded trainer: this many more fits from fresh random "
+                                "templates (other seeds) besides the warm start; the "
+                                "lowest loss wins. MTP fits have local minima: see README.",
+                                low=0),
                 "tolerance": Key("float", 0.01,
                                  "Embedded trainer: the fit has converged when 50 L-BFGS "
                                  "iterations lower the loss by less than this fraction "

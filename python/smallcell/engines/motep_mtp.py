@@ -24,7 +24,7 @@ import shutil
 import time
 import types
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,6 +59,7 @@ class TrainSettings:
     radial_basis_size: int = 8
     max_iter: int = 300
     tolerance: float = 0.01  # converged: WINDOW iterations lower the loss by less than this
+    restarts: int = 0  # more fits from fresh templates (other seeds); the lowest loss wins
     energy_weight: float = 1.0
     force_weight: float = 0.01
     stress_weight: float = 0.001
@@ -228,11 +229,11 @@ def _unchanged(atoms: Atoms, tol: float = 0.0) -> list[str]:
 
 
 def _fit(data, images: list[Atoms], settings: TrainSettings,
-         loss: dict[str, float]) -> tuple[float, bool]:
+         loss: dict[str, float]) -> tuple[float, bool, float]:
     """Linear least squares, then L-BFGS on the loss normalized to 1 at its start, in
     windows of WINDOW iterations until a window lowers the loss by less than
     `settings.tolerance` (a fraction) or `settings.max_iter` is spent. Returns the
-    normalization and whether the fit converged.
+    normalization, whether the fit converged and the final loss in its own units.
 
     Why: scipy's L-BFGS-B stops when (f_k - f_k+1) / max(|f_k|, |f_k+1|, 1) < ftol and when
     the projected gradient is below an absolute gtol. A good MTP's loss is ~1e-5
@@ -269,26 +270,27 @@ def _fit(data, images: list[Atoms], settings: TrainSettings,
         before = now
     fn.broadcast_results()
     ErrorPrinter(fn.images).log()
-    return scale, converged
+    return scale, converged, before * scale
 
 
 _LOSS = re.compile(r"loss (\d+): ([-+0-9.eEinfa]+)")
 
 
-def train(images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
-          settings: TrainSettings, start: Path | None) -> TrainResult:
-    """Fit an MTP to `images`, starting from `start` (warm start) or a fresh template, and
-    write `pot.mtp`, `active_set.npz` and `train.log` into `out_dir`."""
-    from motep.io.mlip.mtp import write_mtp
+@dataclass
+class _Attempt:
+    """One fit: its parameters, log, and final loss in the loss's own units."""
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work = out_dir / f".work.{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    if start is None:
-        start = write_template(work / "untrained.mtp", settings.level,
-                               min_dist=settings.min_dist, max_dist=settings.max_dist,
-                               radial_basis_size=settings.radial_basis_size)
+    data: object  # motep MTPData
+    text: str
+    scale: float
+    converged: bool
+    loss: float
+    label: str
+
+
+def _attempt(start: Path, images: list[Atoms], species: Sequence[str],
+             settings: TrainSettings, work: Path, label: str) -> _Attempt:
+    """Fit from the potential file `start` inside `work`, motep's log captured."""
     data = _read(start, species)
     loss = {"energy_weight": settings.energy_weight, "forces_weight": settings.force_weight,
             "stress_weight": settings.stress_weight}
@@ -300,25 +302,57 @@ def train(images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
     mlog.addHandler(handler)
     mlog.setLevel(logging.INFO)
     mlog.propagate = False
-    t0 = time.perf_counter()
     cwd = Path.cwd()
     try:
         os.chdir(work)
         with contextlib.redirect_stdout(log_text):
-            scale, converged = _fit(data, list(images), settings, loss)
+            scale, converged, final = _fit(data, images, settings, loss)
     finally:
         os.chdir(cwd)
         mlog.removeHandler(handler)
         mlog.setLevel(old_level)
         mlog.propagate = True
+    return _Attempt(data, log_text.getvalue(), scale, converged, final, label)
+
+
+def train(images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
+          settings: TrainSettings, start: Path | None) -> TrainResult:
+    """Fit an MTP to `images`, starting from `start` (warm start) or a fresh template, and
+    write `pot.mtp`, `active_set.npz` and `train.log` into `out_dir`.
+
+    With `settings.restarts` = k, k more fits start from fresh templates with other random
+    seeds and the lowest final loss wins. Why: MTP fits have local minima; measured on one
+    39-configuration set, three fresh fits ended at held-out force RMSEs of 58, 23 and 12
+    meV/Å, and a warm start stays in the basin it starts in."""
+    from motep.io.mlip.mtp import write_mtp
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / f".work.{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    template = write_template(work / "untrained.mtp", settings.level,
+                              min_dist=settings.min_dist, max_dist=settings.max_dist,
+                              radial_basis_size=settings.radial_basis_size)
+    t0 = time.perf_counter()
+    plan = [(start or template, settings.seed,
+             "warm start" if start else f"fresh template, seed {settings.seed}")]
+    plan += [(template, settings.seed + k, f"fresh template, seed {settings.seed + k}")
+             for k in range(1, settings.restarts + 1)]
+    attempts = [_attempt(path, list(images), species, replace(settings, seed=seed), work,
+                         label) for path, seed, label in plan]
+    best = min(attempts, key=lambda a: a.loss if math.isfinite(a.loss) else math.inf)
     seconds = time.perf_counter() - t0
-    write_mtp(str(work / POT), data, legacy=True)
-    text = log_text.getvalue()
-    lls_part, _, fit_part = text.partition("(loss normalized by")
+    write_mtp(str(work / POT), best.data, legacy=True)
+    text = best.text
+    if len(attempts) > 1:
+        text = "".join(f"{'#' * 72}\n# attempt {k}: {a.label}: final loss {a.loss:.6g}"
+                       f"{' (kept)' if a is best else ''}\n{a.text}"
+                       for k, a in enumerate(attempts))
+    lls_part, _, fit_part = best.text.partition("(loss normalized by")
     # the history in the loss's own units: the L-BFGS part was normalized by `scale`
     history = ([float(v) for _, v in _LOSS.findall(lls_part)]
-               + [scale * float(v) for _, v in _LOSS.findall(fit_part)])
-    nit = re.findall(r"Number of iterations: (\d+)", text)
+               + [best.scale * float(v) for _, v in _LOSS.findall(fit_part)])
+    nit = re.findall(r"Number of iterations: (\d+)", best.text)
     iterations = sum(int(n) for n in nit) if nit else len(history)
 
     pot = MotepPotential(work / POT, None, species, settings.al_mode)
@@ -333,10 +367,14 @@ def train(images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
         os.replace(work / name, out_dir / name)
     shutil.rmtree(work, ignore_errors=True)
     message = (f"converged: {WINDOW} iterations lowered the loss by less than "
-               f"{settings.tolerance:g}" if converged else
+               f"{settings.tolerance:g}" if best.converged else
                f"stopped at max_iter {settings.max_iter} before converging")
-    return TrainResult(seconds, iterations, converged, history, errors, active.size,
-                       active.n_configs, message)
+    if len(attempts) > 1:
+        message += f"; best of {len(attempts)} fits: {best.label}"
+    extra = {"attempts": [{"start": a.label, "loss": a.loss, "converged": a.converged}
+                          for a in attempts]} if len(attempts) > 1 else {}
+    return TrainResult(seconds, iterations, best.converged, history, errors, active.size,
+                       active.n_configs, message, extra)
 
 
 class MotepTrainer:

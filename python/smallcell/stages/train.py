@@ -29,7 +29,7 @@ def settings(it: Iteration) -> TrainSettings:
     return TrainSettings(
         level=tr["level"], min_dist=tr["min_dist"], max_dist=tr["max_dist"],
         radial_basis_size=tr["radial_basis_size"], max_iter=tr["max_iter"],
-        tolerance=tr["tolerance"],
+        tolerance=tr["tolerance"], restarts=tr["restarts"],
         energy_weight=tr["energy_weight"], force_weight=tr["force_weight"],
         stress_weight=tr["stress_weight"], al_mode=tr["al_mode"],
         seed=seed_for(it.cfg["run"]["seed"], "train", it.i))
