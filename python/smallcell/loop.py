@@ -27,6 +27,7 @@ from smallcell.state import (
     read_json,
     sweep_debris,
 )
+from smallcell.status import finished
 
 STAGES = ("explore", "select", "label", "collect", "train")
 
@@ -120,14 +121,6 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
     }
     atomic_write_json(it.paths.summary(it.i), summary)
     return summary
-
-
-def finished(summary: dict[str, Any]) -> bool:
-    """The run converged with this iteration: enough consecutive converged iterations
-    (summaries written before the streak was recorded count a converged one as enough)."""
-    if not summary.get("converged"):
-        return False
-    return summary.get("converged_streak", 1) >= summary.get("converged_needed", 1)
 
 
 def verdict(summary: dict[str, Any]) -> str:

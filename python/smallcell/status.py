@@ -52,11 +52,21 @@ def _load(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def finished(summary: dict[str, Any]) -> bool:
+    """The run converged with this iteration: enough consecutive converged iterations
+    (summaries written before the streak was recorded count a converged one as enough)."""
+    if not summary.get("converged"):
+        return False
+    return summary.get("converged_streak", 1) >= summary.get("converged_needed", 1)
+
+
 def line_for_summary(s: dict[str, Any]) -> str:
     err = s.get("train_errors") or {}
     e = err.get("energy_rmse")
     cell = "x".join(str(n) for n in s.get("cell", [])) or "-"
-    stage = "converged" if s.get("converged") else "complete"
+    stage = ("converged" if finished(s) else
+             f"conv {s.get('converged_streak', 1)}/{s.get('converged_needed', 1)}"
+             if s.get("converged") else "complete")
     broke = "-" if s.get("broke") is None else ("yes" if s["broke"] else "no")
     return (f"{s['iteration']:>4} {cell:>7} {stage:>8} {s.get('n_preselected', 0):>7} "
             f"{s.get('n_selected', 0):>6} {s.get('n_labeled', 0):>6} {s.get('n_failed', 0):>5} "
