@@ -91,6 +91,7 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def heldout_point(t: float, p: float, seed: int) -> list[Any]:
     """Frames of one long NPT run with the reference EAM at (t, p), labeled by it."""
     from ase import units
+    from ase.calculators.singlepoint import SinglePointCalculator
     from ase.md.langevinbaoab import LangevinBAOAB
     from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
@@ -112,8 +113,6 @@ def heldout_point(t: float, p: float, seed: int) -> list[Any]:
     for step in range(1, HELDOUT["steps"] + 1):
         dyn.run(1)
         if step > HELDOUT["skip"] and step % HELDOUT["every"] == 0:
-            from ase.calculators.singlepoint import SinglePointCalculator
-
             a = atoms.copy()
             a.calc = SinglePointCalculator(a, energy=atoms.get_potential_energy(),
                                            forces=atoms.get_forces(), stress=atoms.get_stress())
@@ -143,16 +142,10 @@ def make_heldout(pool: ProcessPoolExecutor) -> Path:
 
 def errors_on(pot: Path, frames: list[Any]) -> dict[str, float]:
     """Energy RMSE (meV/atom) and force RMSE (meV/Å, |F_ref - F_ML| per atom) on frames."""
-    from smallcell.engines.motep_mtp import MotepPotential
+    from smallcell.engines.motep_mtp import MotepPotential, errors_of
 
-    model = MotepPotential(pot, None, ["Pb"], "nbh")
-    de, df = [], []
-    for ref in frames:
-        e, f, _ = model.evaluate(ref.copy())
-        de.append((e - ref.get_potential_energy()) / len(ref))
-        df.append(np.linalg.norm(f - ref.get_forces(), axis=1))
-    return {"energy_rmse": 1000 * float(np.sqrt(np.mean(np.square(de)))),
-            "force_rmse": 1000 * float(np.sqrt(np.mean(np.square(np.concatenate(df)))))}
+    e = errors_of(MotepPotential(pot, None, ["Pb"], "nbh"), frames)
+    return {"energy_rmse": 1000 * e["energy_rmse"], "force_rmse": 1000 * e["force_rmse"]}
 
 
 def read_frames(path: Path) -> list[Any]:

@@ -125,12 +125,17 @@ def test_select_add_ignores_candidates_inside_and_takes_far_ones() -> None:
     assert act.grades(cand).max() == pytest.approx(6.0)
 
 
+def _nbh_candidates(rng: np.random.Generator, n: int,
+                    configs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random candidate configurations of 4 rows (atoms) each, of scales 0.2 to 3."""
+    scale = np.repeat(rng.uniform(0.2, 3.0, configs), 4)[:, None]
+    return rng.normal(size=(4 * configs, n)) * scale, np.repeat(np.arange(configs), 4)
+
+
 def test_select_add_random_candidates_nbh_rows() -> None:
     act, rng = _base(seed=1)
     n = act.size
-    # 10 candidate configurations of 4 rows each, some far outside
-    cand = rng.normal(size=(40, n)) * np.repeat(rng.uniform(0.2, 3.0, 10), 4)[:, None]
-    owner = np.repeat(np.arange(10), 4)
+    cand, owner = _nbh_candidates(rng, n, 10)  # some far outside
     sel = select_add(act, cand, owner, threshold=1.1)
     grades = sel.active.grades(cand)
     assert grades.max() <= 1.1 + 1e-9
@@ -246,8 +251,7 @@ def test_duplicates_never_enter_the_active_set_twice(batch: bool) -> None:
 def test_batch_random_nbh_candidates_end_inside() -> None:
     act, rng = _base(seed=4)
     n = act.size
-    cand = rng.normal(size=(60, n)) * np.repeat(rng.uniform(0.2, 3.0, 15), 4)[:, None]
-    owner = np.repeat(np.arange(15), 4)
+    cand, owner = _nbh_candidates(rng, n, 15)
     sel = select_batch(act, cand, owner, threshold=1.1)
     left = [k for k in range(15) if k not in sel.selected]
     # what was not taken lies inside the final set (a taken configuration's own rows may

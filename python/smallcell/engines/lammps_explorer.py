@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import os
 import re
 import shlex
@@ -77,6 +76,7 @@ from smallcell.engines.lammps_input import IN_FILE
 from smallcell.engines.process import (
     KILL_GRACE,
     ProgramNotFound,
+    check_positive,
     command_words,
     run_logged,
     tail_line,
@@ -125,12 +125,8 @@ class LammpsSettings:
     def __post_init__(self) -> None:
         self.command, self.setup = command_words(self.command, self.setup, "lammps")
         for key in ("timeout", "grade_floor"):
-            value = getattr(self, key)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, numbers.Real)
-                or not math.isfinite(value) or value <= 0
-            ):
-                raise ValueError(f"lammps.{key} must be a positive number or None, got {value!r}")
+            if getattr(self, key) is not None:
+                check_positive(getattr(self, key), f"lammps.{key}")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> LammpsSettings:

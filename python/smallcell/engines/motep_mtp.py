@@ -192,8 +192,9 @@ class MotepPotential:
         return select_add(self.active, rows, owners[:, 0], threshold=threshold)
 
 
-def _errors(pot: MotepPotential, images: Sequence[Atoms]) -> dict[str, float]:
-    """Training-set errors: energy per atom (eV/atom), forces (eV/Å), stress (GPa).
+def errors_of(pot: MotepPotential, images: Sequence[Atoms]) -> dict[str, float]:
+    """Errors on labeled images (training or held-out set): energy per atom (eV/atom),
+    forces (eV/Å), stress (GPa).
 
     Forces are compared as vectors, |F_ref - F_ML| per atom (DESIGN.md section 6, and what
     MLIP-3's errors report calls Forces), so the numbers of both trainers mean the same."""
@@ -359,7 +360,7 @@ def train(images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
     rows, owners = pot.all_rows(images)
     active = build_active_set(rows, owners)
     active.save(work / ACTIVE)
-    errors = _errors(pot, images)
+    errors = errors_of(pot, images)
     if not all(math.isfinite(v) for v in errors.values()):
         raise RuntimeError(f"training diverged (non-finite errors {errors}); see train.log")
     (work / "train.log").write_text(text, encoding="utf-8")

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import os
 import signal
 import subprocess
@@ -138,6 +140,13 @@ def tail_line(text_or_path: str | os.PathLike[str], lines: int = 2, limit: int =
     kept = [line for line in kept if line]
     tail = " | ".join(kept[-lines:]) if lines > 0 else ""
     return tail if len(tail) <= limit else "..." + tail[-limit:]
+
+
+def check_positive(value: object, name: str) -> None:
+    """A configured setting must be a finite number > 0 (None is the caller's business)."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value) or value <= 0):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
 def command_words(command: object, setup: object, section: str) -> tuple[list[str], list[str]]:

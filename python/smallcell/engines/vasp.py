@@ -47,6 +47,7 @@ from smallcell.engines.base import LabelError
 from smallcell.engines.process import (
     KILL_GRACE,
     ProgramNotFound,
+    check_positive,
     command_words,
     run_logged,
     tail_line,
@@ -135,12 +136,8 @@ class VaspSettings:
         if (self.kspacing is None) == (self.kppra is None):
             raise ValueError("set exactly one of vasp.kspacing and vasp.kppra")
         for key in ("kspacing", "kppra"):
-            value = getattr(self, key)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, numbers.Real)
-                or not math.isfinite(value) or value <= 0
-            ):
-                raise ValueError(f"vasp.{key} must be a positive number, got {value!r}")
+            if getattr(self, key) is not None:
+                check_positive(getattr(self, key), f"vasp.{key}")
         if self.energy not in ("free", "sigma0"):
             raise ValueError(f"vasp.energy must be 'free' or 'sigma0', got {self.energy!r}")
         if self.timeout is not None and not self.timeout > 0:

@@ -285,17 +285,12 @@ def read_almtp_header(path: str | os.PathLike[str]) -> AlmtpHeader:
                     raise FormatError(p, lineno, f"version {value!r}: MLIP-3 reads only "
                                       f"'version = {_VERSION}'")
                 values[key] = value
-            elif key in _INT_KEYS:
+            elif key in _INT_KEYS or key in _FLOAT_KEYS:
+                kind, what = (int, "an integer") if key in _INT_KEYS else (float, "a number")
                 try:
-                    values[key] = int(value)
+                    values[key] = kind(value)
                 except ValueError:
-                    raise FormatError(p, lineno, f"{key}: expected an integer, got "
-                                      f"{value!r}") from None
-            elif key in _FLOAT_KEYS:
-                try:
-                    values[key] = float(value)
-                except ValueError:
-                    raise FormatError(p, lineno, f"{key}: expected a number, got "
+                    raise FormatError(p, lineno, f"{key}: expected {what}, got "
                                       f"{value!r}") from None
             elif key in _TEXT_KEYS:
                 values[key] = value
