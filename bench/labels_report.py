@@ -131,10 +131,12 @@ def report(results: list[dict[str, Any]], *, wall: float, jobs: int,
         f"every {heldout['every']}th step after {heldout['skip']}; errors are RMSEs "
         "(energy per atom; force |F_ref - F_ML| per atom).",
         "- Training: every fit of the loop stops when 50 L-BFGS iterations lower the loss by "
-        "less than 1% (`trainer.tolerance`; at most 300 iterations). Final fit: each run's "
-        "final training set fitted on from its last potential until 50 iterations lower the "
-        f"loss by less than {100 * final_fit['tolerance']:g}% (at most "
-        f"{final_fit['max_iter']} iterations).",
+        "less than 1% (`trainer.tolerance`; at most 300 iterations). Final fit, one protocol "
+        "for every policy: each run's final training set fitted from its last potential and "
+        f"from {final_fit['restarts']} fresh templates (`trainer.restarts`), 100 L-BFGS "
+        "iterations each, the lowest loss continued until 50 iterations lower it by less "
+        f"than {100 * final_fit['tolerance']:g}% (at most {final_fit['max_iter']} iterations "
+        "in all).",
         "- Cells: median [min-max] over seeds.",
         "",
         "| policy | seeds converged | labels to convergence | of which initial | iterations "

@@ -18,6 +18,7 @@ from smallcell.engines.maxvol import ActiveSet
 from smallcell.engines.motep_mtp import (
     ACTIVE,
     POT,
+    SCREEN,
     MotepPotential,
     TrainResult,
     TrainSettings,
@@ -157,6 +158,21 @@ def test_restarts_keep_the_lowest_loss(fit: Fit, tmp_path: Path) -> None:
     assert kept["loss"] == min(losses)
     # the written potential is the kept one: its loss history ends at the kept loss
     assert res.loss_history[-1] == pytest.approx(min(losses), rel=1e-6)
+
+
+def test_restarts_screen_then_continue_the_best(fit: Fit, tmp_path: Path) -> None:
+    """With max_iter above the screening length, every start fits SCREEN iterations and
+    only the lowest loss goes on: the result is that attempt continued, not a new one."""
+    res = train(fit.images, SPECIES, tmp_path / "c",
+                TrainSettings(level=6, max_iter=SCREEN + 60, tolerance=1e-12, restarts=1,
+                              seed=3), fit.folder / POT)
+    assert res.extra["screen_iterations"] == SCREEN and res.extra["continued"] is True
+    losses = [t["loss"] for t in res.extra["attempts"]]
+    assert res.loss_history[-1] < min(losses)  # the continuation lowered the best loss
+    assert SCREEN < res.iterations <= SCREEN + 60  # screening plus continuation, once
+    log = (tmp_path / "c" / "train.log").read_text()
+    assert log.count("# continued") == 1 and log.count("(kept)") == 1
+    assert res.message.startswith("stopped at max_iter") and "continued" in res.message
 
 
 # ---------------------------------------------------------------- grades

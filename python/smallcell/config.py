@@ -269,8 +269,9 @@ SCHEMA = Section(
                 "max_iter": Key("int", 300, "Iteration limit of the L-BFGS fit.", low=1),
                 "restarts": Key("int", 0,
                                 "Embedded trainer: this many more fits from fresh random "
-                                "templates (other seeds) besides the warm start; the "
-                                "lowest loss wins. MTP fits have local minima: see README.",
+                                "templates (other seeds) besides the warm start; each "
+                                "start runs 100 L-BFGS iterations and the lowest loss goes "
+                                "on to convergence. MTP fits have local minima: see README.",
                                 low=0),
                 "tolerance": Key("float", 0.01,
                                  "Embedded trainer: the fit has converged when 50 L-BFGS "
