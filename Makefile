@@ -8,12 +8,16 @@ CONFIG  ?= config.yaml
 N       ?= 3
 I       ?=
 FORCE   ?=
+LEVELS  ?= 6 8 10 12
+DATA    ?=
+TEST    ?=
+SWEEP   ?= sweep
 RUN_DIR ?= $(or $(SMALLCELL_RUN_DIR),.)
 SC      := bin/smallcell --run-dir $(RUN_DIR)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup iter submit pilot cancel status test lint clean-iter config-doc bench \
-        bench-labels
+        bench-labels sweep report
 
 help:  ## list every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +51,13 @@ clean-iter: $(STAMP)  ## remove iteration I and later (asks first; FORCE=1 to sk
 
 test: $(STAMP)  ## run the whole test suite (pytest, slow tests included)
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+report: $(STAMP)  ## write RUN_DIR/report/index.html and report.md (figures, table, answers)
+	$(SC) report
+
+sweep: $(STAMP)  ## train LEVELS on DATA (.cfg), test on TEST (.cfg files): SWEEP/sweep.md
+	@test -n "$(DATA)" -a -n "$(TEST)" || { echo "usage: make sweep DATA=train.cfg TEST='a.cfg b.cfg' [LEVELS='6 8 10 12'] [SWEEP=sweep]"; exit 2; }
+	$(SC) sweep --levels $(LEVELS) --data $(DATA) --test $(TEST) --out $(SWEEP) --config $(CONFIG)
 
 lint: $(STAMP)  ## ruff over the code, tests and benchmarks
 	$(VENV)/bin/ruff check python tests bench

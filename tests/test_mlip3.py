@@ -498,6 +498,21 @@ def test_check_errors_numbers(gen: Path, tmp_path: Path,
 
 
 @pytest.mark.usefixtures("standin_env")
+def test_trainer_errors_are_check_errors(gen: Path, tmp_path: Path) -> None:
+    """The Trainer interface's errors (used by the level sweep): mlp check_errors on the
+    train folder's potential, its files kept under train/check_errors/<set>/."""
+    train_dir = tmp_path / "train"
+    train_dir.mkdir()
+    shutil.copyfile(gen / "trained_cfg.almtp", train_dir / "pot.almtp")
+    got = Mlip3Trainer(Mlip3Settings(mlp=MLP)).errors(train_dir, SPECIES, gen / "cand58.cfg")
+    assert (got["energy_rmse"], got["force_rmse"], got["stress_rmse"]) == (
+        58.3618, 5806.48, 5487.51)
+    assert all(isinstance(v, float) for v in got.values())
+    assert (train_dir / "check_errors" / "cand58" / "check_errors.report").exists()
+
+
+
+@pytest.mark.usefixtures("standin_env")
 def test_potential_select_and_grade(gen: Path, tmp_path: Path) -> None:
     """What stages/select.py uses: load(train_dir).select(atoms) -> .selected,
     .initial_grades; the training set is the iteration's collect/train.cfg."""

@@ -161,6 +161,37 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from smallcell.config import load_config
+    from smallcell.engines.base import check_engines
+    from smallcell.stages import sweep
+    from smallcell.study import sweep_report
+
+    cfg = load_config(args.config)
+    check_engines(cfg)
+    out = Path(args.out).resolve()
+    t0 = time.perf_counter()
+    sweep.run(out, cfg, args.levels, Path(args.data).resolve(),
+              [Path(t).resolve() for t in args.test])
+    print("\n" + sweep_report.write(out))
+    print(f"\nsweep: {out}/sweep.md, figures {', '.join(sweep_report.FIGURES)}; "
+          f"{time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from smallcell.study import report
+
+    root = _root(args)
+    try:
+        page = report.build(root)
+    except FileNotFoundError:
+        raise SmallcellError(f"{root / 'iter'}: no finished iteration (no summary.json) to "
+                             "report on; run `make iter` first") from None
+    print(f"report: {page} (and report.md, figures beside it)")
+    return 0
+
+
 def cmd_config_doc(args: argparse.Namespace) -> int:
     from smallcell.config import reference_markdown
 
@@ -209,6 +240,16 @@ def parser() -> argparse.ArgumentParser:
     from smallcell import convert
 
     convert.add_parser(sub)
+    s = sub.add_parser("sweep", help="train several MTP levels on one data set, test each")
+    s.add_argument("--levels", type=int, nargs="+", required=True, metavar="L")
+    s.add_argument("--data", required=True, help="labeled training set (.cfg)")
+    s.add_argument("--test", nargs="+", required=True, help="labeled test set(s) (.cfg)")
+    s.add_argument("--out", default="sweep", help="output folder (default: sweep/)")
+    s.add_argument("--config", default="config.yaml",
+                   help="trainer settings and species (default: config.yaml)")
+    s.set_defaults(fn=cmd_sweep)
+    s = sub.add_parser("report", help="write report/index.html and report/report.md")
+    s.set_defaults(fn=cmd_report)
     s = sub.add_parser("config-doc", help="print the config reference (docs/config.md)")
     s.set_defaults(fn=cmd_config_doc)
     return p

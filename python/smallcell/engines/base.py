@@ -63,6 +63,12 @@ class Trainer(Protocol):
 
     def load(self, train_dir: Path, species: list[str], al_mode: str) -> Potential: ...
 
+    def errors(self, train_dir: Path, species: list[str], cfg_path: Path) -> dict[str, float]:
+        """Errors of the train folder's potential on the labeled configurations of
+        `cfg_path`: energy_* (eV/atom), force_* (|F_ref - F_ML| per atom, eV/Å), stress_*
+        (GPa), n_configs (the keys of motep_mtp.errors_of)."""
+        ...
+
 
 class Explorer(Protocol):
     """MD with extrapolation control for one explore run."""

@@ -995,3 +995,12 @@ class Mlip3Trainer:
         return Mlip3Potential(train_dir / POT, species, al_mode, mlp=self.settings.mlp,
                               train_cfg=ts if ts.is_file() else None,
                               timeout=self.settings.timeout, setup=self.settings.setup)
+
+    def errors(self, train_dir: Path, species: Sequence[str], cfg_path: Path
+               ) -> dict[str, float]:
+        """``mlp check_errors``; its files go to train_dir/check_errors/<cfg name>/."""
+        out = Path(train_dir) / "check_errors" / Path(cfg_path).stem
+        res = check_errors(Path(train_dir) / POT, cfg_path, mlp=self.settings.mlp,
+                           timeout=self.settings.timeout, out_dir=out,
+                           setup=self.settings.setup)
+        return {k: float(v) for k, v in res.items() if k not in ("report", "per_config")}

@@ -399,3 +399,10 @@ class MotepTrainer:
 
     def load(self, train_dir: Path, species: Sequence[str], al_mode: str) -> MotepPotential:
         return MotepPotential.load(train_dir, species, al_mode)
+
+    def errors(self, train_dir: Path, species: Sequence[str], cfg_path: Path
+               ) -> dict[str, float]:
+        from smallcell.formats.cfg import cfg_to_atoms, iter_cfgs
+
+        images = [cfg_to_atoms(c, list(species)) for c in iter_cfgs(cfg_path)]
+        return errors_of(MotepPotential(Path(train_dir) / POT, None, species, "nbh"), images)

@@ -24,15 +24,19 @@ from smallcell.structures import seed_for
 STAGE = "train"
 
 
-def settings(it: Iteration) -> TrainSettings:
-    tr = it.cfg["trainer"]
+def fit_settings(tr: dict, seed: int, *, level: int | None = None) -> TrainSettings:
+    """A fit's settings from the config's `trainer` section (the level overridable, for
+    the level sweep)."""
     return TrainSettings(
-        level=tr["level"], min_dist=tr["min_dist"], max_dist=tr["max_dist"],
-        radial_basis_size=tr["radial_basis_size"], max_iter=tr["max_iter"],
-        tolerance=tr["tolerance"], restarts=tr["restarts"],
+        level=tr["level"] if level is None else level, min_dist=tr["min_dist"],
+        max_dist=tr["max_dist"], radial_basis_size=tr["radial_basis_size"],
+        max_iter=tr["max_iter"], tolerance=tr["tolerance"], restarts=tr["restarts"],
         energy_weight=tr["energy_weight"], force_weight=tr["force_weight"],
-        stress_weight=tr["stress_weight"], al_mode=tr["al_mode"],
-        seed=seed_for(it.cfg["run"]["seed"], "train", it.i))
+        stress_weight=tr["stress_weight"], al_mode=tr["al_mode"], seed=seed)
+
+
+def settings(it: Iteration) -> TrainSettings:
+    return fit_settings(it.cfg["trainer"], seed_for(it.cfg["run"]["seed"], "train", it.i))
 
 
 def run(it: Iteration) -> dict:

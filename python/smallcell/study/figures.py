@@ -1,0 +1,197 @@
+"""The study's per-iteration figures, one PNG each (matplotlib, Agg), from rundata only.
+
+Each function draws one figure into `out` and returns its path; `draw_all` draws every
+figure the run's data allows (the gamma histograms need explore runs, the loss history
+needs fits that recorded one)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from smallcell.study.rundata import IterationData
+
+DPI = 120
+
+
+def _plt():  # imported on use: status and the loop never pay for matplotlib
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI)
+    _plt().close(fig)
+    return path
+
+
+def _plain_log(axis) -> None:
+    """Log-axis ticks as plain numbers (2, 5, 10) instead of 2x10^0."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    fmt = ScalarFormatter()
+    fmt.set_scientific(False)
+    axis.set_major_formatter(fmt)
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _finish(ax, xlabel: str, ylabel: str, title: str = "",
+            ticks: Sequence[int] | None = None) -> None:
+    """What every panel shares: axis labels, grid, legend, title (and, over iterations,
+    one tick per iteration)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if ticks is not None:
+        ax.set_xticks(list(ticks))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=9, framealpha=0.9)
+    if title:
+        ax.set_title(title)
+
+
+def _explored(data: Sequence[IterationData]) -> list[IterationData]:
+    return [d for d in data if d.summary.get("gamma_max") is not None]
+
+
+def labels_per_iteration(data: Sequence[IterationData], out: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
+    its = [d.i for d in data]
+    lab = [d.summary.get("n_labeled", 0) for d in data]
+    fail = [d.summary.get("n_failed", 0) for d in data]
+    ax.bar(its, lab, color="tab:blue", label="labeled")
+    ax.bar(its, fail, bottom=lab, color="tab:red", label="failed")
+    ax.set_ylim(0, 1.3 * max(max(a + b for a, b in zip(lab, fail, strict=True)), 1))
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("reference calculations in the iteration")
+    ax.set_xticks(its)
+    ax2 = ax.twinx()
+    ax2.plot(its, np.cumsum(lab), "k-o", ms=4, label="cumulative labeled")
+    ax2.set_ylabel("cumulative labeled")
+    ax2.set_ylim(0, 1.3 * max(float(np.sum(lab)), 1.0))
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=9)
+    ax.set_title("Labels per iteration")
+    return _save(fig, out / "labels_per_iteration.png")
+
+
+def gamma_max_per_iteration(data: Sequence[IterationData], out: Path) -> Path:
+    plt = _plt()
+    ex = _explored(data)
+    fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
+    ax.semilogy([d.i for d in ex], [d.summary["gamma_max"] for d in ex], "o-",
+                label="max gamma over the iteration's MD")
+    brk = next((d.gamma_break for d in reversed(ex) if d.gamma_break), None)
+    save = next((d.gamma_save for d in reversed(ex) if d.gamma_save), None)
+    if brk:
+        ax.axhline(brk, color="tab:red", ls="--", label=f"gamma_break = {brk:g}")
+    if save:
+        ax.axhline(save, color="tab:orange", ls=":", label=f"gamma_save = {save:g}")
+    _plain_log(ax.yaxis)
+    _finish(ax, "iteration", "extrapolation grade gamma", "Maximum gamma per iteration",
+            [d.i for d in ex])
+    return _save(fig, out / "gamma_max_per_iteration.png")
+
+
+def gamma_mean_std_per_iteration(data: Sequence[IterationData], out: Path) -> Path:
+    plt = _plt()
+    ex = _explored(data)
+    fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
+    its = [d.i for d in ex]
+    ax.errorbar(its, [d.summary["gamma_mean"] for d in ex],
+                yerr=[d.summary.get("gamma_std") or 0.0 for d in ex], fmt="o-", capsize=4,
+                label="mean ± std over every graded MD step")
+    ax.set_ylim(bottom=0)
+    _finish(ax, "iteration", "gamma", "Mean and standard deviation of gamma per iteration",
+            its)
+    return _save(fig, out / "gamma_mean_std_per_iteration.png")
+
+
+def chosen_iterations(data: Sequence[IterationData], k: int = 4) -> list[int]:
+    """Up to k explored iterations spread from first to last."""
+    its = [d.i for d in data if d.hist is not None]
+    if len(its) <= k:
+        return its
+    return sorted({its[round(j * (len(its) - 1) / (k - 1))] for j in range(k)})
+
+
+def gamma_histograms(data: Sequence[IterationData], out: Path,
+                     iterations: Sequence[int] | None = None) -> Path:
+    plt = _plt()
+    chosen = list(iterations) if iterations is not None else chosen_iterations(data)
+    fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
+    lo, hi = np.inf, -np.inf
+    for d in data:
+        if d.i in chosen and d.hist is not None:
+            ax.stairs(np.maximum(d.hist, 0.0), 10.0 ** d.hist_edges, lw=1.5,
+                      label=f"iteration {d.i}")
+            used = np.nonzero(d.hist)[0]
+            if used.size:
+                lo = min(lo, d.hist_edges[used[0]])
+                hi = max(hi, d.hist_edges[used[-1] + 1])
+    shown = [d for d in data if d.i in chosen and d.hist is not None]
+    for d, (v, style, name) in ((shown[-1] if shown else None, t) for t in
+                                (("gamma_save", ":", "gamma_save"),
+                                 ("gamma_break", "--", "gamma_break"))):
+        if d is not None and getattr(d, v):
+            ax.axvline(getattr(d, v), color="grey", ls=style, label=f"{name} = {getattr(d, v):g}")
+    if np.isfinite(lo):
+        ax.set_xlim(10.0 ** (lo - 0.3), 10.0 ** (hi + 0.3))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _finish(ax, "gamma", "graded MD steps (count)",
+            "Distribution of gamma over the iteration's MD")
+    return _save(fig, out / "gamma_histograms.png")
+
+
+def errors_per_iteration(data: Sequence[IterationData], out: Path) -> Path:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    its = [d.i for d in data if d.summary.get("train_errors")]
+    te = [d.summary["train_errors"] for d in data if d.summary.get("train_errors")]
+    for ax, key, unit, name in ((axes[0], "energy_rmse", "meV/atom", "Energy"),
+                                (axes[1], "force_rmse", "meV/Å", "Force")):
+        ax.plot(its, [1000 * e[key] for e in te], "o-", label="training set (RMSE)")
+        ax.set_ylim(bottom=0)
+        _finish(ax, "iteration", f"{name} error ({unit})", ticks=its)
+    fig.suptitle("Errors of each iteration's potential")
+    return _save(fig, out / "errors_per_iteration.png")
+
+
+def loss_history(data: Sequence[IterationData], out: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
+    fits = [d for d in data if d.loss_history]
+    cmap = plt.get_cmap("viridis")
+    for k, d in enumerate(fits):
+        conv = "" if d.summary.get("train_converged") else " (not converged)"
+        ax.semilogy(range(len(d.loss_history)), d.loss_history, lw=1.3,
+                    color=cmap(k / max(len(fits) - 1, 1)), label=f"iteration {d.i}{conv}")
+    _finish(ax, "optimizer step", "training loss", "Training loss history per iteration")
+    return _save(fig, out / "loss_history.png")
+
+
+ALL = (labels_per_iteration, gamma_max_per_iteration, gamma_mean_std_per_iteration,
+       gamma_histograms, errors_per_iteration, loss_history)
+
+
+def draw_all(data: Sequence[IterationData], out: Path) -> list[Path]:
+    """Every figure the data allows, in ALL's order."""
+    out.mkdir(parents=True, exist_ok=True)
+    drawn = [labels_per_iteration(data, out), errors_per_iteration(data, out)]
+    if _explored(data):
+        drawn += [gamma_max_per_iteration(data, out), gamma_mean_std_per_iteration(data, out)]
+    if any(d.hist is not None for d in data):
+        drawn.append(gamma_histograms(data, out))
+    if any(d.loss_history for d in data):
+        drawn.append(loss_history(data, out))
+    order = [f.__name__ for f in ALL]
+    return sorted(drawn, key=lambda p: order.index(p.stem))

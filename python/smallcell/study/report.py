@@ -1,0 +1,163 @@
+"""`smallcell report` / `make report`: report/index.html (one self-contained page: the
+figures embedded, a per-iteration table, the convergence verdict and the study's three
+questions answered in numbers) and report/report.md, regenerated from the iteration
+folders alone (rundata.py).
+
+The three questions: (1) how gamma correlates with the true error; (2) how many
+iterations and labels per iteration were needed; (3) whether max/mean gamma and the
+errors fall as the data set grows, and how fast. The report also flags a force error
+that rises over iterations while the energy error falls, with the likely cause from the
+recorded training convergence (a fit stopped by its iteration limit, or refitted from
+the untrained template each time).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from smallcell.state import atomic_write_text
+from smallcell.status import finished
+from smallcell.study import figures
+from smallcell.study.rundata import IterationData, load
+
+COLUMNS = ("iteration", "cell", "MD runs", "broke", "preselected", "selected", "labeled",
+           "failed", "n_train", "gamma max", "gamma mean", "gamma std", "train E meV/atom",
+           "train F meV/Å", "fit iterations", "fit converged")
+
+
+def _f(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def row(d: IterationData) -> list[str]:
+    """One table row; the numbers are the summary's, formatted."""
+    s, te = d.summary, d.summary.get("train_errors") or {}
+    conv = s.get("train_converged")
+    return [str(d.i), "x".join(map(str, s.get("cell", []))) or "-",
+            str(s.get("n_runs", 0)), str(s.get("n_broke", 0)), str(s.get("n_preselected", 0)),
+            str(s.get("n_selected", 0)), str(s.get("n_labeled", 0)), str(s.get("n_failed", 0)),
+            str(s.get("n_train", 0)), _f(s.get("gamma_max"), ".4g"),
+            _f(s.get("gamma_mean"), ".4g"), _f(s.get("gamma_std"), ".4g"),
+            _f(1000 * te["energy_rmse"] if "energy_rmse" in te else None, ".3f"),
+            _f(1000 * te["force_rmse"] if "force_rmse" in te else None, ".2f"),
+            _f(s.get("train_iterations"), "d"),
+            "-" if conv is None else ("yes" if conv else "no")]
+
+
+def diagnose(data: Sequence[IterationData]) -> list[str]:
+    """Iterations where the force error rose while the energy error fell, each with the
+    likely cause the run's records show."""
+    out = []
+    for prev, cur in itertools.pairwise(data):
+        a, b = prev.summary.get("train_errors") or {}, cur.summary.get("train_errors") or {}
+        if not all(k in a and k in b for k in ("force_rmse", "energy_rmse")):
+            continue
+        if b["force_rmse"] > 1.05 * a["force_rmse"] and b["energy_rmse"] < a["energy_rmse"]:
+            causes = []
+            if cur.summary.get("train_converged") is False:
+                causes.append(f"its fit stopped at the iteration limit "
+                              f"({cur.summary.get('train_iterations')} iterations) before "
+                              "converging: raise trainer.max_iter")
+            if cur.train_info.get("warm_start") is False and prev.i > 0:
+                causes.append("it was fitted from the untrained template, not from the "
+                              "previous potential: set trainer.warm_start: true")
+            if not causes:
+                causes.append("the fit converged from a warm start: the new data are harder "
+                              "(larger forces) or the fit found another local minimum "
+                              "(trainer.restarts)")
+            out.append(f"iteration {cur.i}: force RMSE rose from "
+                       f"{1000 * a['force_rmse']:.1f} to {1000 * b['force_rmse']:.1f} meV/Å "
+                       f"while the energy RMSE fell from {1000 * a['energy_rmse']:.2f} to "
+                       f"{1000 * b['energy_rmse']:.2f} meV/atom; likely cause: "
+                       + "; ".join(causes))
+    return out
+
+
+def answers(data: Sequence[IterationData]) -> dict[str, str]:
+    """The three questions, answered with this run's numbers."""
+    ex = [d for d in data if d.summary.get("gamma_max") is not None]
+    labels = [d.summary.get("n_labeled", 0) for d in data]
+    q1 = ("Not measured in this run: it has no error sample (iter/<i>/sample/), so the "
+          "true error of the MD configurations is not known; the training-set errors "
+          "below are not a test of gamma.")
+    q2 = (f"{len(data)} iterations ({len(ex)} with MD), {sum(labels)} labels in all; per "
+          "iteration: " + ", ".join(f"{d.i}: {n}" for d, n in zip(data, labels, strict=True))
+          + f". Largest: {max(labels)} (iteration {data[labels.index(max(labels))].i}).")
+    if len(ex) >= 2:
+        f, last = ex[0].summary, ex[-1].summary
+        q3 = (f"Max gamma went from {f['gamma_max']:.3g} (iteration {ex[0].i}) to "
+              f"{last['gamma_max']:.3g} (iteration {ex[-1].i}), mean gamma from "
+              f"{f['gamma_mean']:.3g} to {last['gamma_mean']:.3g}.")
+    else:
+        q3 = "Fewer than two iterations with MD: no trend yet."
+    te = [(d.i, d.summary["train_errors"]) for d in data if d.summary.get("train_errors")]
+    if len(te) >= 2:
+        (i0, e0), (i1, e1) = te[0], te[-1]
+        q3 += (f" Training-set errors from iteration {i0} to {i1}: energy "
+               f"{1000 * e0['energy_rmse']:.2f} -> {1000 * e1['energy_rmse']:.2f} meV/atom, "
+               f"force {1000 * e0['force_rmse']:.1f} -> {1000 * e1['force_rmse']:.1f} meV/Å.")
+    return {"How does gamma correlate with the true error?": q1,
+            "How many iterations and labels per iteration were needed?": q2,
+            "Do max/mean gamma and the errors decrease as the data set grows?": q3}
+
+
+def verdict(data: Sequence[IterationData]) -> str:
+    last = data[-1].summary
+    if finished(last):
+        return (f"Converged at iteration {last['iteration']}: no MD run broke "
+                f"({last.get('converged_needed', 1)} consecutive iteration(s) needed).")
+    return (f"Not converged after iteration {last['iteration']}: "
+            f"{last.get('n_broke', 0)} of {last.get('n_runs', 0)} MD runs broke, "
+            f"max gamma {_f(last.get('gamma_max'), '.3g')}.")
+
+
+def markdown(data: Sequence[IterationData], pngs: Sequence[Path]) -> str:
+    lines = ["# smallcell report", "", f"**{verdict(data)}**", "", "## Answers", ""]
+    for q, a in answers(data).items():
+        lines += [f"- **{q}** {a}"]
+    flags = diagnose(data)
+    lines += ["", "## Anomalies", ""] + ([f"- {f}" for f in flags] or ["- none found"])
+    lines += ["", "## Per iteration", "", "| " + " | ".join(COLUMNS) + " |",
+              "| " + " | ".join(["---:"] * len(COLUMNS)) + " |"]
+    lines += ["| " + " | ".join(row(d)) + " |" for d in data]
+    lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in pngs]
+    return "\n".join(lines) + "\n"
+
+
+def page(data: Sequence[IterationData], pngs: Sequence[Path]) -> str:
+    """index.html: everything inline (figures as data URIs), no external file."""
+    e = html.escape
+    qa = "".join(f"<dt>{e(q)}</dt><dd>{e(a)}</dd>" for q, a in answers(data).items())
+    flags = "".join(f"<li>{e(f)}</li>" for f in diagnose(data)) or "<li>none found</li>"
+    head = "".join(f"<th>{e(c)}</th>" for c in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row(d)) + "</tr>"
+                   for d in data)
+    imgs = "".join(
+        f'<figure><img alt="{e(p.stem)}" src="data:image/png;base64,'
+        f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{e(p.stem)}'
+        "</figcaption></figure>" for p in pngs)
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;"
+             "padding:3px 6px;text-align:right}dt{font-weight:bold;margin-top:.6em}"
+             "img{max-width:100%}figure{margin:1.5em 0}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>smallcell report"
+            f"</title><style>{style}</style></head><body><h1>smallcell report</h1>"
+            f"<p><strong>{e(verdict(data))}</strong></p><h2>Answers</h2><dl>{qa}</dl>"
+            f"<h2>Anomalies</h2><ul>{flags}</ul><h2>Per iteration</h2><table><tr>{head}</tr>"
+            f"{body}</table><h2>Figures</h2>{imgs}</body></html>\n")
+
+
+def build(root: Path, out: Path | None = None) -> Path:
+    """Write report/index.html, report/report.md and the figures; return index.html."""
+    data = load(root)
+    if not data:
+        raise FileNotFoundError(root / "iter" / "<i>" / "summary.json")
+    out = out or root / "report"
+    pngs = figures.draw_all(data, out)
+    atomic_write_text(out / "report.md", markdown(data, pngs))
+    return atomic_write_text(out / "index.html", page(data, pngs))

@@ -1,0 +1,69 @@
+"""What the study reads from a run folder: each finished iteration's summary.json, the
+gamma histograms of its explore runs (gamma.json) and its fit's loss history
+(train/errors.json). Only files, never engines: the report is regenerated from the
+iteration folders alone."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smallcell.state import RunPaths
+
+
+@dataclass
+class IterationData:
+    """One finished iteration as the figures and the report use it."""
+
+    summary: dict[str, Any]
+    hist: np.ndarray | None = None  # counts per log10(gamma) bin, summed over explore runs
+    # (gammas below the first edge or above the last are not counted here)
+    hist_edges: np.ndarray | None = None  # log10(gamma) bin edges
+    gamma_save: float | None = None
+    gamma_break: float | None = None
+    loss_history: list[float] = field(default_factory=list)
+    train_info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def i(self) -> int:
+        return int(self.summary["iteration"])
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def load(root: Path) -> list[IterationData]:
+    """Every iteration of `root` with a summary.json, in order."""
+    paths = RunPaths(root)
+    out = []
+    for i in paths.iterations():
+        s = _json(paths.summary(i))
+        if s is None:
+            continue
+        d = IterationData(s)
+        for g in sorted(paths.stage(i, "explore").glob("*/gamma.json")):
+            run = _json(g)
+            if not run or "hist" not in run:
+                continue
+            h = np.asarray(run["hist"], dtype=float)
+            edges = np.asarray(run["hist_log10_edges"], dtype=float)
+            if len(h) == len(edges) + 1:  # exploration.py adds under- and overflow bins
+                h = h[1:-1]
+            d.hist = h if d.hist is None else d.hist + h
+            d.hist_edges = edges
+            st = run.get("settings", {})
+            d.gamma_save = st.get("gamma_save", d.gamma_save)
+            d.gamma_break = st.get("gamma_break", d.gamma_break)
+        info = _json(paths.stage(i, "train") / "errors.json") or {}
+        d.train_info = info
+        d.loss_history = [float(v) for v in info.get("loss_history", [])]
+        out.append(d)
+    return out
