@@ -357,3 +357,30 @@ def test_md_saves_every_graded_step_above_gamma_save(fit: Fit, tmp_path: Path,
     assert res["hist"] == expected_hist.tolist()
     # positions move during the run
     assert not np.allclose(cfgs[0].positions, cfgs[-1].positions)
+
+
+def test_md_keeps_a_uniform_sample_of_all_queries(fit: Fit, tmp_path: Path) -> None:
+    """Every graded step is a query; those inside the sample's gamma bounds are eligible,
+    and the sample holds min(size, eligible) of them with their grades, beside (not
+    instead of) preselected.cfg."""
+    for name in "abc":
+        (tmp_path / name).mkdir()
+    every = run_md(_start(), fit.pot, SPECIES,
+                   _settings(gamma_save=1e-6, gamma_break=1e6, steps=10, sample_size=50,
+                             sample_gamma_min=0.0, sample_gamma_max=1e6), tmp_path / "a")
+    assert every["n_sample_eligible"] == every["count"] == 11 == every["n_sampled"]
+    kept = read_cfgs(tmp_path / "a" / "queried.cfg")
+    pre = read_cfgs(tmp_path / "a" / "preselected.cfg")
+    assert [c.mv_grade for c in kept] == [c.mv_grade for c in pre]  # all, in order
+    assert all(c.energy is None and "nbh_grades" in c.atom_data for c in kept)
+    grades = sorted(c.mv_grade for c in pre)
+    # bounds between grades (the files round them to 6 decimals): 5 queries inside
+    lo, hi = (grades[2] + grades[3]) / 2, (grades[7] + grades[8]) / 2
+    few = run_md(_start(), fit.pot, SPECIES,
+                 _settings(gamma_save=1e-6, gamma_break=1e6, steps=10, sample_size=4,
+                           sample_gamma_min=lo, sample_gamma_max=hi), tmp_path / "b")
+    assert few["n_sample_eligible"] == 5 and few["n_sampled"] == 4
+    got = [c.mv_grade for c in read_cfgs(tmp_path / "b" / "queried.cfg")]
+    assert len(got) == 4 and all(lo < g < hi for g in got)
+    off = run_md(_start(), fit.pot, SPECIES, _settings(), tmp_path / "c")
+    assert off["n_sample_eligible"] is None and not (tmp_path / "c" / "queried.cfg").exists()

@@ -17,6 +17,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from smallcell.config import parse_config
 from smallcell.engines.base import LabelError
+from smallcell.engines.exploration import QUERIED
 from smallcell.errors import SmallcellError
 from smallcell.formats.cfg import Cfg, atoms_to_cfg, format_cfg, read_cfgs, write_cfgs
 from smallcell.sched.local import LocalRunner
@@ -193,6 +194,58 @@ def test_select_run_writes_selection_files(tmp_path: Path) -> None:
     assert "break fallback" in sel["candidates"][3]["reason"]
     # label's task count comes from the marker
     assert label.n_tasks(it) == 2
+
+
+def _queried(it: Iteration, kept: list[int], eligible: list[int]) -> list[str]:
+    """Explore folders whose queried.cfg holds kept[r] configurations standing for
+    eligible[r] queries (gammas 1.0 + run / 10 mark the run)."""
+    runs = md_runs(it.cfg, it.i)
+    for r, (run, n, e) in enumerate(zip(runs, kept, eligible, strict=True)):
+        folder = it.stage("explore") / run.name
+        folder.mkdir(parents=True)
+        _write(folder / "preselected.cfg", [])
+        _write(folder / QUERIED, [_cfg(100 * r + k, gamma=1.0 + r / 10) for k in range(n)])
+        atomic_write_json(folder / "gamma.json", {"broke": False, "n_sample_eligible": e})
+        mark_done(folder)
+    mark_done(it.stage("explore"))
+    return [run.name for run in runs]
+
+
+def test_error_sample_weights_each_run_by_its_queries(tmp_path: Path) -> None:
+    """Run 0 kept all of its 50 queries, run 1 kept 50 of 450 and run 2 none: a uniform
+    draw over the 500 queries takes about 9 of run 1's for each of run 0's."""
+    counts = np.zeros(3)
+    for seed in range(1, 41):
+        it = _iteration(tmp_path / str(seed), 1, SELECT_CFG % "null"
+                        + f"run: {{seed: {seed}}}\nsample: {{size: 20}}\n")
+        names = _queried(it, [50, 50, 0], [50, 450, 0])
+        cfgs, rec = select.draw_sample(it)
+        assert rec["n_eligible"] == 500 and rec["n_drawn"] == len(cfgs) == 20
+        assert len({(d["run"], d["index"]) for d in rec["drawn"]}) == 20  # no repeats
+        for c, d in zip(cfgs, rec["drawn"], strict=True):
+            assert c.feature("origin") == f"iter1/explore/{d['run']}/{QUERIED}#{d['index']}"
+            counts[names.index(d["run"])] += 1
+    share = counts[1] / counts.sum()
+    assert counts[2] == 0 and 0.8 < share < 0.97  # 0.9 expected
+    # the same seed draws the same sample
+    again = _iteration(tmp_path / "1", 1, SELECT_CFG % "null"
+                       + "run: {seed: 1}\nsample: {size: 20}\n")
+    first = select.draw_sample(_iteration(tmp_path / "1", 1, SELECT_CFG % "null"
+                                          + "run: {seed: 1}\nsample: {size: 20}\n"))[1]
+    assert select.draw_sample(again)[1] == first
+
+
+def test_select_writes_the_error_sample(tmp_path: Path) -> None:
+    it = _iteration(tmp_path, 1, SELECT_CFG % "null" + "sample: {size: 7}\n")
+    _queried(it, [5, 5, 5], [5, 5, 5])
+    select.run(it)
+    assert len(read_cfgs(it.stage("select") / select.SAMPLE)) == 7
+    assert read_json(it.stage("select") / "done")["n_sample"] == 7
+    assert read_json(it.stage("select") / "selection.json")["sample"]["n_drawn"] == 7
+    off = _iteration(tmp_path / "off", 1, SELECT_CFG % "null" + "sample: {size: 0}\n")
+    _queried(off, [5, 5, 5], [5, 5, 5])
+    select.run(off)
+    assert read_cfgs(off.stage("select") / select.SAMPLE) == []
 
 
 # ---------------------------------------------------------------- select: dopt

@@ -238,6 +238,20 @@ SCHEMA = Section(
                                       "select_add's --threshold).", low=1.0, low_open=True),
             },
         ),
+        "sample": Section(
+            "The error study: a random sample of every configuration the MD queried, to "
+            "compare gamma with the true error (embedded explorer; the LAMMPS interface "
+            "saves only configurations above gamma_save).",
+            {
+                "size": Key("int", 200,
+                            "Configurations each MD run keeps, drawn uniformly from all its "
+                            "queries with gamma_min < gamma < gamma_max (explore/<run>/"
+                            "queried.cfg); 0 = no sample.", low=0),
+                "gamma_min": Key("float", 0.1, "Lower gamma bound of the sample.", low=0.0),
+                "gamma_max": Key("float", 10.0, "Upper gamma bound of the sample.",
+                                 low=0.0, low_open=True),
+            },
+        ),
         "initial": Section(
             "The initial data set that iteration 0 trains on.",
             {
@@ -642,6 +656,10 @@ def _cross_checks(cfg: Config, lines: _Lines, source: str) -> None:
         raise fail("extrapolation.gamma_break",
                    f"extrapolation.gamma_break ({ex['gamma_break']:g}) must be greater than "
                    f"extrapolation.gamma_save ({ex['gamma_save']:g})")
+    sm = cfg["sample"]
+    if sm["gamma_max"] <= sm["gamma_min"]:
+        raise fail("sample.gamma_max", f"sample.gamma_max ({sm['gamma_max']:g}) must be "
+                   f"greater than sample.gamma_min ({sm['gamma_min']:g})")
     if cfg.gamma_max <= ex["gamma_save"]:
         raise fail("select.gamma_max", "select.gamma_max must be greater than "
                    "extrapolation.gamma_save")

@@ -5,8 +5,10 @@ the grade is evaluated at every force call (or every k-th MD step, from config);
 configuration graded above gamma_save is appended to `preselected.cfg` with
 `Feature MV_grade` (and the `nbh_grades` column in nbh mode); the first configuration
 graded above gamma_break is saved too and then the run stops. Unlike the LAMMPS
-interface, every queried grade also enters a histogram, because the study needs the
-distribution of all grades, not only the saved ones.
+interface, every queried grade also enters a histogram, and a uniform sample of the
+queried configurations with sample_gamma_min < gamma < sample_gamma_max is kept in
+`queried.cfg` (exploration.QuerySample), because the study needs the distribution of all
+grades and the true errors across them, not only the saved ones.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ase import Atoms, units
 from ase.constraints import FixCom
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
-from smallcell.engines.exploration import GammaStats, MDSettings
+from smallcell.engines.exploration import QUERIED, GammaStats, MDSettings, QuerySample
 from smallcell.engines.motep_mtp import MotepPotential
 from smallcell.formats.cfg import Cfg, atoms_to_cfg, format_cfg
 
@@ -51,6 +53,17 @@ def _integrator(atoms: Atoms, s: MDSettings, rng: np.random.Generator):
     raise ValueError(f"unknown ensemble {s.ensemble!r}")
 
 
+def _graded_cfg(atoms: Atoms, species: list[str], gamma: float, nbh) -> str:
+    """A queried configuration as MLIP-3 saves it: positions only (saved before EFS), its
+    grade in the MV_grade feature, per-atom grades in nbh mode."""
+    cfg: Cfg = atoms_to_cfg(atoms, species)
+    cfg.forces = cfg.energy = cfg.plus_stress = None
+    if nbh is not None:
+        cfg.atom_data["nbh_grades"] = nbh
+    cfg.set_feature("MV_grade", f"{gamma:f}")
+    return format_cfg(cfg)
+
+
 def run_md(atoms: Atoms, pot: MotepPotential | Potential, species: list[str], s: MDSettings,
            out: Path) -> dict[str, object]:
     """Run one MD with extrapolation control; write `preselected.cfg` and `md.log` into
@@ -64,6 +77,7 @@ def run_md(atoms: Atoms, pot: MotepPotential | Potential, species: list[str], s:
     atoms.calc = pot.calc
     dyn = _integrator(atoms, s, rng)
     stats = GammaStats()
+    sample = QuerySample(s.sample_size, s.sample_gamma_min, s.sample_gamma_max, s.seed)
     saved: list[str] = []
     log = [f"# {'step':>7} {'T/K':>9} {'P/bar':>11} {'E/eV':>14} {'V/A3':>10} {'gamma':>10}"]
     broke, break_step, reason = False, None, ""
@@ -82,25 +96,25 @@ def run_md(atoms: Atoms, pot: MotepPotential | Potential, species: list[str], s:
             broke, break_step, reason = True, step, "non-finite grade"
             break
         stats.add(gamma)
+        sample.offer(gamma, lambda g=gamma, n=nbh: _graded_cfg(atoms, species, g, n))
         if step % s.log_every == 0 or gamma > s.gamma_break:
             p = -np.mean(atoms.get_stress(include_ideal_gas=True)[:3]) / units.bar
             log.append(f"  {step:7d} {atoms.get_temperature():9.2f} {p:11.2f} "
                        f"{atoms.get_potential_energy():14.6f} {atoms.get_volume():10.3f} "
                        f"{gamma:10.4f}")
         if gamma > s.gamma_save:
-            cfg: Cfg = atoms_to_cfg(atoms, species)
-            cfg.forces = cfg.energy = cfg.plus_stress = None  # MLIP-3 saves before EFS
-            if nbh is not None:
-                cfg.atom_data["nbh_grades"] = nbh
-            cfg.set_feature("MV_grade", f"{gamma:f}")
-            saved.append(format_cfg(cfg))
+            saved.append(_graded_cfg(atoms, species, gamma, nbh))
         if gamma > s.gamma_break:
             broke, break_step, reason = True, step, f"gamma {gamma:.4g} > gamma_break"
             break
     (out / "preselected.cfg").write_text("".join(saved), encoding="utf-8")
     (out / "md.log").write_text("\n".join(log) + "\n", encoding="utf-8")
+    if s.sample_size:
+        (out / QUERIED).write_text("".join(sample.kept), encoding="utf-8")
     return {"settings": asdict(s), "steps_done": step, "broke": broke,
             "break_step": break_step, "break_reason": reason, "n_preselected": len(saved),
+            "n_sample_eligible": sample.eligible if s.sample_size else None,
+            "n_sampled": len(sample.kept),
             "seconds": time.perf_counter() - t0, **stats.as_dict()}
 
 

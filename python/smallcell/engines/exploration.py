@@ -13,6 +13,7 @@ import numpy as np
 
 # Histogram of log10(gamma): fixed edges so histograms of runs and iterations add up.
 HIST_EDGES = np.linspace(-3.0, 4.0, 71)
+QUERIED = "queried.cfg"  # an explore run's uniform sample of all its queries (QuerySample)
 
 
 @dataclass
@@ -32,6 +33,9 @@ class MDSettings:
     gamma_break: float
     log_every: int = 50
     barostat: str = "iso"  # iso | aniso (npt)
+    sample_size: int = 0  # error study: configurations kept from all queries (0: none)
+    sample_gamma_min: float = 0.1  # ... with sample_gamma_min < gamma < sample_gamma_max
+    sample_gamma_max: float = 10.0
 
 
 @dataclass
@@ -58,3 +62,29 @@ class GammaStats:
         return {"count": self.count, "mean": mean, "std": math.sqrt(var), "max": self.max,
                 "sum": self.total, "sum_sq": self.total_sq,
                 "hist_log10_edges": HIST_EDGES.tolist(), "hist": self.hist}
+
+
+class QuerySample:
+    """A uniform random sample of the queried configurations with gamma in (lo, hi), of at
+    most `size` (reservoir sampling, Algorithm R): the error study needs configurations
+    from every gamma the MD visited, not only those above gamma_save. A configuration is
+    only formatted when it enters the sample, so a long run costs about
+    size * ln(queries / size) conversions."""
+
+    def __init__(self, size: int, lo: float, hi: float, seed: int) -> None:
+        self.size, self.lo, self.hi = size, lo, hi
+        self.rng = np.random.default_rng([seed, 0x5A3])  # apart from the MD's own stream
+        self.eligible = 0
+        self.kept: list[str] = []
+
+    def offer(self, gamma: float, text) -> None:
+        """Consider one query; `text()` formats its configuration when it is kept."""
+        if not (self.size and self.lo < gamma < self.hi):
+            return
+        self.eligible += 1
+        if len(self.kept) < self.size:
+            self.kept.append(text())
+            return
+        j = int(self.rng.integers(self.eligible))
+        if j < self.size:
+            self.kept[j] = text()

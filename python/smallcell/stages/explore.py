@@ -77,7 +77,9 @@ def run_task(root: Path, i: int, k: int) -> dict[str, object]:
         temperature=run.temperature, pressure=run.pressure, seed=run.seed, steps=md["steps"],
         timestep=md["timestep"], ensemble=md["ensemble"], thermostat_tau=md["thermostat_tau"],
         barostat_tau=md["barostat_tau"], grade_every=md["grade_every"],
-        gamma_save=ex["gamma_save"], gamma_break=ex["gamma_break"], barostat=md["barostat"])
+        gamma_save=ex["gamma_save"], gamma_break=ex["gamma_break"], barostat=md["barostat"],
+        sample_size=it.cfg["sample"]["size"], sample_gamma_min=it.cfg["sample"]["gamma_min"],
+        sample_gamma_max=it.cfg["sample"]["gamma_max"])
     scratch = final.with_name(f".{run.name}.tmp.{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)

@@ -12,6 +12,10 @@ Policies (config `select.policy`):
 All honour `select.max_selected` (threshold: highest gamma first; dopt: order of entry
 into the active set; dopt_batch: order of taking). Every candidate's fate and the reason
 are written to selection.json.
+
+It also draws the error study's sample (`sample.size` configurations, `sample.cfg`): at
+random from every configuration the MD queried with sample.gamma_min < gamma <
+sample.gamma_max, whether preselected or not (explore/<run>/queried.cfg).
 """
 
 from __future__ import annotations
@@ -21,14 +25,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from smallcell.engines.base import trainer_for
+from smallcell.engines.exploration import QUERIED
 from smallcell.engines.maxvol import Selection
 from smallcell.formats.cfg import Cfg, cfg_to_atoms, read_preselected, write_cfgs
 from smallcell.stages import explore, initial
 from smallcell.stages.common import Iteration, progress
 from smallcell.state import atomic_output, atomic_write_json, mark_done, read_json
+from smallcell.structures import rng_for
 
 STAGE = "select"
 SELECTED = "selected.cfg"
+SAMPLE = "sample.cfg"
 
 
 @dataclass
@@ -52,6 +59,36 @@ def candidates(it: Iteration) -> tuple[list[Candidate], set[str]]:
             g = cfg.mv_grade
             out.append(Candidate(run.name, k, float("nan") if g is None else g, cfg))
     return out, broke
+
+
+def draw_sample(it: Iteration) -> tuple[list[Cfg], dict]:
+    """The error study's configurations and their record for selection.json.
+
+    Each run's queried.cfg is a uniform sample of its eligible queries, so one of its
+    configurations stands for n_sample_eligible / len(queried.cfg) queries: the draw
+    weights them so, without replacement, and keeps run order in the output."""
+    size = it.cfg["sample"]["size"]
+    pool: list[tuple[str, int, Cfg, float]] = []
+    eligible = 0
+    for run in explore.md_runs(it.cfg, it.i):
+        folder = explore.run_dir(it, run)
+        n_elig = read_json(folder / "gamma.json").get("n_sample_eligible") or 0
+        kept = read_preselected(folder / QUERIED) if n_elig else []
+        eligible += n_elig
+        pool += [(run.name, k, c, n_elig / len(kept)) for k, c in enumerate(kept)]
+    if not size or not pool:
+        return [], {"n_eligible": eligible, "n_drawn": 0, "drawn": []}
+    w = np.array([p[3] for p in pool])
+    rng = rng_for(it.cfg["run"]["seed"], "sample", it.i)
+    picks = sorted(rng.choice(len(pool), size=min(size, len(pool)), replace=False,
+                              p=w / w.sum()))
+    out, record = [], []
+    for j in picks:
+        run, k, c, _ = pool[j]
+        c.set_feature("origin", f"iter{it.i}/explore/{run}/{QUERIED}#{k}")
+        out.append(c)
+        record.append({"run": run, "index": k, "gamma": c.mv_grade})
+    return out, {"n_eligible": eligible, "n_drawn": len(out), "drawn": record}
 
 
 def _threshold(it: Iteration, cands: list[Candidate], broke: set[str]) -> None:
@@ -133,13 +170,19 @@ def run(it: Iteration) -> int:
         c.cfg.set_feature("origin", f"iter{it.i}/explore/{c.run}#{c.index}")
     with atomic_output(folder / SELECTED) as tmp:
         write_cfgs(tmp, [c.cfg for c in chosen])
+    sample, sample_record = draw_sample(it)
+    with atomic_output(folder / SAMPLE) as tmp:
+        write_cfgs(tmp, sample)
     gam = np.array([c.gamma for c in cands]) if cands else np.zeros(0)
     atomic_write_json(folder / "selection.json", {
         "policy": policy, "n_candidates": len(cands), "n_selected": len(chosen),
         "broken_runs": sorted(broke),
         "candidate_gamma_max": float(gam.max()) if gam.size else None,
         "candidates": [{"run": c.run, "index": c.index, "gamma": c.gamma,
-                        "selected": c.selected, "reason": c.reason} for c in cands]})
-    progress(it, STAGE, f"{policy}: {len(chosen)} of {len(cands)} candidates selected")
-    mark_done(folder, {"n_selected": len(chosen)})
+                        "selected": c.selected, "reason": c.reason} for c in cands],
+        "sample": sample_record})
+    progress(it, STAGE, f"{policy}: {len(chosen)} of {len(cands)} candidates selected"
+             + (f"; error sample: {len(sample)} of {sample_record['n_eligible']} queries"
+                if sample else ""))
+    mark_done(folder, {"n_selected": len(chosen), "n_sample": len(sample)})
     return len(chosen)
