@@ -18,7 +18,6 @@ import contextlib
 import copy
 import math
 import os
-import re
 import shutil
 import time
 import types
@@ -226,12 +225,28 @@ WINDOW = 50  # L-BFGS iterations between convergence checks
 SCREEN = 2 * WINDOW  # with restarts, every start fits this long; the lowest loss goes on
 
 
-def _fit(data, images: list[Atoms], settings: TrainSettings,
-         log: list[str]) -> tuple[float, bool, float]:
+@dataclass
+class _Attempt:
+    """One fit: its parameters (changed in place), log lines, loss history in the loss's
+    own units, L-BFGS iterations, whether it converged, and its final loss."""
+
+    data: object  # motep MTPData
+    label: str
+    log: list[str] = field(default_factory=list)
+    history: list[float] = field(default_factory=list)
+    iterations: int = 0
+    converged: bool = False
+    loss: float = math.nan
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.log) + "\n"
+
+
+def _fit(a: _Attempt, images: list[Atoms], settings: TrainSettings) -> _Attempt:
     """Linear least squares, then L-BFGS on the loss normalized to 1 at its start, in
     windows of WINDOW iterations until a window lowers the loss by less than
-    `settings.tolerance` (a fraction) or `settings.max_iter` is spent. Returns the
-    normalization, whether the fit converged and the final loss in its own units.
+    `settings.tolerance` (a fraction) or `settings.max_iter` is spent.
 
     Why: scipy's L-BFGS-B stops when (f_k - f_k+1) / max(|f_k|, |f_k+1|, 1) < ftol and when
     the projected gradient is below an absolute gtol. A good MTP's loss is ~1e-5
@@ -244,24 +259,25 @@ def _fit(data, images: list[Atoms], settings: TrainSettings,
     from motep.loss import LossSetting
     from scipy.optimize import minimize
 
+    data = a.data
     data.initialize(np.random.default_rng(settings.seed))  # a fresh template's coefficients
     data.optimized = ["species_coeffs", "moment_coeffs", "radial_coeffs"]
     fn = TrainingLoss(images, data, LossSetting(
         energy_weight=settings.energy_weight, forces_weight=settings.force_weight,
         stress_weight=settings.stress_weight))
-    log += ["linear least squares for the moment and species coefficients",
-            f"loss 0: {fn(data.parameters)!r}"]
+    before_lls = fn(data.parameters)
     start = fn.solve_linear()
+    a.history += [before_lls, start]
     scale = start if math.isfinite(start) and start > 0 else 1.0
     fn.scale = 1.0 / scale
-    log += [f"loss 1: {start!r}", "=" * 72, f"(loss normalized by {scale!r})", "loss 0: 1.0"]
+    a.log += ["linear least squares for the moment and species coefficients",
+              f"loss 0: {before_lls!r}", f"loss 1: {start!r}", "=" * 72,
+              f"(loss normalized by {scale!r})", "loss 0: 1.0"]
     spent, before, converged = 0, 1.0, False
-    done = 0  # iterations logged, over all windows
 
     def report(intermediate_result) -> None:  # scipy passes the result by this name
-        nonlocal done
-        done += 1
-        log.append(f"loss {done}: {intermediate_result.fun!r}")
+        a.history.append(scale * intermediate_result.fun)
+        a.log.append(f"loss {len(a.history) - 2}: {intermediate_result.fun!r}")
 
     while spent < settings.max_iter and not converged:
         n = min(WINDOW, settings.max_iter - spent)
@@ -269,47 +285,14 @@ def _fit(data, images: list[Atoms], settings: TrainSettings,
                        callback=report, options={"maxiter": n, "gtol": 1e-12})
         data.parameters = res.x
         spent += n
+        a.iterations += res.nit
         now = float(res.fun)
         converged = before - now < settings.tolerance * before
-        log += [f"Number of iterations: {res.nit}", f"window: {spent} iterations spent, "
-                f"loss {now:.6g} ({100 * (before - now) / before:.3g}% lower)"]
+        a.log += [f"Number of iterations: {res.nit}", f"window: {spent} iterations spent, "
+                  f"loss {now:.6g} ({100 * (before - now) / before:.3g}% lower)"]
         before = now
-    return scale, converged, before * scale
-
-
-_LOSS = re.compile(r"loss (\d+): ([-+0-9.eEinfa]+)")
-
-
-def _history(text: str) -> list[float]:
-    """The losses a fit logged, in the loss's own units (L-BFGS logs them normalized)."""
-    out, scale = [], 1.0
-    for line in text.splitlines():
-        if line.startswith("linear least squares"):
-            scale = 1.0
-        elif line.startswith("(loss normalized by "):
-            scale = float(line[len("(loss normalized by "):].rstrip(")"))
-        elif m := _LOSS.match(line):
-            out.append(scale * float(m.group(2)))
-    return out
-
-
-@dataclass
-class _Attempt:
-    """One fit: its parameters, log, and final loss in the loss's own units."""
-
-    data: object  # motep MTPData
-    text: str
-    scale: float
-    converged: bool
-    loss: float
-    label: str
-
-
-def _attempt(data, images: list[Atoms], settings: TrainSettings, label: str) -> _Attempt:
-    """Fit `data` (motep MTPData, changed in place) and keep the fit's log."""
-    lines: list[str] = []
-    scale, converged, final = _fit(data, images, settings, lines)
-    return _Attempt(data, "\n".join(lines) + "\n", scale, converged, final, label)
+    a.converged, a.loss = converged, before * scale
+    return a
 
 
 def train(images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
@@ -339,16 +322,17 @@ def train(images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
              for k in range(1, settings.restarts + 1)]
     screen = replace(settings, max_iter=min(SCREEN, settings.max_iter)) if settings.restarts \
         else settings
-    attempts = [_attempt(_read(path, species), list(images), replace(screen, seed=seed),
-                         label) for path, seed, label in plan]
+    attempts = [_fit(_Attempt(_read(path, species), label), list(images),
+                     replace(screen, seed=seed)) for path, seed, label in plan]
     best = min(attempts, key=lambda a: a.loss if math.isfinite(a.loss) else math.inf)
     screened = best
     if settings.restarts and not best.converged \
             and settings.max_iter > screen.max_iter:
-        rest = _attempt(copy.deepcopy(best.data), list(images),
-                        replace(settings, max_iter=settings.max_iter - screen.max_iter),
-                        f"{best.label}, continued")
-        best = replace(rest, text=f"{best.text}{'#' * 72}\n# continued\n{rest.text}")
+        rest = _fit(_Attempt(copy.deepcopy(best.data), f"{best.label}, continued"),
+                    list(images), replace(settings, max_iter=settings.max_iter - screen.max_iter))
+        best = replace(rest, log=[*best.log, "#" * 72, "# continued", *rest.log],
+                       history=best.history + rest.history,
+                       iterations=best.iterations + rest.iterations)
     seconds = time.perf_counter() - t0
     write_mtp(str(work / POT), best.data, legacy=True)
     text = best.text
@@ -357,9 +341,6 @@ def train(images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
                        f"{screen.max_iter} iterations{' (kept)' if a is screened else ''}\n"
                        f"{best.text if a is screened else a.text}"
                        for k, a in enumerate(attempts))
-    history = _history(best.text)
-    nit = re.findall(r"Number of iterations: (\d+)", best.text)
-    iterations = sum(int(n) for n in nit) if nit else len(history)
 
     pot = MotepPotential(work / POT, None, species, settings.al_mode)
     rows, owners = pot.all_rows(images)
@@ -380,7 +361,8 @@ def train(images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
     extra = {"attempts": [{"start": a.label, "loss": a.loss, "converged": a.converged}
                           for a in attempts], "screen_iterations": screen.max_iter,
              "continued": best is not screened} if len(attempts) > 1 else {}
-    return TrainResult(seconds, iterations, best.converged, history, errors, active.size,
+    return TrainResult(seconds, best.iterations, best.converged, best.history, errors,
+                       active.size,
                        active.n_configs, message, extra)
 
 

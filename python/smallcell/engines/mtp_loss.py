@@ -46,6 +46,12 @@ def neighbour_vectors(atoms: Atoms, max_dist: float) -> tuple[np.ndarray, np.nda
     return js, rs
 
 
+def _per_volume(d: np.ndarray, volume: np.ndarray) -> np.ndarray:
+    """Strain derivatives (n, k, 3, 3) to stress: symmetrized and divided by each
+    configuration's volume (motep's `_symmetrize_stress`)."""
+    return (d + d.swapaxes(-2, -1)) * (0.5 / volume)[:, None, None, None]
+
+
 @dataclass
 class _Group:
     """The configurations with one atom count, their targets and basis arrays."""
@@ -153,9 +159,8 @@ class TrainingLoss:
             for k, (js, rs, it, jt) in enumerate(g.inputs):
                 energies[k] = calc_train(js, rs, it, jt, data, g.rbd, g.mbd[k]).sum()
             n = len(g.index)
-            inv_v = (0.5 / g.volume)[:, None, None, None]
-            dbdeps = (a["dbdeps"] + a["dbdeps"].swapaxes(-2, -1)) * inv_v
-            dsdcs = (a["dsdcs"] + a["dsdcs"].swapaxes(-2, -1)).reshape(n, -1, 3, 3) * inv_v
+            dbdeps = _per_volume(a["dbdeps"], g.volume)
+            dsdcs = _per_volume(a["dsdcs"].reshape(n, -1, 3, 3), g.volume)
             dgdcs = a["dgdcs"].reshape(n, -1, *a["dgdcs"].shape[-2:])
             forces = -np.einsum("k,nkaj->naj", mc, a["dbdris"])
             stress = np.einsum("k,nkij->nij", mc, dbdeps)
@@ -193,8 +198,7 @@ class TrainingLoss:
             se = np.sqrt(self.scale * st.energy_weight * g.c_energy)
             sf = np.sqrt(self.scale * st.forces_weight * g.c_forces)
             ss = np.sqrt(self.scale * st.stress_weight * g.c_stress)
-            dbdeps = ((a["dbdeps"] + a["dbdeps"].swapaxes(-2, -1))
-                      * (0.5 / g.volume)[:, None, None, None])
+            dbdeps = _per_volume(a["dbdeps"], g.volume)
             rows.append(se[:, None] * np.hstack([a["vatoms"].sum(axis=-1), g.counts]))
             rhs.append(se * g.energy)
             f_rows = -(sf[:, None, None, None] * a["dbdris"]).transpose(0, 2, 3, 1)

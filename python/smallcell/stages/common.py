@@ -7,16 +7,32 @@ and `finish` (check the tasks, write the stage's outputs and its `done` marker).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from smallcell.config import Config, load_config
 from smallcell.errors import SmallcellError
+from smallcell.formats.cfg import Cfg
 from smallcell.state import RunPaths, atomic_write_text
 
 CONFIG = "config.yaml"
+
+
+def require_labeled(path: Path, cfgs: Iterable[Cfg], why: str,
+                    species: Sequence[str] | None = None) -> int:
+    """The number of configurations; SmallcellError naming `path` and the first (1-based)
+    configuration without an energy or forces, or (with `species`) with a type beyond
+    the species list. `why` says who needs labeled data."""
+    n = 0
+    for n, c in enumerate(cfgs, 1):
+        if c.energy is None or c.forces is None:
+            raise SmallcellError(f"{path}: configuration {n} has no Energy or forces; {why}")
+        if species is not None and len(c.types) and int(c.types.max()) >= len(species):
+            raise SmallcellError(f"{path}: configuration {n} has type {int(c.types.max())} "
+                                 f"but the config's species are {list(species)}")
+    return n
 
 
 @dataclass

@@ -18,7 +18,7 @@ from smallcell.errors import SmallcellError
 from smallcell.formats.cfg import atoms_to_cfg, read_cfgs, write_cfgs
 from smallcell.formats.errors import FormatError
 from smallcell.formats.outcar import read_outcar, step_to_cfg, usable_steps
-from smallcell.stages.common import Iteration, progress
+from smallcell.stages.common import Iteration, progress, require_labeled
 from smallcell.state import atomic_output, atomic_write_json
 from smallcell.structures import initial_structures
 
@@ -74,10 +74,7 @@ def select(it: Iteration, folder: Path) -> int:
                 imported = read_cfgs(path)
             except FormatError as exc:
                 raise SmallcellError(f"initial.path: {exc}") from None
-            unlabeled = [k for k, c in enumerate(imported) if c.energy is None or c.forces is None]
-            if unlabeled:
-                raise SmallcellError(f"{path}: configuration {unlabeled[0] + 1} has no Energy "
-                                     "or forces; initial.source cfg needs labeled data")
+            require_labeled(path, imported, "initial.source cfg needs labeled data")
         else:
             imported = _import_outcars(path, it.species)
         with atomic_output(folder / IMPORTED) as tmp:

@@ -73,7 +73,7 @@ def draw_sample(it: Iteration) -> tuple[list[Cfg], dict]:
     for run in explore.md_runs(it.cfg, it.i):
         folder = explore.run_dir(it, run)
         n_elig = read_json(folder / "gamma.json").get("n_sample_eligible") or 0
-        kept = read_preselected(folder / QUERIED) if n_elig else []
+        kept = read_preselected(folder / QUERIED) if n_elig and size else []
         eligible += n_elig
         pool += [(run.name, k, c, n_elig / len(kept)) for k, c in enumerate(kept)]
     if not size or not pool:

@@ -28,6 +28,7 @@ from smallcell.config import Config
 from smallcell.engines.base import trainer_for
 from smallcell.errors import SmallcellError
 from smallcell.formats.cfg import cfg_to_atoms, iter_cfgs
+from smallcell.stages.common import require_labeled
 from smallcell.stages.train import fit_settings
 from smallcell.state import atomic_write_json, mark_done, read_json
 
@@ -53,31 +54,23 @@ def _cpu_seconds() -> float:
 
 
 def check_labeled(path: Path, species: Sequence[str]) -> int:
-    """Number of configurations of `path`; each must have an energy and forces and only
-    types the species list covers (SmallcellError naming the file and configuration)."""
+    """Number of configurations of `path`, each labeled and of the config's species."""
     if not path.is_file():
         raise SmallcellError(f"{path}: no such file (expected a labeled MLIP-3 .cfg)")
-    n = 0
-    for n, c in enumerate(iter_cfgs(path), 1):
-        if c.energy is None or c.forces is None:
-            raise SmallcellError(f"{path}: configuration {n} has no "
-                                 f"{'Energy' if c.energy is None else 'forces'}: a sweep "
-                                 "needs labeled configurations")
-        if len(c.types) and int(c.types.max()) >= len(species):
-            raise SmallcellError(f"{path}: configuration {n} has type {int(c.types.max())} "
-                                 f"but the config's species are {list(species)}")
+    n = require_labeled(path, iter_cfgs(path), "a sweep needs labeled configurations",
+                        species)
     if n == 0:
         raise SmallcellError(f"{path}: no configurations")
     return n
 
 
-def run_level(out: Path, cfg: Config, level: int, data: Path, tests: dict[str, Path],
-              say: Any = print) -> dict[str, Any]:
-    """Train (unless done) and evaluate one level; return its result.json content."""
+def run_level(out: Path, cfg: Config, level: int, data: Path, digest: str,
+              tests: dict[str, Path], say: Any = print) -> dict[str, Any]:
+    """Train (unless done) and evaluate one level on `data` (sha256 `digest`); return its
+    result.json content."""
     folder = level_dir(out, level)
     species = list(cfg["species"])
     trainer = trainer_for(cfg)
-    digest = _sha256(data)
     if (folder / "done").exists():
         result = read_json(folder / RESULT)
         if result["data_sha256"] != digest:
@@ -133,8 +126,9 @@ def run(out: Path, cfg: Config, levels: Sequence[int], data: Path,
     for path in named.values():
         check_labeled(path, species)
     out.mkdir(parents=True, exist_ok=True)
+    digest = _sha256(data)
     results = []
     for k, lv in enumerate(sorted(set(levels)), 1):
         say(f"[sweep] level {lv} ({k}/{len(set(levels))})")
-        results.append(run_level(out, cfg, lv, data, named, say))
+        results.append(run_level(out, cfg, lv, data, digest, named, say))
     return results

@@ -16,7 +16,7 @@ from smallcell.study.rundata import IterationData
 DPI = 120
 
 
-def _plt():  # imported on use: status and the loop never pay for matplotlib
+def pyplot():  # imported on use: status and the loop never pay for matplotlib
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,9 +25,9 @@ def _plt():  # imported on use: status and the loop never pay for matplotlib
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=DPI)
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -57,11 +57,11 @@ def _finish(ax, xlabel: str, ylabel: str, title: str = "",
 
 
 def _explored(data: Sequence[IterationData]) -> list[IterationData]:
-    return [d for d in data if d.summary.get("gamma_max") is not None]
+    return [d for d in data if d.explored]
 
 
 def labels_per_iteration(data: Sequence[IterationData], out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
     its = [d.i for d in data]
     lab = [d.summary.get("n_labeled", 0) for d in data]
@@ -80,29 +80,29 @@ def labels_per_iteration(data: Sequence[IterationData], out: Path) -> Path:
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=9)
     ax.set_title("Labels per iteration")
-    return _save(fig, out / "labels_per_iteration.png")
+    return save(fig, out / "labels_per_iteration.png")
 
 
 def gamma_max_per_iteration(data: Sequence[IterationData], out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     ex = _explored(data)
     fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
     ax.semilogy([d.i for d in ex], [d.summary["gamma_max"] for d in ex], "o-",
                 label="max gamma over the iteration's MD")
     brk = next((d.gamma_break for d in reversed(ex) if d.gamma_break), None)
-    save = next((d.gamma_save for d in reversed(ex) if d.gamma_save), None)
+    keep = next((d.gamma_save for d in reversed(ex) if d.gamma_save), None)
     if brk:
         ax.axhline(brk, color="tab:red", ls="--", label=f"gamma_break = {brk:g}")
-    if save:
-        ax.axhline(save, color="tab:orange", ls=":", label=f"gamma_save = {save:g}")
+    if keep:
+        ax.axhline(keep, color="tab:orange", ls=":", label=f"gamma_save = {keep:g}")
     _plain_log(ax.yaxis)
     _finish(ax, "iteration", "extrapolation grade gamma", "Maximum gamma per iteration",
             [d.i for d in ex])
-    return _save(fig, out / "gamma_max_per_iteration.png")
+    return save(fig, out / "gamma_max_per_iteration.png")
 
 
 def gamma_mean_std_per_iteration(data: Sequence[IterationData], out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     ex = _explored(data)
     fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
     its = [d.i for d in ex]
@@ -112,7 +112,7 @@ def gamma_mean_std_per_iteration(data: Sequence[IterationData], out: Path) -> Pa
     ax.set_ylim(bottom=0)
     _finish(ax, "iteration", "gamma", "Mean and standard deviation of gamma per iteration",
             its)
-    return _save(fig, out / "gamma_mean_std_per_iteration.png")
+    return save(fig, out / "gamma_mean_std_per_iteration.png")
 
 
 def chosen_iterations(data: Sequence[IterationData], k: int = 4) -> list[int]:
@@ -125,7 +125,7 @@ def chosen_iterations(data: Sequence[IterationData], k: int = 4) -> list[int]:
 
 def gamma_histograms(data: Sequence[IterationData], out: Path,
                      iterations: Sequence[int] | None = None) -> Path:
-    plt = _plt()
+    plt = pyplot()
     chosen = list(iterations) if iterations is not None else chosen_iterations(data)
     fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
     lo, hi = np.inf, -np.inf
@@ -138,22 +138,22 @@ def gamma_histograms(data: Sequence[IterationData], out: Path,
                 lo = min(lo, d.hist_edges[used[0]])
                 hi = max(hi, d.hist_edges[used[-1] + 1])
     shown = [d for d in data if d.i in chosen and d.hist is not None]
-    for d, (v, style, name) in ((shown[-1] if shown else None, t) for t in
-                                (("gamma_save", ":", "gamma_save"),
-                                 ("gamma_break", "--", "gamma_break"))):
-        if d is not None and getattr(d, v):
-            ax.axvline(getattr(d, v), color="grey", ls=style, label=f"{name} = {getattr(d, v):g}")
+    last = shown[-1] if shown else None
+    for attr, style in (("gamma_save", ":"), ("gamma_break", "--")):
+        value = getattr(last, attr, None)
+        if value:
+            ax.axvline(value, color="grey", ls=style, label=f"{attr} = {value:g}")
     if np.isfinite(lo):
         ax.set_xlim(10.0 ** (lo - 0.3), 10.0 ** (hi + 0.3))
     ax.set_xscale("log")
     ax.set_yscale("log")
     _finish(ax, "gamma", "graded MD steps (count)",
             "Distribution of gamma over the iteration's MD")
-    return _save(fig, out / "gamma_histograms.png")
+    return save(fig, out / "gamma_histograms.png")
 
 
 def errors_per_iteration(data: Sequence[IterationData], out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     its = [d.i for d in data if d.summary.get("train_errors")]
     te = [d.summary["train_errors"] for d in data if d.summary.get("train_errors")]
@@ -163,11 +163,11 @@ def errors_per_iteration(data: Sequence[IterationData], out: Path) -> Path:
         ax.set_ylim(bottom=0)
         _finish(ax, "iteration", f"{name} error ({unit})", ticks=its)
     fig.suptitle("Errors of each iteration's potential")
-    return _save(fig, out / "errors_per_iteration.png")
+    return save(fig, out / "errors_per_iteration.png")
 
 
 def loss_history(data: Sequence[IterationData], out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
     fits = [d for d in data if d.loss_history]
     cmap = plt.get_cmap("viridis")
@@ -176,7 +176,7 @@ def loss_history(data: Sequence[IterationData], out: Path) -> Path:
         ax.semilogy(range(len(d.loss_history)), d.loss_history, lw=1.3,
                     color=cmap(k / max(len(fits) - 1, 1)), label=f"iteration {d.i}{conv}")
     _finish(ax, "optimizer step", "training loss", "Training loss history per iteration")
-    return _save(fig, out / "loss_history.png")
+    return save(fig, out / "loss_history.png")
 
 
 ALL = (labels_per_iteration, gamma_max_per_iteration, gamma_mean_std_per_iteration,

@@ -80,7 +80,7 @@ def diagnose(data: Sequence[IterationData]) -> list[str]:
 
 def answers(data: Sequence[IterationData]) -> dict[str, str]:
     """The three questions, answered with this run's numbers."""
-    ex = [d for d in data if d.summary.get("gamma_max") is not None]
+    ex = [d for d in data if d.explored]
     labels = [d.summary.get("n_labeled", 0) for d in data]
     q1 = ("Not measured in this run: it has no error sample (iter/<i>/sample/), so the "
           "true error of the MD configurations is not known; the training-set errors "

@@ -32,6 +32,11 @@ class IterationData:
     def i(self) -> int:
         return int(self.summary["iteration"])
 
+    @property
+    def explored(self) -> bool:
+        """The iteration ran MD (iteration 0 does not)."""
+        return self.summary.get("gamma_max") is not None
+
 
 def _json(path: Path) -> dict[str, Any] | None:
     try:

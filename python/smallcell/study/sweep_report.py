@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from smallcell.state import atomic_write_json, atomic_write_text
+from smallcell.study.figures import pyplot, save
 
 FIGURES = ("rmse_vs_level.png", "train_time_vs_level.png")
 
@@ -41,11 +42,7 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def figures(results: list[dict[str, Any]], out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     levels = [r["level"] for r in results]
     tests = sorted({n for r in results for n in r["tests"]})
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
@@ -64,9 +61,7 @@ def figures(results: list[dict[str, Any]], out: Path) -> list[Path]:
     axes[0].legend(fontsize=9)
     fig.suptitle(f"MTP level sweep: {results[0]['n_train']} training configurations "
                  f"({results[0]['trainer']})")
-    paths = [out / FIGURES[0]]
-    fig.savefig(paths[0], dpi=120)
-    plt.close(fig)
+    paths = [save(fig, out / FIGURES[0])]
 
     fig, ax = plt.subplots(figsize=(5.5, 4), constrained_layout=True)
     ax.plot(levels, [r["train_wall_seconds"] for r in results], "-o", label="wall")
@@ -78,9 +73,7 @@ def figures(results: list[dict[str, Any]], out: Path) -> list[Path]:
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     ax.set_title("Training time per level")
-    paths.append(out / FIGURES[1])
-    fig.savefig(paths[1], dpi=120)
-    plt.close(fig)
+    paths.append(save(fig, out / FIGURES[1]))
     return paths
 
 
