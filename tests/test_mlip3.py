@@ -511,6 +511,27 @@ def test_trainer_errors_are_check_errors(gen: Path, tmp_path: Path) -> None:
     assert (train_dir / "check_errors" / "cand58" / "check_errors.report").exists()
 
 
+@pytest.mark.usefixtures("standin_env")
+def test_trainer_config_errors_are_the_per_configuration_log(
+        gen: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The error study's per-configuration errors: check_errors' log lines in file order
+    (the keys motep_mtp.config_errors_of also returns), files under `work`. Under MPI the
+    rank files number their own share, so rows cannot be matched: a clear error."""
+    train_dir = tmp_path / "train"
+    train_dir.mkdir()
+    shutil.copyfile(gen / "trained_cfg.almtp", train_dir / "pot.almtp")
+    trainer = Mlip3Trainer(Mlip3Settings(mlp=MLP))
+    rows = trainer.config_errors(train_dir, SPECIES, gen / "cand58.cfg", tmp_path / "w")
+    want = parse_errors_log((gen / "errors_percfg.log").read_text())
+    assert rows == [{k: v for k, v in r.items() if k != "cfg"} for r in want]
+    assert {"atoms", "energy_diff", "energy_per_atom_diff", "force_rms",
+            "force_max"} <= set(rows[0])
+    assert (tmp_path / "w" / "check_errors.percfg").exists()
+    monkeypatch.setenv("SMALLCELL_MLP_NP", "2")
+    with pytest.raises(Mlip3Error, match=r"cand58.cfg; run it serially"):
+        trainer.config_errors(train_dir, SPECIES, gen / "cand58.cfg", tmp_path / "mpi")
+
+
 
 @pytest.mark.usefixtures("standin_env")
 def test_potential_select_and_grade(gen: Path, tmp_path: Path) -> None:

@@ -10,14 +10,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from scipy.stats import spearmanr
 
 from smallcell import cli
 from smallcell.study.report import diagnose
 from smallcell.study.rundata import IterationData
 
 REPO = Path(__file__).resolve().parents[1]
-FIGS = ("labels_per_iteration", "gamma_max_per_iteration", "gamma_mean_std_per_iteration",
-        "gamma_histograms", "errors_per_iteration", "loss_history")
+FIGS = ("gamma_vs_force_error", "gamma_vs_energy_error", "labels_per_iteration",
+        "gamma_max_per_iteration", "gamma_mean_std_per_iteration", "gamma_histograms",
+        "errors_per_iteration", "loss_history")
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +63,34 @@ def test_table_numbers_are_the_summaries(run: Path) -> None:
         assert float(r[13]) == pytest.approx(1000 * s["train_errors"]["force_rmse"], abs=0.006)
         if s["gamma_max"] is not None:
             assert float(r[9]) == pytest.approx(s["gamma_max"], rel=6e-4)
+        assert int(r[16]) == s["sample_n"]
+        if s["sample_n"]:
+            assert float(r[17]) == pytest.approx(1000 * s["sample_force_error_mean"], abs=0.006)
+            assert float(r[18]) == pytest.approx(
+                1000 * s["sample_energy_per_atom_error_mean"], abs=6e-4)
+            assert float(r[19]) == pytest.approx(s["sample_gamma_force_spearman"], abs=0.006)
+        else:
+            assert r[17:] == ["-", "-", "-"]
         assert "<td>" + "</td><td>".join(r) + "</td>" in page  # the page shows the same row
     total = sum(s["n_labeled"] for s in _summaries(run))
     assert f"{total} labels in all" in md and f"{total} labels in all" in page
     assert "Converged at iteration 2" in md
+
+
+def test_question_one_is_answered_from_the_error_samples(run: Path) -> None:
+    """The pooled rank correlation and the per-iteration ones in the answer are those of
+    the sample/errors.json rows and the summaries."""
+    rows = [r for i in (1, 2) for r in json.loads(
+        (run / "iter" / str(i) / "sample" / "errors.json").read_text())["configs"]]
+    rho = spearmanr([r["gamma"] for r in rows], [r["force_error"] for r in rows]).statistic
+    md = (run / "report" / "report.md").read_text()
+    q1 = next(line for line in md.splitlines() if "correlate with the true error" in line)
+    assert f"Over {len(rows)} labeled MD configurations" in q1
+    assert f"gamma vs force error: Spearman rho {rho:.2f}" in q1
+    for s in _summaries(run)[1:]:
+        assert (f"{s['iteration']}: {s['sample_gamma_force_spearman']:.2f}, "
+                f"{s['sample_gamma_energy_spearman']:.2f}") in q1
+    assert "Not measured" not in md
 
 
 def test_regenerated_from_the_folders_alone(run: Path, tmp_path: Path) -> None:
@@ -80,19 +106,32 @@ def test_no_run_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert "no finished iteration" in capsys.readouterr().err
 
 
-def _it(i: int, e: float, f: float, converged: bool, warm: bool = True) -> IterationData:
-    return IterationData({"iteration": i, "train_errors": {"energy_rmse": e, "force_rmse": f},
-                          "train_converged": converged, "train_iterations": 100},
-                         train_info={"warm_start": warm})
+def _it(i: int, e: float, f: float, converged: bool, warm: bool = True,
+        sample: tuple[float, float] | None = None) -> IterationData:
+    s = {"iteration": i, "train_errors": {"energy_rmse": e, "force_rmse": f},
+         "train_converged": converged, "train_iterations": 100}
+    if sample:
+        s["sample_energy_per_atom_error_mean"], s["sample_force_error_mean"] = sample
+    return IterationData(s, train_info={"warm_start": warm})
 
 
 def test_rising_force_error_is_flagged_with_its_cause() -> None:
     flags = diagnose([_it(0, 3e-3, 0.030, True), _it(1, 2e-3, 0.040, False),
                       _it(2, 1e-3, 0.050, True, warm=False), _it(3, 9e-4, 0.045, True)])
     assert len(flags) == 2
-    assert flags[0].startswith("iteration 1: force RMSE rose from 30.0 to 40.0 meV/Å")
+    assert flags[0].startswith("potential of iteration 1: training-set force error rose "
+                               "from 30.0 to 40.0 meV/Å")
     assert "iteration limit (100 iterations)" in flags[0]
-    assert flags[1].startswith("iteration 2:") and "untrained template" in flags[1]
+    assert flags[1].startswith("potential of iteration 2:") and "untrained template" in flags[1]
+    # the MD sample of iteration i measures potential i-1: its rise is blamed on that fit
+    flags = diagnose([_it(0, 3e-3, 0.05, True), _it(1, 2e-3, 0.04, False),
+                      _it(2, 1e-3, 0.03, True, sample=(2e-3, 0.030)),
+                      _it(3, 9e-4, 0.02, True, sample=(1e-3, 0.045))])
+    assert len(flags) == 1
+    assert flags[0].startswith("potential of iteration 2: MD-sample force error rose from "
+                               "30.0 to 45.0 meV/Å while the energy error fell from 2.00 "
+                               "to 1.00 meV/atom")
+    assert "converged from a warm start" in flags[0]
     # both falling, or both rising: nothing to flag
     assert diagnose([_it(0, 3e-3, 0.05, True), _it(1, 2e-3, 0.04, False)]) == []
     assert diagnose([_it(0, 1e-3, 0.03, True), _it(1, 2e-3, 0.04, False)]) == []

@@ -218,6 +218,12 @@ def test_submitted_chain_equals_the_local_loop(slurm_env: dict[str, str], same_c
     for i in range(1, UPTO + 1):
         if (run / "iter" / str(i)).exists():
             assert records(run, i)[0]["stage"] == "explore"
+    # iteration 1's label array carried the error sample's tasks too, and the collect+train
+    # job measured them
+    s1 = json.loads((run / "iter" / "1" / "summary.json").read_text())
+    label1 = next(r for r in records(run, 1) if r["stage"] == "label")
+    assert s1["sample_n"] > 0 and s1["sample_force_error_mean"] is not None
+    assert label1["n_tasks"] == s1["n_selected"] + s1["sample_n"] + s1["sample_failed"]
     last = max(RunPaths(run).iterations())
     text = status(slurm_env, run)
     assert "collect+train" in text and "STOPPED" not in text, text

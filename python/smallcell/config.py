@@ -246,7 +246,11 @@ SCHEMA = Section(
                 "size": Key("int", 200,
                             "Configurations each MD run keeps, drawn uniformly from all its "
                             "queries with gamma_min < gamma < gamma_max (explore/<run>/"
-                            "queried.cfg); 0 = no sample.", low=0),
+                            "queried.cfg), and the iteration's draw over all runs "
+                            "(select/sample.cfg): labeled in iter/<i>/sample/, never "
+                            "trained on, to measure the errors of the potential that ran "
+                            "the MD (sample/errors.json). Each costs one reference "
+                            "calculation. 0 = no sample.", low=0),
                 "gamma_min": Key("float", 0.1, "Lower gamma bound of the sample.", low=0.0),
                 "gamma_max": Key("float", 10.0, "Upper gamma bound of the sample.",
                                  low=0.0, low_open=True),
@@ -432,7 +436,12 @@ def defaults(section: Section = SCHEMA) -> dict[str, Any]:
     }
 
 
-class _Loader(yaml.SafeLoader):
+# libyaml's parser when PyYAML was built with it: every label task loads its iteration's
+# frozen config, and the pure-Python parser made that 80 % of a 4-atom task's time.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_SafeLoader):  # type: ignore[valid-type,misc]
     """YAML with two fixes for configs: numbers like 1e-3 are numbers (YAML 1.2; PyYAML's
     1.1 resolver reads them as strings), and a key given twice is an error instead of the
     last one silently winning."""
@@ -463,7 +472,7 @@ class _Lines:
     def __init__(self, text: str) -> None:
         self.lines: dict[tuple[str, ...], int] = {}
         try:
-            node = yaml.compose(text)
+            node = yaml.compose(text, Loader=_SafeLoader)
         except yaml.YAMLError:
             return
         if node is not None:  # the top level itself (e.g. "must be a mapping")

@@ -11,8 +11,8 @@ then the job that ends a stage submits the next link of the chain (sched/slurm.p
   them, selects, prepares the label task folders and submits the label array and the
   collect+train job after it.
 - `job collect-train`: checks the label tasks (resubmits the missing ones, or stops),
-  applies the failure policy, collects, trains, writes the summary and submits the next
-  iteration, or ends the chain when converged or at --upto.
+  evaluates the error sample, applies the failure policy, collects, trains, writes the
+  summary and submits the next iteration, or ends the chain when converged or at --upto.
 - `job pilot`: the whole local loop (`smallcell iter`) inside one allocation, interrupted
   before the walltime and resubmitted to go on from the folders.
 
@@ -326,7 +326,7 @@ def _select(it: Iteration, chain: slurm.Chain) -> int:
 
 def _collect_train(it: Iteration, chain: slurm.Chain, cfg: Config) -> int:
     from smallcell import loop
-    from smallcell.stages import collect, label, train
+    from smallcell.stages import collect, label, sample, train
 
     n = label.n_tasks(it)
     missing = label.missing(it, n) if n else []
@@ -338,6 +338,10 @@ def _collect_train(it: Iteration, chain: slurm.Chain, cfg: Config) -> int:
     wall = _since_first(it, "label")
     if wall is not None and n:
         timings["label"] = wall
+    if sample.pending(it):
+        t0 = time.perf_counter()
+        sample.run(it)
+        timings["sample"] = time.perf_counter() - t0
     for stage, fn in (("collect", collect.run), ("train", train.run)):
         if not is_done(it.stage(stage)):
             t0 = time.perf_counter()

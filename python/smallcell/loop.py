@@ -1,9 +1,10 @@
 """The active-learning loop (the report's Algorithm 1) over the folder state machine.
 
 Iteration 0 is the initial fit: select (the initial data set) -> label -> collect -> train.
-Iteration i >= 1: explore (MD with the potential of i-1) -> select -> label -> collect ->
-train. Each stage runs only when its `done` marker is missing; `summary.json` is written
-last and marks the iteration complete. The run stops after `run.converged_iterations`
+Iteration i >= 1: explore (MD with the potential of i-1) -> select -> label -> sample (the
+error study: errors of i-1's potential on a labeled random sample) -> collect -> train.
+Each stage runs only when its `done` marker is missing; `summary.json` is written last and
+marks the iteration complete. The run stops after `run.converged_iterations`
 consecutive iterations whose explore converged (no run broke and max gamma < gamma_break,
 or nothing was preselected): the last one still labels and learns what it preselected,
 then the loop ends.
@@ -17,7 +18,7 @@ from typing import Any
 
 from smallcell.config import Config
 from smallcell.errors import SmallcellError
-from smallcell.stages import collect, explore, label, select, train
+from smallcell.stages import collect, explore, label, sample, select, train
 from smallcell.stages.common import Iteration, Runner, progress
 from smallcell.state import (
     RunPaths,
@@ -29,7 +30,7 @@ from smallcell.state import (
 )
 from smallcell.status import finished
 
-STAGES = ("explore", "select", "label", "collect", "train")
+STAGES = ("explore", "select", "label", "sample", "collect", "train")
 
 
 def converged(rep: explore.ExploreReport, gamma_break: float) -> bool:
@@ -58,6 +59,8 @@ def run_iteration(it: Iteration, runner: Runner) -> dict[str, Any]:
         timed("select", select.run, it)
     if label.n_tasks(it):
         timed("label", label.run, it, runner)
+    if sample.pending(it):
+        timed("sample", sample.run, it)
     if not is_done(it.stage("collect")):
         timed("collect", collect.run, it)
     if not is_done(it.stage("train")):
@@ -79,8 +82,8 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
     stages' files and markers, never from values held in memory, so both schedulers write
     the same summary for the same folders (only the clock readings differ)."""
     rep = explore.report_of(it) if it.i > 0 else None
-    n_sel = label.n_tasks(it)
-    labeled, failed = label.counts(it) if n_sel else (0, 0)
+    n_sel = label.n_selected(it)
+    labeled, failed = label.counts(it)
     errors = read_json(it.stage("train") / "errors.json")
     gb = it.cfg["extrapolation"]["gamma_break"]
     coll = read_json(it.stage("collect") / "done")
@@ -116,6 +119,7 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
         "active_set_size": errors.get("active_set_size"),
         "active_set_configs": errors.get("active_set_configs"),
         "train_errors": errors.get("errors", {}),
+        **sample.summary_fields(it),
         "stage_seconds": timings,
         "seconds": seconds,
     }

@@ -88,6 +88,9 @@ def line_in_progress(paths: RunPaths, i: int) -> str:
     n_runs = len(planned)
     runs_done = sum(os.path.exists(d / "explore" / name / DONE) for name in planned)
     extra = f" runs {runs_done}/{n_runs}" if stage == "explore" and n_runs else ""
+    s_total, s_done, s_failed = _count_tasks(d / "sample")
+    if stage == "label" and s_total:
+        extra += f" error sample {s_done + s_failed}/{s_total}"
     broke = "-" if not ex else ("yes" if ex.get("broke") else "no")
     return (f"{i:>4} {'':>7} {stage:>8} {ex.get('n_preselected', '-'):>7} {total:>6} "
             f"{done:>6} {failed:>5} {_fmt(ex.get('gamma_max'), '.3g', 9)} "

@@ -69,6 +69,14 @@ class Trainer(Protocol):
         (GPa), n_configs (the keys of motep_mtp.errors_of)."""
         ...
 
+    def config_errors(self, train_dir: Path, species: list[str], cfg_path: Path,
+                      work: Path) -> list[dict[str, float]]:
+        """Per configuration of `cfg_path`, in file order: atoms, energy_diff (E_ML -
+        E_ref, eV), energy_per_atom_diff (|dE|/N), force_rms (RMS over atoms of |dF|,
+        eV/Å), force_max; the keys of MLIP-3's check_errors log. `work`: a folder the
+        engine may write its files to."""
+        ...
+
 
 class Explorer(Protocol):
     """MD with extrapolation control for one explore run."""

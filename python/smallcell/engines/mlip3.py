@@ -1004,3 +1004,20 @@ class Mlip3Trainer:
                            timeout=self.settings.timeout, out_dir=out,
                            setup=self.settings.setup)
         return {k: float(v) for k, v in res.items() if k not in ("report", "per_config")}
+
+    def config_errors(self, train_dir: Path, species: Sequence[str], cfg_path: Path,
+                      work: Path) -> list[dict[str, float]]:
+        """``mlp check_errors`` per-configuration log, in file order; files go to `work`."""
+        res = check_errors(Path(train_dir) / POT, cfg_path, mlp=self.settings.mlp,
+                           timeout=self.settings.timeout, out_dir=Path(work),
+                           setup=self.settings.setup)
+        rows = sorted(res["per_config"], key=lambda r: r["cfg"])
+        n = _count_cfgs(cfg_path)
+        if [int(r["cfg"]) for r in rows] != list(range(1, n + 1)):
+            # e.g. MPI ranks numbering their own share: no way to match rows to configs
+            raise Mlip3Error("check_errors", f"its per-configuration log has cfg# "
+                             f"{[int(r['cfg']) for r in rows][:10]}... for the {n} "
+                             f"configurations of {cfg_path}; run it serially (mlip3.mlp "
+                             "without mpirun) for per-configuration errors",
+                             log=Path(work) / "check_errors.percfg")
+        return [{k: v for k, v in row.items() if k != "cfg"} for row in rows]

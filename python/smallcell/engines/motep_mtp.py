@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 import types
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -191,6 +191,18 @@ class MotepPotential:
         return select_add(self.active, rows, owners[:, 0], threshold=threshold)
 
 
+def _residuals(pot: MotepPotential, images: Sequence[Atoms]
+               ) -> Iterator[tuple[Atoms, float, np.ndarray, np.ndarray | None]]:
+    """Per labeled image: the image, E_ML - E_ref (eV), F_ML - F_ref (eV/Å, per atom) and
+    S_ML - S_ref (GPa, Voigt; None when the image has no reference stress)."""
+    for ref in images:
+        e, f, s = pot.evaluate(ref.copy())
+        ds = None
+        with contextlib.suppress(Exception):
+            ds = (s - ref.get_stress()) * _EV_A3_TO_GPA
+        yield ref, e - ref.get_potential_energy(), f - ref.get_forces(), ds
+
+
 def errors_of(pot: MotepPotential, images: Sequence[Atoms]) -> dict[str, float]:
     """Errors on labeled images (training or held-out set): energy per atom (eV/atom),
     forces (eV/Å), stress (GPa).
@@ -198,14 +210,11 @@ def errors_of(pot: MotepPotential, images: Sequence[Atoms]) -> dict[str, float]:
     Forces are compared as vectors, |F_ref - F_ML| per atom (DESIGN.md section 6, and what
     MLIP-3's errors report calls Forces), so the numbers of both trainers mean the same."""
     de, df, ds = [], [], []
-    for ref in images:
-        a = ref.copy()
-        e, f, s = pot.evaluate(a)
-        n = len(ref)
-        de.append((e - ref.get_potential_energy()) / n)
-        df.append(np.linalg.norm(f - ref.get_forces(), axis=1))
-        with contextlib.suppress(Exception):
-            ds.append((s - ref.get_stress()) * _EV_A3_TO_GPA)
+    for ref, e, f, s in _residuals(pot, images):
+        de.append(e / len(ref))
+        df.append(np.linalg.norm(f, axis=1))
+        if s is not None:
+            ds.append(s)
     de_a, df_a = np.abs(np.array(de)), np.abs(np.concatenate(df))
     out = {
         "n_configs": float(len(images)),
@@ -219,6 +228,21 @@ def errors_of(pot: MotepPotential, images: Sequence[Atoms]) -> dict[str, float]:
     if ds:
         out["stress_rmse"] = float(np.sqrt(np.mean(np.concatenate(ds) ** 2)))
     return out
+
+
+def config_errors_of(pot: MotepPotential, images: Sequence[Atoms]) -> list[dict[str, float]]:
+    """Per-configuration errors with the keys and meanings of MLIP-3's ``check_errors``
+    log (engines/mlip3.py parse_errors_log), so the error study reads both trainers alike:
+    atoms, energy_diff (E_ML - E_ref, eV), energy_per_atom_diff (|dE|/N, eV/atom),
+    force_rms (RMS over atoms of |F_ML - F_ref|, eV/Å), force_max (largest |dF|)."""
+    rows = []
+    for ref, e, f, _s in _residuals(pot, images):
+        norms = np.linalg.norm(f, axis=1)
+        rows.append({"atoms": float(len(ref)), "energy_diff": float(e),
+                     "energy_per_atom_diff": abs(float(e)) / len(ref),
+                     "force_rms": float(np.sqrt(np.mean(norms**2))),
+                     "force_max": float(norms.max())})
+    return rows
 
 
 WINDOW = 50  # L-BFGS iterations between convergence checks
@@ -388,3 +412,11 @@ class MotepTrainer:
 
         images = [cfg_to_atoms(c, list(species)) for c in iter_cfgs(cfg_path)]
         return errors_of(MotepPotential(Path(train_dir) / POT, None, species, "nbh"), images)
+
+    def config_errors(self, train_dir: Path, species: Sequence[str], cfg_path: Path,
+                      work: Path) -> list[dict[str, float]]:
+        from smallcell.formats.cfg import cfg_to_atoms, iter_cfgs
+
+        images = [cfg_to_atoms(c, list(species)) for c in iter_cfgs(cfg_path)]
+        pot = MotepPotential(Path(train_dir) / POT, None, species, "nbh")
+        return config_errors_of(pot, images)

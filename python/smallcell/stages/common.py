@@ -7,6 +7,7 @@ and `finish` (check the tasks, write the stage's outputs and its `done` marker).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,13 +69,28 @@ class Iteration:
             if cfg is None:
                 raise SmallcellError(f"{frozen}: missing (iteration {i} was never started)")
             atomic_write_text(frozen, cfg.dump())
-        loaded = load_config(frozen)
+        loaded = _load_frozen(frozen)
         # Paths inside the frozen copy stay relative to the user's config file.
         if cfg is not None and cfg.source is not None:
             loaded.source = cfg.source
         else:
             loaded.source = _original_source(frozen) or loaded.source
         return cls(paths, i, loaded)
+
+
+_FROZEN: dict[Path, tuple[tuple[int, int, int], Config]] = {}
+
+
+def _load_frozen(frozen: Path) -> Config:
+    """The frozen config, parsed once per process while the file is unchanged: a worker
+    opens the iteration for every task, and parsing was most of a small task's time. A
+    copy is returned, so a caller's changes never reach the cache."""
+    st = frozen.stat()
+    key = (st.st_ino, st.st_mtime_ns, st.st_size)
+    hit = _FROZEN.get(frozen)
+    if hit is None or hit[0] != key:
+        hit = _FROZEN[frozen] = (key, load_config(frozen))
+    return copy.deepcopy(hit[1])
 
 
 def _original_source(frozen: Path) -> Path | None:

@@ -1,4 +1,9 @@
-"""label: one task folder `vasp/<k>/` per selected configuration.
+"""label: one task folder `vasp/<k>/` per selected configuration, and `sample/<k>/` per
+configuration of the error study's sample.
+
+Both kinds are one numbered task list, so a SLURM array, a resubmission and the local
+runner treat them alike: tasks 0..n_selected-1 are `vasp/<k>/`, the next n_sample are
+`sample/<k - n_selected>/`. Only `vasp/` labels are collected into the training set.
 
 `prepare` writes each task's inputs (`input.cfg`, `POSCAR`) once; `run_task` labels one
 task and ends with `labeled.cfg` + `done`, or `failed` with the reason after `retries`
@@ -27,14 +32,44 @@ from smallcell.state import (
 )
 
 KIND = "vasp"
+SAMPLE_KIND = "sample"
 
 
-def task_dir(it: Iteration, k: int) -> Path:
-    return it.paths.task(it.i, k, KIND)
+def n_selected(it: Iteration) -> int:
+    """Tasks whose labels go into the training set."""
+    return int(read_json(it.stage("select") / "done")["n_selected"])
+
+
+def n_sample(it: Iteration) -> int:
+    """Tasks of the error study's sample (0 for runs selected before it existed)."""
+    return int(read_json(it.stage("select") / "done").get("n_sample", 0))
 
 
 def n_tasks(it: Iteration) -> int:
-    return int(read_json(it.stage("select") / "done")["n_selected"])
+    return n_selected(it) + n_sample(it)
+
+
+def task_dir(it: Iteration, k: int, n_sel: int | None = None) -> Path:
+    """Task `k` of the combined list: vasp/<k>, or sample/<k - n_selected>."""
+    n_sel = n_selected(it) if n_sel is None else n_sel
+    if k < n_sel:
+        return it.paths.task(it.i, k, KIND)
+    return it.paths.task(it.i, k - n_sel, SAMPLE_KIND)
+
+
+def sample_dir(it: Iteration, j: int) -> Path:
+    """Task folder of sample configuration `j`."""
+    return it.paths.task(it.i, j, SAMPLE_KIND)
+
+
+def _inputs(it: Iteration):
+    from itertools import chain
+
+    from smallcell.stages.select import SAMPLE, SELECTED
+
+    folder = it.stage("select")
+    sample = folder / SAMPLE
+    return chain(iter_cfgs(folder / SELECTED), iter_cfgs(sample) if n_sample(it) else ())
 
 
 def prepare(it: Iteration) -> int:
@@ -42,9 +77,10 @@ def prepare(it: Iteration) -> int:
     from ase.io import write
 
     n = 0
-    for k, cfg in enumerate(iter_cfgs(it.stage("select") / "selected.cfg")):
+    n_sel = n_selected(it)
+    for k, cfg in enumerate(_inputs(it)):
         n += 1
-        folder = task_dir(it, k)
+        folder = task_dir(it, k, n_sel)
         if (folder / "input.cfg").exists():
             continue
         folder.mkdir(parents=True, exist_ok=True)
@@ -108,11 +144,13 @@ def run_task(root: Path, i: int, k: int) -> bool:
 
 
 def run(it: Iteration, runner: Runner) -> tuple[int, int]:
-    """Label every task without a marker; return (labeled, failed) over all tasks."""
+    """Label every task without a marker; return (labeled, failed) over the selected."""
     n = prepare(it)
-    todo = [k for k in range(n) if not (is_done(task_dir(it, k)) or is_failed(task_dir(it, k)))]
+    todo = missing(it, n)
     if todo:
-        progress(it, "label", f"{n - len(todo)}/{n} tasks done, labeling {len(todo)}")
+        ns = n_sample(it)
+        kinds = f" ({n - ns} selected + {ns} error sample)" if ns else ""
+        progress(it, "label", f"{n - len(todo)}/{n} tasks done{kinds}, labeling {len(todo)}")
     state = {"n": n - len(todo), "failed": 0}
     step = max(1, n // 10)
 
@@ -125,18 +163,21 @@ def run(it: Iteration, runner: Runner) -> tuple[int, int]:
                      f"{'' if ok else f' (task {k} failed)'}")
 
     runner.map(run_task, it, todo, "label", report)
-    return counts(it, n)
+    return counts(it)
 
 
-def counts(it: Iteration, n: int | None = None) -> tuple[int, int]:
-    """(labeled, failed) over the iteration's tasks, from their markers."""
-    n = n_tasks(it) if n is None else n
-    failed = sum(is_failed(task_dir(it, k)) for k in range(n))
-    labeled = sum(is_done(task_dir(it, k)) for k in range(n))
-    return labeled, failed
+def counts(it: Iteration, kind: str = KIND) -> tuple[int, int]:
+    """(labeled, failed) over the selected tasks (whose labels train), or with
+    `kind=SAMPLE_KIND` over the error sample's, from their markers."""
+    n = n_selected(it) if kind == KIND else n_sample(it)
+    dirs = [it.paths.task(it.i, k, kind) for k in range(n)]
+    return sum(map(is_done, dirs)), sum(map(is_failed, dirs))
 
 
 def missing(it: Iteration, n: int | None = None) -> list[int]:
-    """Tasks without a marker (never run, or cut short): what a resubmission must run."""
+    """Tasks (selected and sample) without a marker (never run, or cut short): what a
+    resubmission must run."""
     n = n_tasks(it) if n is None else n
-    return [k for k in range(n) if not (is_done(task_dir(it, k)) or is_failed(task_dir(it, k)))]
+    n_sel = n_selected(it)
+    dirs = (task_dir(it, k, n_sel) for k in range(n))
+    return [k for k, d in enumerate(dirs) if not (is_done(d) or is_failed(d))]

@@ -2,7 +2,7 @@
 
 Each function draws one figure into `out` and returns its path; `draw_all` draws every
 figure the run's data allows (the gamma histograms need explore runs, the loss history
-needs fits that recorded one)."""
+needs fits that recorded one, gamma vs error needs a labeled error sample)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from smallcell.study.correlation import correlations
 from smallcell.study.rundata import IterationData
 
 DPI = 120
@@ -32,13 +33,11 @@ def save(fig, path: Path) -> Path:
 
 
 def _plain_log(axis) -> None:
-    """Log-axis ticks as plain numbers (2, 5, 10) instead of 2x10^0."""
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+    """Log-axis ticks as plain numbers (0.02, 5, 10) instead of 2x10^-2."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    fmt = ScalarFormatter()
-    fmt.set_scientific(False)
-    axis.set_major_formatter(fmt)
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 
 
@@ -153,17 +152,74 @@ def gamma_histograms(data: Sequence[IterationData], out: Path,
 
 
 def errors_per_iteration(data: Sequence[IterationData], out: Path) -> Path:
+    """Training errors of potential i at x = i; the true errors of potential i on the MD
+    sample of iteration i+1 (which it explored) beside them, at the same x."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     its = [d.i for d in data if d.summary.get("train_errors")]
     te = [d.summary["train_errors"] for d in data if d.summary.get("train_errors")]
-    for ax, key, unit, name in ((axes[0], "energy_rmse", "meV/atom", "Energy"),
-                                (axes[1], "force_rmse", "meV/Å", "Force")):
+    sampled = [d for d in data if d.summary.get("sample_force_error_mean") is not None]
+    for ax, key, skey, unit, name in (
+            (axes[0], "energy_rmse", "sample_energy_per_atom_error_mean", "meV/atom", "Energy"),
+            (axes[1], "force_rmse", "sample_force_error_mean", "meV/Å", "Force")):
         ax.plot(its, [1000 * e[key] for e in te], "o-", label="training set (RMSE)")
+        if sampled:
+            ax.plot([d.i - 1 for d in sampled], [1000 * d.summary[skey] for d in sampled],
+                    "s--", color="tab:red", label="MD sample it explored (mean per config.)")
         ax.set_ylim(bottom=0)
-        _finish(ax, "iteration", f"{name} error ({unit})", ticks=its)
+        _finish(ax, "iteration of the potential", f"{name} error ({unit})",
+                ticks=sorted(set(its) | {d.i - 1 for d in sampled}))
     fig.suptitle("Errors of each iteration's potential")
     return save(fig, out / "errors_per_iteration.png")
+
+
+def pooled_correlation(data: Sequence[IterationData], key: str) -> dict[str, float | None]:
+    """gamma vs the error `key` over the error samples of every iteration together."""
+    rows = [r for d in data for r in d.sample_configs]
+    return correlations([r["gamma"] for r in rows], [r[key] for r in rows])
+
+
+def _rho(c: dict[str, float | None]) -> str:
+    rho, r = c.get("spearman"), c.get("pearson_log")
+    return ("ρ = -" if rho is None else f"ρ = {rho:.2f}") + (
+        "" if r is None else f", r_log = {r:.2f}")
+
+
+def _gamma_vs_error(data: Sequence[IterationData], out: Path, key: str, scale: float,
+                    ylabel: str, what: str, name: str) -> Path:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
+    sampled = [d for d in data if d.sample_configs]
+    cmap = plt.get_cmap("viridis")
+    for k, d in enumerate(sampled):
+        rows = d.sample_configs
+        g = [r["gamma"] for r in rows]
+        e = [scale * r[key] for r in rows]
+        ax.scatter(g, e, s=12, alpha=0.6, color=cmap(k / max(len(sampled) - 1, 1)),
+                   label=f"iteration {d.i} (n = {len(rows)}, {_rho(correlations(g, e))})")
+    save_at = next((d.gamma_save for d in reversed(sampled) if d.gamma_save), None)
+    if save_at:
+        ax.axvline(save_at, color="grey", ls=":", label=f"gamma_save = {save_at:g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _plain_log(ax.xaxis)
+    _plain_log(ax.yaxis)
+    _finish(ax, "gamma (grade of the potential that ran the MD)", ylabel,
+            f"gamma vs {what}: all iterations {_rho(pooled_correlation(data, key))}")
+    ax.title.set_fontsize(10)
+    return save(fig, out / name)
+
+
+def gamma_vs_force_error(data: Sequence[IterationData], out: Path) -> Path:
+    return _gamma_vs_error(data, out, "force_error", 1000.0,
+                           "force error, RMS over atoms of |ΔF| (meV/Å)", "force error",
+                           "gamma_vs_force_error.png")
+
+
+def gamma_vs_energy_error(data: Sequence[IterationData], out: Path) -> Path:
+    return _gamma_vs_error(data, out, "energy_per_atom_error", 1000.0,
+                           "energy error |ΔE| / N (meV/atom)", "energy error",
+                           "gamma_vs_energy_error.png")
 
 
 def loss_history(data: Sequence[IterationData], out: Path) -> Path:
@@ -179,14 +235,17 @@ def loss_history(data: Sequence[IterationData], out: Path) -> Path:
     return save(fig, out / "loss_history.png")
 
 
-ALL = (labels_per_iteration, gamma_max_per_iteration, gamma_mean_std_per_iteration,
-       gamma_histograms, errors_per_iteration, loss_history)
+ALL = (gamma_vs_force_error, gamma_vs_energy_error, labels_per_iteration,
+       gamma_max_per_iteration, gamma_mean_std_per_iteration, gamma_histograms,
+       errors_per_iteration, loss_history)
 
 
 def draw_all(data: Sequence[IterationData], out: Path) -> list[Path]:
     """Every figure the data allows, in ALL's order."""
     out.mkdir(parents=True, exist_ok=True)
     drawn = [labels_per_iteration(data, out), errors_per_iteration(data, out)]
+    if any(d.sample_configs for d in data):
+        drawn += [gamma_vs_force_error(data, out), gamma_vs_energy_error(data, out)]
     if _explored(data):
         drawn += [gamma_max_per_iteration(data, out), gamma_mean_std_per_iteration(data, out)]
     if any(d.hist is not None for d in data):

@@ -27,7 +27,8 @@ from smallcell.study.rundata import IterationData, load
 
 COLUMNS = ("iteration", "cell", "MD runs", "broke", "preselected", "selected", "labeled",
            "failed", "n_train", "gamma max", "gamma mean", "gamma std", "train E meV/atom",
-           "train F meV/Å", "fit iterations", "fit converged")
+           "train F meV/Å", "fit iterations", "fit converged", "sample n",
+           "sample F meV/Å", "sample E meV/atom", "sample ρ(γ,F)")
 
 
 def _f(v: Any, spec: str) -> str:
@@ -46,35 +47,55 @@ def row(d: IterationData) -> list[str]:
             _f(1000 * te["energy_rmse"] if "energy_rmse" in te else None, ".3f"),
             _f(1000 * te["force_rmse"] if "force_rmse" in te else None, ".2f"),
             _f(s.get("train_iterations"), "d"),
-            "-" if conv is None else ("yes" if conv else "no")]
+            "-" if conv is None else ("yes" if conv else "no"),
+            str(s.get("sample_n", 0)), _f(_milli(s.get("sample_force_error_mean")), ".2f"),
+            _f(_milli(s.get("sample_energy_per_atom_error_mean")), ".3f"),
+            _f(s.get("sample_gamma_force_spearman"), ".2f")]
+
+
+def _milli(v: float | None) -> float | None:
+    return None if v is None else 1000 * v
+
+
+def _error_series(data: Sequence[IterationData]) -> list[tuple[str, list[tuple[
+        IterationData, float, float]]]]:
+    """(name, [(the potential's iteration, energy error, force error)]) for the training
+    RMSEs and for the error sample's means (the sample of iteration i measures i-1)."""
+    by_i = {d.i: d for d in data}
+    train = [(d, d.summary["train_errors"]["energy_rmse"], d.summary["train_errors"][
+        "force_rmse"]) for d in data if {"energy_rmse", "force_rmse"} <= set(
+            d.summary.get("train_errors") or {})]
+    sample = [(by_i[d.i - 1], d.summary["sample_energy_per_atom_error_mean"],
+               d.summary["sample_force_error_mean"]) for d in data
+              if d.summary.get("sample_force_error_mean") is not None and d.i - 1 in by_i]
+    return [("training-set", train), ("MD-sample", sample)]
 
 
 def diagnose(data: Sequence[IterationData]) -> list[str]:
-    """Iterations where the force error rose while the energy error fell, each with the
-    likely cause the run's records show."""
+    """Potentials whose force error rose (> 5 %) over the previous one's while the energy
+    error fell, on the training set or on the MD error sample, each with the likely cause
+    its fit's records show."""
     out = []
-    for prev, cur in itertools.pairwise(data):
-        a, b = prev.summary.get("train_errors") or {}, cur.summary.get("train_errors") or {}
-        if not all(k in a and k in b for k in ("force_rmse", "energy_rmse")):
-            continue
-        if b["force_rmse"] > 1.05 * a["force_rmse"] and b["energy_rmse"] < a["energy_rmse"]:
+    for name, series in _error_series(data):
+        for (_, e0, f0), (cur, e1, f1) in itertools.pairwise(series):
+            if not (f1 > 1.05 * f0 and e1 < e0):
+                continue
             causes = []
             if cur.summary.get("train_converged") is False:
                 causes.append(f"its fit stopped at the iteration limit "
                               f"({cur.summary.get('train_iterations')} iterations) before "
                               "converging: raise trainer.max_iter")
-            if cur.train_info.get("warm_start") is False and prev.i > 0:
+            if cur.train_info.get("warm_start") is False and cur.i > 1:
                 causes.append("it was fitted from the untrained template, not from the "
                               "previous potential: set trainer.warm_start: true")
             if not causes:
                 causes.append("the fit converged from a warm start: the new data are harder "
                               "(larger forces) or the fit found another local minimum "
                               "(trainer.restarts)")
-            out.append(f"iteration {cur.i}: force RMSE rose from "
-                       f"{1000 * a['force_rmse']:.1f} to {1000 * b['force_rmse']:.1f} meV/Å "
-                       f"while the energy RMSE fell from {1000 * a['energy_rmse']:.2f} to "
-                       f"{1000 * b['energy_rmse']:.2f} meV/atom; likely cause: "
-                       + "; ".join(causes))
+            out.append(f"potential of iteration {cur.i}: {name} force error rose from "
+                       f"{1000 * f0:.1f} to {1000 * f1:.1f} meV/Å while the energy error "
+                       f"fell from {1000 * e0:.2f} to {1000 * e1:.2f} meV/atom; likely "
+                       "cause: " + "; ".join(causes))
     return out
 
 
@@ -82,9 +103,7 @@ def answers(data: Sequence[IterationData]) -> dict[str, str]:
     """The three questions, answered with this run's numbers."""
     ex = [d for d in data if d.explored]
     labels = [d.summary.get("n_labeled", 0) for d in data]
-    q1 = ("Not measured in this run: it has no error sample (iter/<i>/sample/), so the "
-          "true error of the MD configurations is not known; the training-set errors "
-          "below are not a test of gamma.")
+    q1 = gamma_vs_error(data)
     q2 = (f"{len(data)} iterations ({len(ex)} with MD), {sum(labels)} labels in all; per "
           "iteration: " + ", ".join(f"{d.i}: {n}" for d, n in zip(data, labels, strict=True))
           + f". Largest: {max(labels)} (iteration {data[labels.index(max(labels))].i}).")
@@ -101,9 +120,59 @@ def answers(data: Sequence[IterationData]) -> dict[str, str]:
         q3 += (f" Training-set errors from iteration {i0} to {i1}: energy "
                f"{1000 * e0['energy_rmse']:.2f} -> {1000 * e1['energy_rmse']:.2f} meV/atom, "
                f"force {1000 * e0['force_rmse']:.1f} -> {1000 * e1['force_rmse']:.1f} meV/Å.")
+    sampled = [d for d in data if d.summary.get("sample_force_error_mean") is not None]
+    if len(sampled) >= 2:
+        a, b = sampled[0].summary, sampled[-1].summary
+        q3 += (f" True errors on the MD sample, potential of iteration {sampled[0].i - 1} "
+               f"-> {sampled[-1].i - 1}: energy "
+               f"{1000 * a['sample_energy_per_atom_error_mean']:.2f} -> "
+               f"{1000 * b['sample_energy_per_atom_error_mean']:.2f} meV/atom, force "
+               f"{1000 * a['sample_force_error_mean']:.1f} -> "
+               f"{1000 * b['sample_force_error_mean']:.1f} meV/Å (means per configuration).")
     return {"How does gamma correlate with the true error?": q1,
             "How many iterations and labels per iteration were needed?": q2,
             "Do max/mean gamma and the errors decrease as the data set grows?": q3}
+
+
+def _strength(rho: float | None) -> str:
+    if rho is None:
+        return "not measurable"
+    a = abs(rho)
+    word = "strong" if a >= 0.7 else "moderate" if a >= 0.4 else "weak" if a >= 0.2 else "none"
+    return word + (" (negative)" if rho < 0 and a >= 0.2 else "")
+
+
+def gamma_vs_error(data: Sequence[IterationData]) -> str:
+    """Question 1 from the error samples: rank correlations pooled and per iteration, and
+    the mean force error above and below gamma_save."""
+    sampled = [d for d in data if d.sample_configs]
+    if not sampled:
+        return ("Not measured in this run: it has no labeled error sample "
+                "(iter/<i>/sample/; config section `sample`), so the true error of the MD "
+                "configurations is not known; the training-set errors are not a test of "
+                "gamma.")
+    rows = [r for d in sampled for r in d.sample_configs]
+    cf = figures.pooled_correlation(data, "force_error")
+    ce = figures.pooled_correlation(data, "energy_per_atom_error")
+    text = (f"Over {len(rows)} labeled MD configurations drawn at random (iterations "
+            f"{sampled[0].i}-{sampled[-1].i}), gamma vs force error: Spearman rho "
+            f"{_f(cf['spearman'], '.2f')} ({_strength(cf['spearman'])}), log-log Pearson r "
+            f"{_f(cf['pearson_log'], '.2f')}; gamma vs energy error per atom: rho "
+            f"{_f(ce['spearman'], '.2f')} ({_strength(ce['spearman'])}). Per iteration "
+            "(force, energy): " + ", ".join(
+                f"{d.i}: {_f(d.summary.get('sample_gamma_force_spearman'), '.2f')}, "
+                f"{_f(d.summary.get('sample_gamma_energy_spearman'), '.2f')}"
+                for d in sampled) + ".")
+    save = next((d.gamma_save for d in reversed(sampled) if d.gamma_save), None)
+    if save:
+        hi = [r["force_error"] for r in rows if r["gamma"] > save]
+        lo = [r["force_error"] for r in rows if r["gamma"] <= save]
+        if hi and lo:
+            text += (f" Mean force error with gamma > gamma_save ({save:g}): "
+                     f"{1000 * sum(hi) / len(hi):.1f} meV/Å ({len(hi)} configurations), "
+                     f"with gamma <= {save:g}: {1000 * sum(lo) / len(lo):.1f} meV/Å "
+                     f"({len(lo)}).")
+    return text
 
 
 def verdict(data: Sequence[IterationData]) -> str:

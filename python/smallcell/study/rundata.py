@@ -1,7 +1,7 @@
 """What the study reads from a run folder: each finished iteration's summary.json, the
-gamma histograms of its explore runs (gamma.json) and its fit's loss history
-(train/errors.json). Only files, never engines: the report is regenerated from the
-iteration folders alone."""
+gamma histograms of its explore runs (gamma.json), its fit's loss history
+(train/errors.json) and its error sample (sample/errors.json). Only files, never
+engines: the report is regenerated from the iteration folders alone."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class IterationData:
     gamma_break: float | None = None
     loss_history: list[float] = field(default_factory=list)
     train_info: dict[str, Any] = field(default_factory=dict)
+    sample: dict[str, Any] | None = None  # sample/errors.json: iteration i-1's potential
 
     @property
     def i(self) -> int:
@@ -36,6 +37,11 @@ class IterationData:
     def explored(self) -> bool:
         """The iteration ran MD (iteration 0 does not)."""
         return self.summary.get("gamma_max") is not None
+
+    @property
+    def sample_configs(self) -> list[dict[str, Any]]:
+        """The labeled sample's per-configuration records (gamma and errors)."""
+        return list((self.sample or {}).get("configs", []))
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -70,5 +76,6 @@ def load(root: Path) -> list[IterationData]:
         info = _json(paths.stage(i, "train") / "errors.json") or {}
         d.train_info = info
         d.loss_history = [float(v) for v in info.get("loss_history", [])]
+        d.sample = _json(paths.stage(i, "sample") / "errors.json")
         out.append(d)
     return out

@@ -1,0 +1,115 @@
+"""sample: the true errors of the potential that explored, on the error study's sample.
+
+select draws `sample.size` configurations at random from everything the MD queried with
+sample.gamma_min < gamma < sample.gamma_max (select/sample.cfg); label labels them in
+`sample/<k>/` beside the selected ones (never collected into the training set). This stage
+evaluates iteration i-1's potential (the one that ran the MD and graded the queries) on
+the labeled ones and writes, per configuration, its gamma and its errors, their means,
+and how well gamma ranks them (study/correlation.py), to `sample/errors.json`. That file
+is written last, under a temporary name: it is the stage's marker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smallcell.engines.base import trainer_for
+from smallcell.errors import SmallcellError
+from smallcell.formats.cfg import read_cfgs
+from smallcell.stages import label
+from smallcell.stages.common import Iteration, progress
+from smallcell.state import atomic_output, atomic_write_json, is_done, is_failed, read_json
+from smallcell.study.correlation import correlations
+
+STAGE = "sample"
+ERRORS = "errors.json"
+LABELED = "labeled.cfg"
+
+
+def errors_path(it: Iteration) -> Path:
+    return it.stage(STAGE) / ERRORS
+
+
+def pending(it: Iteration) -> bool:
+    """The iteration has a sample whose errors are not written yet."""
+    return it.i > 0 and label.n_sample(it) > 0 and not errors_path(it).exists()
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def run(it: Iteration) -> dict[str, Any]:
+    """Evaluate the exploring potential on the labeled sample; write and return errors.json."""
+    n = label.n_sample(it)
+    dirs = [label.sample_dir(it, j) for j in range(n)]
+    unmarked = [str(d) for d in dirs if not (is_done(d) or is_failed(d))]
+    if unmarked:
+        raise SmallcellError(f"iteration {it.i}: {len(unmarked)} error-sample label task(s) "
+                             f"have no marker yet, e.g. {unmarked[0]}")
+    done = [j for j, d in enumerate(dirs) if is_done(d)]
+    folder = it.stage(STAGE)
+    prev = it.previous_train
+    assert prev is not None  # iteration 0 explores nothing, so it has no sample
+    rows: list[dict[str, Any]] = []
+    if done:
+        with atomic_output(folder / LABELED) as tmp, open(tmp, "wb") as out:
+            for j in done:
+                out.write((dirs[j] / "labeled.cfg").read_bytes())
+        errs = trainer_for(it.cfg).config_errors(prev, it.species, folder / LABELED,
+                                                 folder / "check_errors")
+        if len(errs) != len(done):
+            raise SmallcellError(f"{folder / LABELED}: {len(done)} configurations but the "
+                                 f"trainer returned errors for {len(errs)}")
+        for j, e in zip(done, errs, strict=True):
+            [cfg] = read_cfgs(dirs[j] / "input.cfg")
+            rows.append({"task": j, "gamma": cfg.mv_grade, "atoms": int(e["atoms"]),
+                         "energy_error": abs(e["energy_diff"]),
+                         "energy_per_atom_error": e["energy_per_atom_diff"],
+                         "force_error": e["force_rms"], "force_max_error": e["force_max"]})
+    gamma = [r["gamma"] for r in rows]
+    force = [r["force_error"] for r in rows]
+    epa = [r["energy_per_atom_error"] for r in rows]
+    result = {
+        "iteration": it.i,
+        "potential": str(prev.relative_to(it.paths.root)),
+        "n_sample": n,
+        "n_labeled": len(done),
+        "n_failed": n - len(done),
+        "force_error_mean": _mean(force),
+        "energy_error_mean": _mean([r["energy_error"] for r in rows]),
+        "energy_per_atom_error_mean": _mean(epa),
+        "gamma_vs_force": correlations(gamma, force),
+        "gamma_vs_energy": correlations(gamma, epa),
+        "units": {"force_error": "eV/Å (RMS over atoms of |F_ref - F_ML|)",
+                  "energy_error": "eV (|E_ref - E_ML|)", "energy_per_atom_error": "eV/atom"},
+        "configs": rows,
+    }
+    atomic_write_json(errors_path(it), result)
+    if rows:
+        rho = result["gamma_vs_force"]["spearman"]
+        progress(it, STAGE, f"{len(rows)} configurations: mean force error "
+                 f"{result['force_error_mean']:.4f} eV/Å, mean |dE| "
+                 f"{1000 * result['energy_per_atom_error_mean']:.2f} meV/atom; gamma vs "
+                 f"force error: Spearman {'-' if rho is None else f'{rho:.2f}'}")
+    else:
+        progress(it, STAGE, f"none of the {n} sample configurations was labeled")
+    return result
+
+
+def summary_fields(it: Iteration) -> dict[str, Any]:
+    """What summary.json keeps of the sample (None values without one)."""
+    path = errors_path(it)
+    r = read_json(path) if path.exists() else {}
+    return {
+        "sample_n": r.get("n_labeled", 0),
+        "sample_failed": r.get("n_failed", 0),
+        "sample_force_error_mean": r.get("force_error_mean"),
+        "sample_energy_error_mean": r.get("energy_error_mean"),
+        "sample_energy_per_atom_error_mean": r.get("energy_per_atom_error_mean"),
+        "sample_gamma_force_spearman": (r.get("gamma_vs_force") or {}).get("spearman"),
+        "sample_gamma_energy_spearman": (r.get("gamma_vs_energy") or {}).get("spearman"),
+    }

@@ -1,0 +1,32 @@
+"""How well gamma ranks the true error: rank and log-log correlation coefficients.
+
+Spearman's rho is the headline number: gamma is only meant to order configurations by
+how far the potential extrapolates, not to be proportional to the error, so a rank
+statistic is what the question "does gamma correlate with the error" asks. Pearson's r
+of log10(gamma) against log10(error) is given beside it because the figures are log-log.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def correlations(gamma: Sequence[float], error: Sequence[float]) -> dict[str, float | None]:
+    """spearman, pearson_log and n over the pairs where both values are finite and > 0;
+    None for a coefficient that needs more than that (under 3 pairs, or a constant)."""
+    g, e = np.asarray(gamma, float), np.asarray(error, float)
+    ok = np.isfinite(g) & np.isfinite(e) & (g > 0) & (e > 0)
+    g, e = g[ok], e[ok]
+    out: dict[str, float | None] = {"n": int(ok.sum()), "spearman": None, "pearson_log": None}
+    if g.size < 3 or np.ptp(g) == 0 or np.ptp(e) == 0:
+        return out
+    from scipy.stats import pearsonr, spearmanr
+
+    rho = float(spearmanr(g, e).statistic)
+    r = float(pearsonr(np.log10(g), np.log10(e)).statistic)
+    out["spearman"] = rho if math.isfinite(rho) else None
+    out["pearson_log"] = r if math.isfinite(r) else None
+    return out
