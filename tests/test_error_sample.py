@@ -17,11 +17,11 @@ from scipy.stats import spearmanr
 from smallcell import cli
 from smallcell.engines.motep_mtp import MotepPotential, config_errors_of, errors_of
 from smallcell.formats.cfg import cfg_to_atoms, read_cfgs
+from smallcell.metrics import correlations
 from smallcell.stages import label, sample
 from smallcell.stages.common import Iteration
 from smallcell.state import is_done, mark_failed, read_json
 from smallcell.status import status_lines
-from smallcell.study.correlation import correlations
 
 CONFIG = """\
 species: [Pb]

@@ -159,10 +159,47 @@ def test_grade_floor_records_every_grade(tmp_path: Path,
     assert res["mean"] == pytest.approx(np.mean(seen)) and res["max"] == 3.0
     assert res["std"] == pytest.approx(np.std(seen))
     pre = [c.mv_grade for c in read_cfgs(out / "preselected.cfg")]
-    queried = [c.mv_grade for c in read_cfgs(out / "queried.cfg")]
     assert pre == [3.0, 2.5, 3.0, 2.5] and res["n_preselected"] == 4
-    assert queried == [0.5, 1.2, 0.7, 0.5, 1.2, 0.7] and res["n_queried"] == 6
-    assert not res["broke"]
+    assert res["n_queried"] == 6  # graded at or below gamma_save
+    assert not res["broke"] and not (out / "queried.cfg").exists()  # sample.size 0
+    assert res["n_sample_eligible"] is None and res["n_sampled"] == 0
+
+
+def test_grade_floor_keeps_the_error_sample(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """With grade_floor every saved query (preselected or not) within the sample's bounds
+    is offered to the same reservoir sample as the embedded explorer's: all of them when
+    they fit, a uniform subset otherwise, whole configurations as MLIP-3 wrote them."""
+    grades = [0.05, 0.5, 1.2, 3.0, 0.7, 12.5, 2.5]
+    monkeypatch.setenv("SMALLCELL_LMP_GRADES", ",".join(map(str, grades)))
+    s = _settings(steps=13, log_every=5, gamma_break=20.0, sample_size=50,
+                  sample_gamma_min=0.2, sample_gamma_max=10.0)
+    res, out = _run(tmp_path / "all", s, _explorer(grade_floor=0.1))
+    kept = read_cfgs(out / "queried.cfg")
+    want = [g for g in grades * 2 if 0.2 < g < 10.0]  # 14 force calls; 12.5 out of bounds
+    assert sorted(c.mv_grade for c in kept) == sorted(want)
+    assert res["n_sample_eligible"] == res["n_sampled"] == len(want) == 10
+    assert res["sample_gamma_min"] == 0.2
+    assert all(c.feature("ind") and c.natoms == 4 and c.energy is None for c in kept)
+    # a smaller reservoir: a subset of the eligible ones, of the reservoir's size
+    few = _settings(steps=13, log_every=5, gamma_break=20.0, sample_size=4)
+    res, out = _run(tmp_path / "few", few, _explorer(grade_floor=0.1))
+    kept = [c.mv_grade for c in read_cfgs(out / "queried.cfg")]
+    assert len(kept) == res["n_sampled"] == 4 and res["n_sample_eligible"] == 10
+    assert all(g in grades and 0.1 < g < 10.0 for g in kept)
+    # the sample's lower bound cannot be below what MLIP-3 saved
+    res, _ = _run(tmp_path / "floor", _settings(steps=13, log_every=5, gamma_break=20.0,
+                                                 sample_size=50, sample_gamma_min=0.0),
+                  _explorer(grade_floor=0.6))
+    assert res["sample_gamma_min"] == 0.6 and res["n_sample_eligible"] == 8
+
+
+def test_no_error_sample_without_grade_floor(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMALLCELL_LMP_GRADES", "calm")
+    res, out = _run(tmp_path, _settings(sample_size=50))
+    assert res["n_sample_eligible"] is None and "lammps.grade_floor" in res["sample_note"]
+    assert not (out / "queried.cfg").exists()
 
 
 def test_grade_floor_needs_a_matching_in_lammps(tmp_path: Path) -> None:
@@ -356,7 +393,7 @@ def test_grade_floor_file_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     for rep in (1, 2):
         atoms = bulk("Pb", "fcc", a=4.95, cubic=True).repeat(rep)
         explorer = _explorer(grade_floor=0.1)
-        s = _settings(steps=1000, log_every=100)
+        s = _settings(steps=1000, log_every=100, sample_size=2000)  # queried.cfg: all
         out, train = _prepare(tmp_path / str(rep), s, explorer, atoms=atoms)
         t0 = time.perf_counter()
         res = explorer.run(out, atoms, ["Pb"], s, train)

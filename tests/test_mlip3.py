@@ -516,7 +516,8 @@ def test_trainer_config_errors_are_the_per_configuration_log(
         gen: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The error study's per-configuration errors: check_errors' log lines in file order
     (the keys motep_mtp.config_errors_of also returns), files under `work`. Under MPI the
-    rank files number their own share, so rows cannot be matched: a clear error."""
+    rank files number their own share: each configuration is then checked alone, with the
+    same numbers."""
     train_dir = tmp_path / "train"
     train_dir.mkdir()
     shutil.copyfile(gen / "trained_cfg.almtp", train_dir / "pot.almtp")
@@ -527,9 +528,13 @@ def test_trainer_config_errors_are_the_per_configuration_log(
     assert {"atoms", "energy_diff", "energy_per_atom_diff", "force_rms",
             "force_max"} <= set(rows[0])
     assert (tmp_path / "w" / "check_errors.percfg").exists()
+    some = tmp_path / "some.cfg"
+    write_cfgs(some, read_cfgs(gen / "cand58.cfg")[:5])
+    serial = trainer.config_errors(train_dir, SPECIES, some, tmp_path / "s")
     monkeypatch.setenv("SMALLCELL_MLP_NP", "2")
-    with pytest.raises(Mlip3Error, match=r"cand58.cfg; run it serially"):
-        trainer.config_errors(train_dir, SPECIES, gen / "cand58.cfg", tmp_path / "mpi")
+    mpi = trainer.config_errors(train_dir, SPECIES, some, tmp_path / "mpi")
+    assert mpi == serial and len(mpi) == 5
+    assert sorted(p.name for p in (tmp_path / "mpi" / "one").iterdir()) == list("01234")
 
 
 

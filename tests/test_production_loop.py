@@ -34,6 +34,7 @@ md: {{steps: 60, ensemble: npt}}
 extrapolation: {{gamma_save: 2.1, gamma_break: 10.0}}
 select: {{policy: {policy}, max_selected: 3}}
 initial: {{source: generate, n_configs: 4}}
+sample: {{size: 5}}
 trainer: {{level: 8, max_iter: 50}}
 engines: {{explorer: lammps, labeler: vasp, trainer: mlip3, scheduler: local}}
 vasp:
@@ -100,6 +101,16 @@ def test_production_loop_with_standins(tmp_path: Path, fixtures: Path) -> None:
             assert gamma["broke"] and gamma["grades"] == "all_queries"
             assert all(c.mv_grade > 2.1 for c in read_cfgs(run / "preselected.cfg"))
             assert "Breaking threshold exceeded" in (run / "lammps.err").read_text()
+        # the error sample: drawn from LAMMPS' saved queries, labeled by "VASP", measured
+        # by `mlp check_errors` with the potential that ran the MD
+        errs = json.loads((it / str(i) / "sample" / "errors.json").read_text())
+        assert errs["potential"] == f"iter/{i - 1}/train" and errs["n_labeled"] == 5
+        assert summary["sample_n"] == 5 and summary["sample_force_error_mean"] > 0
+        assert (it / str(i) / "sample" / "check_errors" / "check_errors.percfg").exists()
+        for row in errs["configs"]:
+            [inp] = read_cfgs(it / str(i) / "sample" / str(row["task"]) / "input.cfg")
+            assert row["gamma"] == inp.mv_grade and 0.1 < row["gamma"] < 10.0
+            assert (it / str(i) / "sample" / str(row["task"]) / "OUTCAR").exists()
     status = subprocess.run([str(REPO / "bin" / "smallcell"), "--run-dir", str(tmp_path),
                              "status"], capture_output=True, text=True, env=env, check=True)
     assert len(status.stdout.strip().splitlines()) == 4

@@ -13,7 +13,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from smallcell import cli
-from smallcell.study.report import diagnose
+from smallcell.study.report import diagnose, gamma_vs_error
 from smallcell.study.rundata import IterationData
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,3 +135,11 @@ def test_rising_force_error_is_flagged_with_its_cause() -> None:
     # both falling, or both rising: nothing to flag
     assert diagnose([_it(0, 3e-3, 0.05, True), _it(1, 2e-3, 0.04, False)]) == []
     assert diagnose([_it(0, 1e-3, 0.03, True), _it(1, 2e-3, 0.04, False)]) == []
+
+
+def test_question_one_without_a_sample_says_why() -> None:
+    d = _it(1, 1e-3, 0.03, True)
+    d.sample_note = "MLIP-3 saved only gamma > gamma_save: set lammps.grade_floor (e.g. 0.1)"
+    text = gamma_vs_error([_it(0, 2e-3, 0.04, True), d])
+    assert text.startswith("Not measured in this run") and "set lammps.grade_floor" in text
+    assert "explorer says" not in gamma_vs_error([_it(0, 2e-3, 0.04, True)])

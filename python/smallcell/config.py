@@ -240,8 +240,9 @@ SCHEMA = Section(
         ),
         "sample": Section(
             "The error study: a random sample of every configuration the MD queried, to "
-            "compare gamma with the true error (embedded explorer; the LAMMPS interface "
-            "saves only configurations above gamma_save).",
+            "compare gamma with the true error. The LAMMPS explorer needs "
+            "lammps.grade_floor for it (MLIP-3 otherwise saves only configurations above "
+            "gamma_save), and samples nothing when MPI ranks split configurations.",
             {
                 "size": Key("int", 200,
                             "Configurations each MD run keeps, drawn uniformly from all its "
@@ -403,9 +404,10 @@ SCHEMA = Section(
                     "float", None,
                     "If set (e.g. 0.1, as the report did), in.lammps saves every configuration "
                     "graded above this so that the gamma distribution of all queries is "
-                    "known; selection then applies the real gamma_save. Costs disk: about "
-                    "one cfg block per MD step (see 'Recording every grade' below). null = "
-                    "MLIP-3's own threshold_save: statistics of the saved grades only.",
+                    "known (and the error study can sample them); selection then applies "
+                    "the real gamma_save. Costs disk during the run: about one cfg block "
+                    "per MD step (see 'Recording every grade' below). null = MLIP-3's own "
+                    "threshold_save: statistics of the saved grades only, no error sample.",
                     nullable=True, low=0, low_open=True),
                 "dump_every": Key("int", 0, "Trajectory dump interval (0 = none).", low=0),
                 "timeout": Key("float", None, "Seconds before a LAMMPS run is killed.",
@@ -885,7 +887,8 @@ computes, at no extra cost. MLIP-3's `pair_style mlip` only reports what it save
 with `lammps.grade_floor: 0.1` (what the report did) in.lammps sets threshold_save to 0.1:
 MLIP-3 then appends (nearly) every configuration it grades to preselected.cfg, the
 explorer computes the statistics over all of them, keeps those above the real gamma_save
-in `preselected.cfg` and the rest in `queried.cfg` (for the error study). Cost, measured
+in `preselected.cfg` and a uniform sample of all of them (`sample.*`) in `queried.cfg`
+for the error study; MLIP-3's file is deleted once read. Cost, measured
 with the interface's file layout: about 0.6 kB per MD step for a 4-atom cell and 2.9 kB
 for 32 atoms (0.6 MB and 2.9 MB per 1000 steps; a 100,000-step run of 32 atoms writes
 ~290 MB), plus ~0.5 s per 1000 steps to split the file afterwards, and MLIP-3's own

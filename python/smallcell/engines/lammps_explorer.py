@@ -36,14 +36,16 @@ Decisions:
   grade_floor (see :meth:`LammpsExplorer.threshold_save`) and MLIP-3 saves nearly every
   force call. The statistics then cover every saved grade (``"grades": "all_queries"``;
   grades at or below the floor are not seen), ``preselected.cfg`` keeps those above the real
-  gamma_save, ``queried.cfg`` the rest (for the error study). Without it the statistics
-  cover the saved grades only (``"grades": "saved_only"``). Cost: one cfg block per MD step,
-  0.63 kB (4 atoms) / 2.9 kB (32 atoms) per step in the interface's layout with
-  nbh_grades, i.e. 0.63 / 2.9 MB per 1000 steps, and ~0.35 / 0.5 s per 1000 steps here
-  to read, split and rewrite them (test_grade_floor_file_size prints the sizes).
+  gamma_save, and ``queried.cfg`` a uniform sample of all of them within the error study's
+  bounds (``sample.*``, engines/exploration.QuerySample), as the embedded explorer keeps.
+  Without it the statistics cover the saved grades only (``"grades": "saved_only"``) and
+  there is no error sample. Cost: MLIP-3 writes one cfg block per MD step during the run
+  (deleted afterwards), 0.63 kB (4 atoms) / 2.9 kB (32 atoms) per step in the interface's
+  layout with nbh_grades, i.e. 0.63 / 2.9 MB per 1000 steps, and ~0.35 / 0.5 s per 1000
+  steps here to read and split them (test_grade_floor_file_size prints the sizes).
 - **Split pieces are one query**: with several rank files, pieces that share a ``Feature
   ind`` are one force call; its grade is their maximum. Each piece is still written to
-  ``preselected.cfg`` / ``queried.cfg`` as MLIP-3 wrote it (by its own grade).
+  ``preselected.cfg`` as MLIP-3 wrote it (by its own grade); pieces are not sampled.
 - **break_step**: from the breaking configuration's ``ind`` (force call ind-1 = MD step
   ind-1 for velocity Verlet) when present, else the last thermo step of log.lammps (a lower
   bound; ``break_step_source`` says which).
@@ -71,7 +73,7 @@ from typing import IO, Any
 
 from ase import Atoms
 
-from smallcell.engines.exploration import GammaStats, MDSettings
+from smallcell.engines.exploration import GammaStats, MDSettings, QuerySample
 from smallcell.engines.lammps_input import IN_FILE
 from smallcell.engines.process import (
     KILL_GRACE,
@@ -318,12 +320,14 @@ def trim_partial_tail(path: Path, window: int = 8 << 20) -> bool:
     return True
 
 
-def collect_preselected(out: Path, save_to: str, gamma_save: float,
-                        split_queried: bool) -> Collected:
+def collect_preselected(out: Path, save_to: str, gamma_save: float, split_queried: bool,
+                        sample: QuerySample | None = None) -> Collected:
     """Merge what MLIP-3 saved under ``out/save_to`` (and its rank files) into
-    ``out/preselected.cfg`` and, when ``split_queried``, put the configurations graded at or
-    below ``gamma_save`` into ``out/queried.cfg``. Both are written atomically; then the
-    sources other than ``preselected.cfg`` are deleted."""
+    ``out/preselected.cfg``; when ``split_queried`` (grade_floor), keep only those graded
+    above ``gamma_save`` there. Every whole configuration is offered to ``sample``, whose
+    draw goes to ``out/queried.cfg`` (the error study); split pieces of several ranks are
+    not configurations, so then nothing is sampled (``sample.eligible`` stays 0). Written
+    atomically; then the sources other than ``preselected.cfg`` are deleted."""
     prefix = out / save_to
     sources = saved_files(prefix)
     res = Collected(sources=[p.name for p in sources])
@@ -331,9 +335,8 @@ def collect_preselected(out: Path, save_to: str, gamma_save: float,
         if trim_partial_tail(p):
             res.trimmed.append(p.name)
     pieces: dict[int, float] = {}  # ind -> max grade over the ranks' pieces
-    with contextlib.ExitStack() as stack:
-        pre = stack.enter_context(_text_output(out / PRESELECTED))
-        qry = stack.enter_context(_text_output(out / QUERIED)) if split_queried else None
+    whole = len(sources) <= 1
+    with _text_output(out / PRESELECTED) as pre:
         for p in sources:
             try:
                 for cfg in iter_cfgs(p):
@@ -344,19 +347,22 @@ def collect_preselected(out: Path, save_to: str, gamma_save: float,
                             "add_grade_feature is off?): its grade is unknown")
                     ind_text = cfg.feature("ind")
                     ind = int(ind_text) if ind_text and ind_text.strip().isdigit() else None
-                    if qry is not None and not grade > gamma_save:
-                        qry.write(format_cfg(cfg))
+                    if split_queried and not grade > gamma_save:
                         res.n_queried += 1
                     else:
                         pre.write(format_cfg(cfg))
                         res.n_preselected += 1
-                    if len(sources) > 1 and ind is not None:
+                    if sample is not None and whole:
+                        sample.offer(grade, lambda c=cfg: format_cfg(c))
+                    if not whole and ind is not None:
                         pieces[ind] = max(pieces.get(ind, -math.inf), grade)
                     else:
                         res.grades.append(grade)
                         res.inds.append(ind)
             except FormatError as exc:
                 raise ExploreError(f"cannot read what MLIP-3 saved: {exc}") from exc
+    if sample is not None:
+        atomic_write_text(out / QUERIED, "".join(sample.kept))
     for ind in sorted(pieces):
         res.grades.append(pieces[ind])
         res.inds.append(ind)
@@ -454,6 +460,24 @@ def _write_md_log(path: Path, log: ThermoLog, outcome: str) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def _sample_record(s: MDSettings, sample: QuerySample | None, floor: float | None,
+                   split: bool) -> dict[str, object]:
+    """gamma.json's error-sample keys (as the embedded explorer's), and why there is no
+    sample when there is none."""
+    if not s.sample_size:
+        return {"n_sample_eligible": None, "n_sampled": 0}
+    if sample is None:
+        return {"n_sample_eligible": None, "n_sampled": 0, "sample_note":
+                "MLIP-3 saved only gamma > gamma_save: set lammps.grade_floor (e.g. 0.1) "
+                "for an error sample"}
+    rec: dict[str, object] = {"n_sample_eligible": sample.eligible,
+                              "n_sampled": len(sample.kept), "sample_gamma_min": sample.lo}
+    if split:
+        rec["sample_note"] = ("configurations split over MPI ranks (pieces, not whole "
+                              "configurations): nothing to sample")
+    return rec
+
+
 class LammpsExplorer:
     """The ``Explorer`` interface (engines/base.py) with LAMMPS + MLIP-3 as a subprocess."""
 
@@ -506,7 +530,9 @@ class LammpsExplorer:
             train_dir: Path) -> dict[str, object]:
         """Run LAMMPS in ``out``; leave preselected.cfg, md.log and the LAMMPS logs there;
         return gamma.json's data: the embedded explorer's keys plus ``grades``
-        (all_queries | saved_only | none), ``grade_floor``, ``n_queried`` (in queried.cfg),
+        (all_queries | saved_only | none), ``grade_floor``, ``n_queried`` (graded at or
+        below gamma_save, grade_floor only), ``n_sample_eligible`` / ``n_sampled`` (the
+        error study's sample in queried.cfg; ``sample_note`` says why there is none),
         ``exit_code``, ``break_step_source`` (ind | thermo), ``mlip_settings`` (what MLIP-3
         printed) and ``trimmed`` (files whose cut-off last configuration was dropped).
         Raises ExploreError when the run failed (a break is not a failure)."""
@@ -550,9 +576,14 @@ class LammpsExplorer:
                         "interface build does not read the key as written (try the "
                         "extrapolation_control:-prefixed form in templates/lammps)")
 
+        sample = None
         if mlip is not None and mlip.save_to:
             floor = self.settings.grade_floor
-            got = collect_preselected(out, mlip.save_to, s.gamma_save, floor is not None)
+            if floor is not None and s.sample_size:
+                sample = QuerySample(s.sample_size, max(s.sample_gamma_min, floor),
+                                     s.sample_gamma_max, s.seed)
+            got = collect_preselected(out, mlip.save_to, s.gamma_save, floor is not None,
+                                      sample)
             mode = "all_queries" if floor is not None else "saved_only"
         else:
             atomic_write_text(out / PRESELECTED, "")
@@ -584,4 +615,5 @@ class LammpsExplorer:
                 "n_preselected": got.n_preselected, "seconds": time.perf_counter() - t0,
                 **stats.as_dict(), "grades": mode, "grade_floor": floor,
                 "n_queried": got.n_queried, "exit_code": rc, "break_step_source": source,
-                "mlip_settings": mlip_settings, "trimmed": got.trimmed}
+                "mlip_settings": mlip_settings, "trimmed": got.trimmed,
+                **_sample_record(s, sample, floor, len(got.sources) > 1)}

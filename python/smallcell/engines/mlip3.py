@@ -1007,17 +1007,26 @@ class Mlip3Trainer:
 
     def config_errors(self, train_dir: Path, species: Sequence[str], cfg_path: Path,
                       work: Path) -> list[dict[str, float]]:
-        """``mlp check_errors`` per-configuration log, in file order; files go to `work`."""
-        res = check_errors(Path(train_dir) / POT, cfg_path, mlp=self.settings.mlp,
-                           timeout=self.settings.timeout, out_dir=Path(work),
-                           setup=self.settings.setup)
-        rows = sorted(res["per_config"], key=lambda r: r["cfg"])
+        """``mlp check_errors`` per-configuration log, in file order; files go to `work`.
+
+        Under MPI each rank logs its own share with its own ``cfg#`` count (how ranks share
+        the configurations is not documented), so rows cannot be matched to
+        configurations; then every configuration is checked alone (work/one/<k>/): exact,
+        at one mlp start per configuration."""
+        pot, work = Path(train_dir) / POT, Path(work)
+        kw = {"mlp": self.settings.mlp, "timeout": self.settings.timeout,
+              "setup": self.settings.setup}
+        rows = check_errors(pot, cfg_path, out_dir=work, **kw)["per_config"]
         n = _count_cfgs(cfg_path)
         if [int(r["cfg"]) for r in rows] != list(range(1, n + 1)):
-            # e.g. MPI ranks numbering their own share: no way to match rows to configs
-            raise Mlip3Error("check_errors", f"its per-configuration log has cfg# "
-                             f"{[int(r['cfg']) for r in rows][:10]}... for the {n} "
-                             f"configurations of {cfg_path}; run it serially (mlip3.mlp "
-                             "without mpirun) for per-configuration errors",
-                             log=Path(work) / "check_errors.percfg")
+            rows = []
+            for k, cfg in enumerate(iter_cfgs(cfg_path)):
+                one = work / "one" / str(k)
+                one.mkdir(parents=True, exist_ok=True)
+                write_cfgs(one / "one.cfg", [cfg])
+                got = check_errors(pot, one / "one.cfg", out_dir=one, **kw)["per_config"]
+                if len(got) != 1:
+                    raise Mlip3Error("check_errors", f"{len(got)} per-configuration lines "
+                                     "for one configuration", log=one / "check_errors.percfg")
+                rows += got
         return [{k: v for k, v in row.items() if k != "cfg"} for row in rows]

@@ -5,7 +5,7 @@ sample.gamma_min < gamma < sample.gamma_max (select/sample.cfg); label labels th
 `sample/<k>/` beside the selected ones (never collected into the training set). This stage
 evaluates iteration i-1's potential (the one that ran the MD and graded the queries) on
 the labeled ones and writes, per configuration, its gamma and its errors, their means,
-and how well gamma ranks them (study/correlation.py), to `sample/errors.json`. That file
+and how well gamma ranks them (metrics.py), to `sample/errors.json`. That file
 is written last, under a temporary name: it is the stage's marker.
 """
 
@@ -19,10 +19,10 @@ import numpy as np
 from smallcell.engines.base import trainer_for
 from smallcell.errors import SmallcellError
 from smallcell.formats.cfg import read_cfgs
+from smallcell.metrics import correlations
 from smallcell.stages import label
 from smallcell.stages.common import Iteration, progress
 from smallcell.state import atomic_output, atomic_write_json, is_done, is_failed, read_json
-from smallcell.study.correlation import correlations
 
 STAGE = "sample"
 ERRORS = "errors.json"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smallcell.study.correlation import correlations
+from smallcell.metrics import correlations
 from smallcell.study.rundata import IterationData
 
 DPI = 120

@@ -147,10 +147,11 @@ def gamma_vs_error(data: Sequence[IterationData]) -> str:
     the mean force error above and below gamma_save."""
     sampled = [d for d in data if d.sample_configs]
     if not sampled:
+        why = next((d.sample_note for d in reversed(data) if d.sample_note), None)
         return ("Not measured in this run: it has no labeled error sample "
                 "(iter/<i>/sample/; config section `sample`), so the true error of the MD "
                 "configurations is not known; the training-set errors are not a test of "
-                "gamma.")
+                "gamma." + (f" The explorer says: {why}." if why else ""))
     rows = [r for d in sampled for r in d.sample_configs]
     cf = figures.pooled_correlation(data, "force_error")
     ce = figures.pooled_correlation(data, "energy_per_atom_error")

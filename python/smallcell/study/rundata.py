@@ -28,6 +28,7 @@ class IterationData:
     loss_history: list[float] = field(default_factory=list)
     train_info: dict[str, Any] = field(default_factory=dict)
     sample: dict[str, Any] | None = None  # sample/errors.json: iteration i-1's potential
+    sample_note: str | None = None  # an explore run's reason for keeping no error sample
 
     @property
     def i(self) -> int:
@@ -73,6 +74,7 @@ def load(root: Path) -> list[IterationData]:
             st = run.get("settings", {})
             d.gamma_save = st.get("gamma_save", d.gamma_save)
             d.gamma_break = st.get("gamma_break", d.gamma_break)
+            d.sample_note = run.get("sample_note") or d.sample_note
         info = _json(paths.stage(i, "train") / "errors.json") or {}
         d.train_info = info
         d.loss_history = [float(v) for v in info.get("loss_history", [])]

@@ -1,5 +1,8 @@
 """How well gamma ranks the true error: rank and log-log correlation coefficients.
 
+A base module (numpy and scipy only): the sample stage writes them into summary.json and
+the study draws them, and neither layer may import the other.
+
 Spearman's rho is the headline number: gamma is only meant to order configurations by
 how far the potential extrapolates, not to be proportional to the error, so a rank
 statistic is what the question "does gamma correlate with the error" asks. Pearson's r
