@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import CACHE_ROOT, REPO, SMALLCELL, Machine, load1, machine, utc_now, verdict
 
-STAGES = ("explore", "select", "label", "collect", "train")
+STAGES = ("explore", "select", "label", "sample", "collect", "train")
 TARGET_CORES = 2
 
 
@@ -159,7 +159,8 @@ def _f(x: Any, spec: str = ".1f") -> str:
 
 def _table(r: IterResult) -> str:
     head = ("| iter | cell | total s | " + " | ".join(f"{s} s" for s in STAGES)
-            + " | labeled | failed | n_train | gamma max | broke | E meV/at | F eV/Å |")
+            + " | labeled | failed | error sample | n_train | gamma max | broke | E meV/at | "
+            "F eV/Å |")
     rows = [head, "| " + " | ".join(["---:"] * (head.count("|") - 1)) + " |"]
     for s in r.summaries:
         st = s.get("stage_seconds") or {}
@@ -170,7 +171,8 @@ def _table(r: IterResult) -> str:
         rows.append(
             f"| {s['iteration']} | {'x'.join(map(str, s.get('cell', [])))} | "
             f"{_f(s.get('seconds'))} | " + " | ".join(_f(st.get(k)) for k in STAGES)
-            + f" | {s.get('n_labeled')} | {s.get('n_failed')} | {s.get('n_train')} | "
+            + f" | {s.get('n_labeled')} | {s.get('n_failed')} | {s.get('sample_n', 0)} | "
+            f"{s.get('n_train')} | "
             f"{_f(s.get('gamma_max'), '.3g')} | {broke} | {_f(e_mev, '.2f')}"
             f" | {_f(err.get('force_rmse'), '.4f')} |")
     return "\n".join(rows)
@@ -192,11 +194,14 @@ def markdown(m: Machine, date: str, results: list[IterResult]) -> str:
         in_iters = sum(float(s.get("seconds") or 0.0) for s in r.summaries)
         status = ("ok" if r.complete else f"INCOMPLETE (exit code {r.rc}; log {r.log})")
         n_it = len(r.summaries)
+        n_sample = sum(int(s.get("sample_n") or 0) for s in r.summaries)
         stop = ("converged at iteration " + str(r.summaries[-1]["iteration"])
                 if r.converged else "not converged")
         parts.append(f"""### `{c.name}`: `{c.shown()}`
 
-- Run: {status}; {n_it} iteration(s), {stop}; {r.labels} labels ({r.failed} failed)
+- Run: {status}; {n_it} iteration(s), {stop}; {r.labels} labels ({r.failed} failed) for \
+training, {n_sample} more for the error study (label s includes them; "sample s" \
+is measuring their errors)
 - Wall time: **{r.wall:.1f} s** (iterations {in_iters:.1f} s, overhead \
 {r.wall - in_iters:.1f} s outside them); per iteration {in_iters / max(n_it, 1):.1f} s on average
 - CPU time (command and workers, user+sys): {r.cpu_s:.1f} s, i.e. {r.cpu_s / r.wall:.2f} \
