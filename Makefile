@@ -5,7 +5,7 @@ PYTHON  ?= python3
 VENV    := .venv
 STAMP   := $(VENV)/.installed
 CONFIG  ?= config.yaml
-N       ?= 3
+N       ?=
 I       ?=
 FORCE   ?=
 LEVELS  ?= 6 8 10 12
@@ -30,14 +30,14 @@ $(STAMP): requirements.txt
 
 setup: $(STAMP)  ## create .venv with everything smallcell needs (idempotent)
 
-iter: $(STAMP)  ## run iterations 0..N of CONFIG locally, resuming from RUN_DIR/iter/ (N=3)
-	$(SC) iter --upto $(N) --config $(CONFIG)
+iter: $(STAMP)  ## run iterations 0..N of CONFIG locally, resuming from RUN_DIR/iter/ (N: run.max_iterations)
+	$(SC) iter $(if $(N),--upto $(N)) --config $(CONFIG)
 
 submit: $(STAMP)  ## submit iterations 0..N of CONFIG to SLURM as chained job arrays and return
-	$(SC) submit --upto $(N) --config $(CONFIG)
+	$(SC) submit $(if $(N),--upto $(N)) --config $(CONFIG)
 
-pilot: $(STAMP)  ## submit one SLURM job running the whole loop, resubmitting itself (N=3)
-	$(SC) pilot --upto $(N) --config $(CONFIG)
+pilot: $(STAMP)  ## submit one SLURM job running the whole loop, resubmitting itself
+	$(SC) pilot $(if $(N),--upto $(N)) --config $(CONFIG)
 
 cancel: $(STAMP)  ## cancel this run's SLURM jobs (finished tasks are kept)
 	$(SC) cancel

@@ -13,6 +13,7 @@ from smallcell.config import (
     Config,
     Key,
     Section,
+    Seq,
     defaults,
     load_config,
     parse_config,
@@ -24,10 +25,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _all_keys(section: Section = SCHEMA, path: tuple[str, ...] = ()) -> list[str]:
+    """Every key's dotted path; a list's item keys as `stages[k].cell`."""
     out = []
     for name, spec in section.keys.items():
         if isinstance(spec, Section):
             out += _all_keys(spec, (*path, name))
+        elif isinstance(spec, Seq):
+            out += _all_keys(spec.item, (*path, f"{name}[k]"))
         else:
             assert isinstance(spec, Key)
             out.append(".".join((*path, name)))
@@ -59,7 +63,11 @@ def test_every_schema_key_has_a_default_that_validates() -> None:
     assert len(keys) > 30
     cfg = parse_config("{}")
     for dotted in keys:
-        cfg.get(dotted)  # KeyError if a key were missing from the defaults
+        if "[k]" not in dotted:
+            cfg.get(dotted)  # KeyError if a key were missing from the defaults
+    # a list item given as {} takes every item key's default, and they validate
+    [item] = parse_config("stages: [{}]\n")["stages"]
+    assert sorted(f"stages[k].{k}" for k in item) == sorted(k for k in keys if "[k]" in k)
 
 
 @pytest.mark.parametrize("rel", ["config.yaml", "examples/tiny.yaml"])
@@ -277,7 +285,7 @@ def test_reference_mentions_every_key() -> None:
     missing = [k for k in keys if f"`{k}`" not in ref]
     assert not missing, missing
     # one table row per key
-    rows = re.findall(r"^\| `([a-z0-9_.]+)` \|", ref, flags=re.M)
+    rows = re.findall(r"^\| `([a-z0-9_.\[\]]+)` \|", ref, flags=re.M)
     assert sorted(rows) == sorted(keys)
 
 

@@ -62,7 +62,7 @@ def test_loop_goes_on_until_two_consecutive_converged_iterations(tmp_path: Path)
     assert all(s["converged_streak"] < 2 for s in sums[:-1])
     assert "in 2 consecutive iterations" in res.stdout
     # status tells a lone converged iteration from the end of the run
-    words = {int(line.split()[0]): line.split()[2] for line in
+    words = {int(line.split()[0]): line.split()[3] for line in
              res.stdout.splitlines() if line.strip()[:1].isdigit() and "1x1x1" in line}
     assert words[sums[-1]["iteration"]] == "converged"
     assert words[sums[-2]["iteration"]] == "conv"

@@ -13,7 +13,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from smallcell import cli
-from smallcell.study.report import diagnose, gamma_vs_error
+from smallcell.study.report import COLUMNS, diagnose, gamma_vs_error
 from smallcell.study.rundata import IterationData
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,25 +52,30 @@ def test_every_figure_and_a_self_contained_page(run: Path) -> None:
 def test_table_numbers_are_the_summaries(run: Path) -> None:
     md = (run / "report" / "report.md").read_text()
     page = (run / "report" / "index.html").read_text()
+    c = {name: k for k, name in enumerate(COLUMNS)}
     rows = {int(r[0]): r for r in (
-        [c.strip() for c in line.strip("|").split("|")]
-        for line in md.splitlines() if re.match(r"\| \d+ \| 1x1x1", line))}
+        [x.strip() for x in line.strip("|").split("|")]
+        for line in md.splitlines() if re.match(r"\| \d+ \| 1/1 \| 1x1x1", line))}
     assert sorted(rows) == [0, 1, 2]
     for s in _summaries(run):
         r = rows[s["iteration"]]
-        assert int(r[6]) == s["n_labeled"] and int(r[8]) == s["n_train"]
-        assert int(r[4]) == s["n_preselected"] and int(r[3]) == s["n_broke"]
-        assert float(r[13]) == pytest.approx(1000 * s["train_errors"]["force_rmse"], abs=0.006)
+        assert int(r[c["labeled"]]) == s["n_labeled"] and int(r[c["n_train"]]) == s["n_train"]
+        assert int(r[c["preselected"]]) == s["n_preselected"]
+        assert int(r[c["broke"]]) == s["n_broke"]
+        assert float(r[c["train F meV/Å"]]) == pytest.approx(
+            1000 * s["train_errors"]["force_rmse"], abs=0.006)
         if s["gamma_max"] is not None:
-            assert float(r[9]) == pytest.approx(s["gamma_max"], rel=6e-4)
-        assert int(r[16]) == s["sample_n"]
+            assert float(r[c["gamma max"]]) == pytest.approx(s["gamma_max"], rel=6e-4)
+        assert int(r[c["sample n"]]) == s["sample_n"]
+        got = [r[c["sample F meV/Å"]], r[c["sample E meV/atom"]], r[c["sample ρ(γ,F)"]]]
         if s["sample_n"]:
-            assert float(r[17]) == pytest.approx(1000 * s["sample_force_error_mean"], abs=0.006)
-            assert float(r[18]) == pytest.approx(
+            assert float(got[0]) == pytest.approx(1000 * s["sample_force_error_mean"],
+                                                  abs=0.006)
+            assert float(got[1]) == pytest.approx(
                 1000 * s["sample_energy_per_atom_error_mean"], abs=6e-4)
-            assert float(r[19]) == pytest.approx(s["sample_gamma_force_spearman"], abs=0.006)
+            assert float(got[2]) == pytest.approx(s["sample_gamma_force_spearman"], abs=0.006)
         else:
-            assert r[17:] == ["-", "-", "-"]
+            assert got == ["-", "-", "-"]
         assert "<td>" + "</td><td>".join(r) + "</td>" in page  # the page shows the same row
     total = sum(s["n_labeled"] for s in _summaries(run))
     assert f"{total} labels in all" in md and f"{total} labels in all" in page

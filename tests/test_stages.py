@@ -530,11 +530,11 @@ def test_status_of_complete_iterations(tiny_run: Path) -> None:
     for i, line in enumerate(lines[1:]):
         s = read_json(tiny_run / "iter" / str(i) / "summary.json")
         words = line.split()
-        assert words[0] == str(i) and words[1] == "1x1x1"
-        assert words[2] == ("converged" if s["converged"] else "complete")
+        assert words[0] == str(i) and words[1] == "1/1" and words[2] == "1x1x1"
+        assert words[3] == ("converged" if s["converged"] else "complete")
         assert words[-1] == str(s["n_train"])
         assert "in progress" not in line
-    assert lines[1].split()[3:6] == ["0", "6", "6"]  # presel, select, label of iteration 0
+    assert lines[1].split()[4:7] == ["0", "6", "6"]  # presel, select, label of iteration 0
     res = _sc("--run-dir", str(tiny_run), "status")
     assert res.returncode == 0 and res.stdout.splitlines() == lines
 
@@ -542,7 +542,8 @@ def test_status_of_complete_iterations(tiny_run: Path) -> None:
 def _stage_of(root: Path, i: int) -> str:
     line = status_lines(root)[1 + i]
     assert line.endswith("(in progress)"), line
-    return line.split()[1]
+    assert line.split()[1] == "1"  # the protocol stage, from the frozen config
+    return line.split()[2]
 
 
 def test_status_of_an_iteration_in_progress(run_copy: Path) -> None:
@@ -556,7 +557,7 @@ def test_status_of_an_iteration_in_progress(run_copy: Path) -> None:
     assert _stage_of(run_copy, 1) == "label"
     words = status_lines(run_copy)[2].split()
     n_presel = read_json(d / "explore" / "explore.json")["n_preselected"]
-    assert words[:6] == ["1", "label", str(n_presel), "4", "3", "0"]  # 4 tasks, 3 done
+    assert words[:7] == ["1", "1", "label", str(n_presel), "4", "3", "0"]  # 4 tasks, 3 done
     (d / "select" / "done").unlink()
     assert _stage_of(run_copy, 1) == "select"
     (d / "explore" / "done").unlink()
@@ -576,7 +577,7 @@ def test_status_label_counts_failed_tasks(tmp_path: Path) -> None:
     _labeled_tasks(it, 5, failed={1, 4})
     os.unlink(label.task_dir(it, 3) / "done")
     words = status_lines(tmp_path)[1].split()
-    assert words[:7] == ["2", "label", "-", "5", "2", "2", "-"]
+    assert words[:8] == ["2", "1", "label", "-", "5", "2", "2", "-"]
 
 
 def test_status_counts_planned_explore_runs(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from smallcell.errors import SmallcellError
 from smallcell.formats.errors import FormatError
@@ -23,10 +24,11 @@ def cmd_iter(args: argparse.Namespace) -> int:
     from smallcell.engines.base import check_engines
     from smallcell.sched.local import LocalRunner
     from smallcell.state import RunLock, RunPaths
-    from smallcell.status import HEADER, line_for_summary
+    from smallcell.status import HEADER, line_for_summary, transition_line
 
     cfg = load_config(args.config)
     check_engines(cfg)
+    args.upto = _upto(args, cfg)
     root = _root(args)
     t0 = time.perf_counter()
     jobs = args.jobs if args.jobs is not None else cfg["run"]["jobs"]
@@ -42,6 +44,8 @@ def cmd_iter(args: argparse.Namespace) -> int:
         print(f"  ... {len(summaries) - len(shown)} earlier iterations: make status")
     for s in shown:
         print(line_for_summary(s))
+        if transition_line(s):
+            print(transition_line(s))
     labels = sum(s.get("n_labeled", 0) for s in summaries)
     failed = sum(s.get("n_failed", 0) for s in summaries)
     print(f"\n{len(summaries)} iterations, {labels} labels ({failed} failed), "
@@ -98,9 +102,19 @@ def _print_records(records: list[dict]) -> None:
         print(", ".join(words))
 
 
+def _upto(args: argparse.Namespace, cfg: Any = None) -> int:
+    """--upto, or the config's run.max_iterations."""
+    if args.upto is not None:
+        return int(args.upto)
+    from smallcell.config import load_config
+
+    return int((cfg or load_config(args.config))["run"]["max_iterations"])
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from smallcell import jobs
 
+    args.upto = _upto(args)
     root = _root(args)
     records = jobs.submit(root, args.config, args.upto)
     if records:
@@ -115,6 +129,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_pilot(args: argparse.Namespace) -> int:
     from smallcell import jobs
 
+    args.upto = _upto(args)
     rec = jobs.pilot(_root(args), args.config, args.upto)
     if rec:
         print(f"smallcell: submitted the pilot job {rec['job_id']} (iterations up to "
@@ -204,17 +219,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default=os.environ.get("SMALLCELL_RUN_DIR", "."),
                    help="folder holding iter/ (default: current folder)")
     sub = p.add_subparsers(dest="command", required=True)
+    upto_help = "the last iteration (default: the config's run.max_iterations)"
     s = sub.add_parser("iter", help="run the loop locally up to iteration N")
-    s.add_argument("--upto", type=int, required=True, metavar="N")
+    s.add_argument("--upto", type=int, default=None, metavar="N", help=upto_help)
     s.add_argument("--config", default="config.yaml")
     s.add_argument("--jobs", type=int, default=None, help="worker processes (default: run.jobs)")
     s.set_defaults(fn=cmd_iter)
     s = sub.add_parser("submit", help="submit the SLURM chain up to iteration N and return")
-    s.add_argument("--upto", type=int, required=True, metavar="N")
+    s.add_argument("--upto", type=int, default=None, metavar="N", help=upto_help)
     s.add_argument("--config", default="config.yaml")
     s.set_defaults(fn=cmd_submit)
     s = sub.add_parser("pilot", help="submit one SLURM job that runs the whole loop")
-    s.add_argument("--upto", type=int, required=True, metavar="N")
+    s.add_argument("--upto", type=int, default=None, metavar="N", help=upto_help)
     s.add_argument("--config", default="config.yaml")
     s.set_defaults(fn=cmd_pilot)
     s = sub.add_parser("cancel", help="cancel this run's SLURM jobs")

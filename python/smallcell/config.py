@@ -30,7 +30,8 @@ from smallcell.errors import SmallcellError
 class Key:
     """One configuration key."""
 
-    kind: str  # int | float | str | bool | path | list[float] | list[int] | list[str]
+    kind: str  # int | float | str | bool | path | list[float] | list[int] | list[str] |
+    # values (list[float], or a range {start, stop, step} with stop included)
     default: Any
     doc: str
     low: float | None = None  # inclusive lower bound (numbers, list items)
@@ -48,7 +49,15 @@ class Section:
     """A mapping of keys, with the text that introduces it in the reference."""
 
     doc: str
-    keys: dict[str, Key | Section] = field(default_factory=dict)
+    keys: dict[str, Key | Section | Seq] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Seq:
+    """A list of mappings, each validated against `item` (default: an empty list)."""
+
+    doc: str
+    item: Section
 
 
 def _slurm_stage(doc: str, time: str, cpus: int = 1) -> Section:
@@ -167,13 +176,19 @@ SCHEMA = Section(
             "The (T, P) grid of the explore runs: one MD run per temperature x pressure x "
             "seed.",
             {
-                "temperatures": Key("list[float]", [200.0, 300.0, 400.0],
-                                    "Temperatures of the MD runs.", low=0, low_open=True,
-                                    min_length=1, unit="K"),
-                "pressures": Key("list[float]", [1.0],
-                                 "Pressures of the MD runs (used by the npt ensemble).",
-                                 min_length=1, unit="bar"),
+                "temperatures": Key("values", [200.0, 300.0, 400.0],
+                                    "Temperatures of the MD runs: a list, or a range "
+                                    "{start: 100, stop: 600, step: 100} (stop included).",
+                                    low=0, low_open=True, min_length=1, unit="K"),
+                "pressures": Key("values", [1.0],
+                                 "Pressures of the MD runs (used by the npt ensemble): a "
+                                 "list or a range.", min_length=1, unit="bar"),
                 "seeds_per_point": Key("int", 1, "Independent MD runs per (T, P).", low=1),
+                "draws": Key("int", 0,
+                             "If > 0: instead of the grid, this many (T, P) points drawn "
+                             "at random, anew in every iteration, uniformly between the "
+                             "smallest and largest temperature and pressure (Meng et al. "
+                             "2025); 0 = the grid.", low=0),
             },
         ),
         "md": Section(
@@ -423,9 +438,56 @@ SCHEMA = Section(
                 "jobs": Key("int", 2, "Parallel worker processes (0 = all cores).", low=0),
                 "converged_iterations": Key(
                     "int", 1, "Consecutive converged iterations (no MD run broke, max gamma "
-                    "< gamma_break) after which the loop stops.", low=1),
+                    "< gamma_break) after which the loop stops (with `stages`: after "
+                    "which a stage ends).", low=1),
+                "max_iterations": Key(
+                    "int", 3, "The last iteration `make iter` / `smallcell iter` runs when "
+                    "N / --upto is not given.", low=0),
             },
         ),
+        "stages": Seq(
+            "The small-cell protocol (the report's Algorithm 3): active learning on one "
+            "cell after another, e.g. 1x1x1, 1x1x2, 2x2x2, the data set and the potential "
+            "carried forward. A stage ends when it converges (run.converged_iterations) "
+            "or reaches its max_iterations; the next iteration then starts the next stage. "
+            "Every key of a stage is optional and defaults to the top-level setting named "
+            "beside it. An empty list: one stage, the top-level settings.",
+            Section("One stage of the protocol.", {
+                "name": Key("str", None, "Shown by status and the report; null = the cell, "
+                            "e.g. '1x1x2'.", nullable=True),
+                "cell": Key("list[int]", None, "structure.cell of this stage.",
+                            nullable=True, length=3, low=1),
+                "lattice": Key("str", None, "structure.lattice.", nullable=True,
+                               choices=("fcc", "bcc")),
+                "a": Key("float", None, "structure.a.", nullable=True, low=0, low_open=True,
+                         unit="Å"),
+                "displacement": Key("float", None, "structure.displacement.", nullable=True,
+                                    low=0, unit="Å"),
+                "temperatures": Key("values", None, "grid.temperatures (list or range).",
+                                    nullable=True, low=0, low_open=True, min_length=1,
+                                    unit="K"),
+                "pressures": Key("values", None, "grid.pressures (list or range).",
+                                 nullable=True, min_length=1, unit="bar"),
+                "seeds_per_point": Key("int", None, "grid.seeds_per_point.", nullable=True,
+                                       low=1),
+                "draws": Key("int", None, "grid.draws (random (T, P) points).",
+                             nullable=True, low=0),
+                "md_steps": Key("int", None, "md.steps: MD length of this stage.",
+                                nullable=True, low=1),
+                "policy": Key("str", None, "select.policy.", nullable=True,
+                              choices=("threshold", "dopt", "dopt_batch")),
+                "max_selected": Key("int", None, "select.max_selected.", nullable=True,
+                                    low=1),
+                "max_iterations": Key("int", None,
+                                      "Iteration cap of the stage: it ends after this many "
+                                      "explore iterations even if not converged (iteration "
+                                      "0, the initial fit, does not count; null: no cap).",
+                                      nullable=True, low=1),
+            }),
+        ),
+        "stage": Key("int", 0, "Set by smallcell in each iteration's frozen config.yaml: "
+                     "the index of the `stages` entry the iteration runs. Leave it out of "
+                     "your config.", low=0),
     },
 )
 
@@ -433,7 +495,8 @@ SCHEMA = Section(
 def defaults(section: Section = SCHEMA) -> dict[str, Any]:
     """The configuration with every key at its default."""
     return {
-        name: defaults(spec) if isinstance(spec, Section) else copy.deepcopy(spec.default)
+        name: defaults(spec) if isinstance(spec, Section) else
+        [] if isinstance(spec, Seq) else copy.deepcopy(spec.default)
         for name, spec in section.keys.items()
     }
 
@@ -487,6 +550,11 @@ class _Lines:
                 sub = (*path, str(key.value))
                 self.lines[sub] = key.start_mark.line + 1
                 self._walk(value, sub)
+        elif isinstance(node, yaml.SequenceNode):  # list items: path element "[k]"
+            for k, item in enumerate(node.value):
+                sub = (*path, f"[{k}]")
+                self.lines[sub] = item.start_mark.line + 1
+                self._walk(item, sub)
 
     def get(self, path: tuple[str, ...]) -> int | None:
         while path and path not in self.lines:
@@ -531,6 +599,9 @@ class Config:
             for name, spec in section.keys.items():
                 if isinstance(spec, Section):
                     absolute(spec, values[name])
+                elif isinstance(spec, Seq):
+                    for item in values[name]:
+                        absolute(spec.item, item)
                 elif spec.kind == "path" and values[name] is not None:
                     values[name] = str(self.resolve(values[name]))
 
@@ -544,11 +615,12 @@ def _type_name(kind: str) -> str:
             "path": "a path (string)", "list[float]": "a list of numbers",
             "list[int]": "a list of integers", "list[str]": "a list of strings",
             "command": "a command (string or list of words)",
-            "mapping": "a mapping of keys to values"}[kind]
+            "mapping": "a mapping of keys to values",
+            "values": "a list of numbers or a range {start, stop, step}"}[kind]
 
 
 def _check_scalar(kind: str, spec: Key, value: Any, where: str) -> Any:
-    base = kind.removeprefix("list[").removesuffix("]")
+    base = "float" if kind == "values" else kind.removeprefix("list[").removesuffix("]")
     if base == "bool":
         if not isinstance(value, bool):
             raise ValueError(f"{where} must be true or false, got {value!r}")
@@ -599,6 +671,28 @@ def _check_command(value: Any, where: str) -> list[str]:
     return words
 
 
+def _expand_range(value: dict[str, Any], where: str) -> list[float]:
+    """{start, stop, step} -> [start, start + step, ..., stop] (stop included when the steps
+    reach it within rounding)."""
+    if set(value) != {"start", "stop", "step"}:
+        raise ValueError(f"{where} as a range needs exactly the keys start, stop, step; got "
+                         f"{', '.join(map(str, value)) or 'none'}")
+    nums = {}
+    for k in ("start", "stop", "step"):
+        v = value[k]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ValueError(f"{where}.{k} must be a number, got {v!r}")
+        nums[k] = float(v)
+    start, stop, step = nums["start"], nums["stop"], nums["step"]
+    if step <= 0 or stop < start:
+        raise ValueError(f"{where}: a range needs step > 0 and stop >= start, got start "
+                         f"{start:g}, stop {stop:g}, step {step:g}")
+    n = math.floor((stop - start) / step + 1e-9) + 1
+    if n > 10_000:
+        raise ValueError(f"{where}: the range has {n} values; at most 10000")
+    return [round(start + k * step, 10) for k in range(n)]
+
+
 def _check_key(spec: Key, value: Any, where: str) -> Any:
     if value is None:
         if spec.nullable:
@@ -615,7 +709,9 @@ def _check_key(spec: Key, value: Any, where: str) -> Any:
             if isinstance(v, str) and ("\n" in v or "\x00" in v):
                 raise ValueError(f"{where}.{k} must be one line")
         return dict(value)
-    if spec.kind.startswith("list["):
+    if spec.kind == "values" and isinstance(value, dict):
+        value = _expand_range(value, where)
+    if spec.kind.startswith("list[") or spec.kind == "values":
         if not isinstance(value, list):
             raise ValueError(f"{where} must be {_type_name(spec.kind)}, got {value!r}")
         if spec.length is not None and len(value) != spec.length:
@@ -626,13 +722,18 @@ def _check_key(spec: Key, value: Any, where: str) -> Any:
     return _check_scalar(spec.kind, spec, value, where)
 
 
+def _dotted(path: tuple[str, ...]) -> str:
+    """A key path as written in messages: stages[1].cell."""
+    return "".join(p if p.startswith("[") or not k else "." + p for k, p in enumerate(path))
+
+
 def _merge(section: Section, user: Any, path: tuple[str, ...], lines: _Lines,
            source: str) -> dict[str, Any]:
     def fail(sub: tuple[str, ...], msg: str) -> SmallcellError:
         line = lines.get(sub)
         return SmallcellError(f"{source}{':' + str(line) if line else ''}: {msg}")
 
-    where = ".".join(path) or "the top level"
+    where = _dotted(path) or "the top level"
     if user is None:
         user = {}
     if not isinstance(user, dict):
@@ -640,15 +741,22 @@ def _merge(section: Section, user: Any, path: tuple[str, ...], lines: _Lines,
     out = defaults(section)
     for name, value in user.items():
         sub = (*path, str(name))
-        dotted = ".".join(sub)
+        dotted = _dotted(sub)
         spec = section.keys.get(str(name))
         if spec is None:
             hint = difflib.get_close_matches(str(name), list(section.keys), n=1)
-            extra = f"; did you mean {'.'.join((*path, hint[0]))!r}?" if hint else ""
+            extra = f"; did you mean {_dotted((*path, hint[0]))!r}?" if hint else ""
             known = ", ".join(section.keys)
             raise fail(sub, f"unknown key {dotted!r}{extra} (known here: {known})")
         if isinstance(spec, Section):
             out[name] = _merge(spec, value, sub, lines, source)
+        elif isinstance(spec, Seq):
+            if value is None:
+                value = []
+            if not isinstance(value, list):
+                raise fail(sub, f"{dotted} must be a list of mappings, got {value!r}")
+            out[name] = [_merge(spec.item, v, (*sub, f"[{k}]"), lines, source)
+                         for k, v in enumerate(value)]
         else:
             try:
                 out[name] = _check_key(spec, value, dotted)
@@ -685,6 +793,10 @@ def _cross_checks(cfg: Config, lines: _Lines, source: str) -> None:
             raise fail("species", f"species[{i}] = {sym!r} is not a chemical symbol")
     if len(set(cfg["species"])) != len(cfg["species"]):
         raise fail("species", "species lists a symbol twice")
+    for k, st in enumerate(cfg["stages"]):
+        if cfg["engines"]["trainer"] == "mlip3" and st["policy"] == "dopt_batch":
+            raise fail(f"stages.[{k}].policy", f"stages[{k}].policy dopt_batch needs the "
+                       "embedded grader (engines.trainer: motep)")
     _engine_checks(cfg, fail)
     _slurm_checks(cfg, fail)
     if cfg["engines"]["labeler"] == "eam" and cfg["species"] != ["Pb"]:
@@ -938,6 +1050,9 @@ def reference_markdown() -> str:
         for name, spec in section.keys.items():
             if isinstance(spec, Section):
                 walk(spec, (*path, name))
+            elif isinstance(spec, Seq):
+                walk(Section(f"`{name}` is a list (default empty). {spec.doc} Each entry "
+                             "takes these keys:", spec.item.keys), (*path, f"{name}[k]"))
 
     walk(SCHEMA, ())
     return "\n".join(out) + NOTES

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from smallcell import protocol
 from smallcell.config import Config, load_config
 from smallcell.errors import SmallcellError
 from smallcell.sched import slurm
@@ -140,7 +141,7 @@ def submit(root: Path, config: str | os.PathLike, upto: int) -> list[dict[str, A
         if i is None:
             print(f"nothing to submit: {why}")
             return []
-        it = Iteration.open(root, i, cfg)
+        it = protocol.open_iteration(root, i, cfg)
         clear_stopped(it.dir)
         return start_iteration(it, chain)
 
@@ -355,7 +356,9 @@ def _collect_train(it: Iteration, chain: slurm.Chain, cfg: Config) -> int:
     if reason:
         progress(it, "done", f"{reason}; potential: {it.stage('train')}; the chain ends here")
         return 0
-    nxt = Iteration.open(it.paths.root, it.i + 1, cfg)
+    if summary.get("stage_end"):
+        progress(it, "done", loop.transition(summary))
+    nxt = protocol.open_iteration(it.paths.root, it.i + 1, cfg)
     clear_stopped(nxt.dir)
     records = start_iteration(nxt, chain)
     progress(it, "done", "next iteration submitted: " + ", ".join(

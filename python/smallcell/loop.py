@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from smallcell import protocol
 from smallcell.config import Config
 from smallcell.errors import SmallcellError
 from smallcell.stages import collect, explore, label, sample, select, train
@@ -88,9 +89,6 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
     gb = it.cfg["extrapolation"]["gamma_break"]
     coll = read_json(it.stage("collect") / "done")
     conv = converged(rep, gb) if rep else False
-    before = it.paths.summary(it.i - 1)
-    streak = (read_json(before).get("converged_streak", 0) + 1
-              if conv and it.i > 1 and before.exists() else int(conv))
     summary: dict[str, Any] = {
         "iteration": it.i,
         "cell": it.cfg["structure"]["cell"],
@@ -109,8 +107,7 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
         "gamma_count": rep.gamma_count if rep else 0,
         "broke": (rep.n_broke > 0) if rep else None,
         "converged": conv,
-        "converged_streak": streak,
-        "converged_needed": it.cfg["run"]["converged_iterations"],
+        **protocol.summary_fields(it, conv),
         "policy": it.cfg["select"]["policy"],
         "train_seconds": errors.get("seconds"),
         "train_iterations": errors.get("iterations"),
@@ -128,10 +125,25 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
 
 
 def verdict(summary: dict[str, Any]) -> str:
-    """How a finished run converged, in words."""
+    """How a finished run ended, in words."""
     n = summary.get("converged_needed", 1)
+    of = (f" (the last of {summary['n_stages']} stages, {summary.get('stage_name')})"
+          if summary.get("n_stages", 1) > 1 else "")
+    if summary.get("stage_end") == protocol.CAPPED:
+        return (f"stopped: the iteration cap of {summary.get('stage_max_iterations')} was "
+                f"reached{of} without convergence")
     return ("converged: no MD run broke" if n == 1 else
-            f"converged: no MD run broke in {n} consecutive iterations")
+            f"converged: no MD run broke in {n} consecutive iterations") + of
+
+
+def transition(summary: dict[str, Any]) -> str:
+    """The line that says a stage ended here and which one comes next."""
+    k, n = int(summary["stage"]), int(summary["n_stages"])
+    how = ("converged" if summary["stage_end"] == protocol.CONVERGED else
+           f"reached its cap of {summary.get('stage_max_iterations')} iterations")
+    return (f"stage {k + 1}/{n} ({summary.get('stage_name')}) {how} after "
+            f"{summary.get('stage_iteration')} iteration(s); stage {k + 2}/{n} starts with "
+            f"iteration {summary['iteration'] + 1}, data and potential carried forward")
 
 
 def stop_reason(summary: dict[str, Any], upto: int) -> str | None:
@@ -159,12 +171,14 @@ def run(root: Path, cfg: Config, upto: int, runner: Runner) -> list[dict[str, An
         if i > 0 and not paths.summary(i - 1).exists():
             raise SmallcellError(f"{paths.summary(i - 1)}: missing; iteration {i - 1} must "
                                  "finish first")
-        it = Iteration.open(root, i, cfg)
+        it = protocol.open_iteration(root, i, cfg)
         s = run_iteration(it, runner)
         summaries.append(s)
         reason = stop_reason(s, upto)
         if reason and finished(s):
             progress(it, "done", reason)
+        elif s.get("stage_end"):
+            progress(it, "done", transition(s))
         if reason:
             break
     return summaries

@@ -16,7 +16,8 @@ from typing import Any
 from smallcell.state import DONE, FAILED, STOPPED, RunPaths
 
 _ORDER = ("explore", "select", "label", "collect", "train")
-HEADER = (f"{'iter':>4} {'cell':>7} {'stage':>8} {'presel':>7} {'select':>6} {'label':>6} "
+HEADER = (f"{'iter':>4} {'stage':>5} {'cell':>7} {'state':>8} {'presel':>7} {'select':>6} "
+          f"{'label':>6} "
           f"{'fail':>5} {'gmax':>9} {'gmean':>7} {'broke':>5} {'E meV/at':>8} "
           f"{'F eV/Å':>7} {'train s':>7} {'n_train':>7}")
 
@@ -53,27 +54,65 @@ def _load(path: Path) -> dict[str, Any] | None:
 
 
 def finished(summary: dict[str, Any]) -> bool:
-    """The run converged with this iteration: enough consecutive converged iterations
-    (summaries written before the streak was recorded count a converged one as enough)."""
+    """The run ends with this iteration: it ended the last stage of the protocol (by
+    convergence or the stage's iteration cap; protocol.py). Summaries written before the
+    protocol: enough consecutive converged iterations (before the streak was recorded, a
+    converged one was enough)."""
+    if "stage_end" in summary:
+        return bool(summary["stage_end"]) and (
+            int(summary.get("stage", 0)) >= int(summary.get("n_stages", 1)) - 1)
     if not summary.get("converged"):
         return False
     return summary.get("converged_streak", 1) >= summary.get("converged_needed", 1)
+
+
+def _stage(s: dict[str, Any]) -> str:
+    """The protocol stage as k/n (1-based)."""
+    return f"{int(s.get('stage', 0)) + 1}/{int(s.get('n_stages', 1))}"
+
+
+def transition_line(s: dict[str, Any]) -> str | None:
+    """Under an iteration that ended a stage of the protocol (not the last): how, and
+    which stage comes next."""
+    k, n = int(s.get("stage", 0)), int(s.get("n_stages", 1))
+    end = s.get("stage_end")
+    if not end or k + 1 >= n:
+        return None
+    how = ("converged" if end == "converged" else
+           f"reached its cap ({s.get('stage_max_iterations')} iterations), not converged")
+    return (f"{'':>6}stage {k + 1}/{n} ({s.get('stage_name')}) {how} after "
+            f"{s.get('stage_iteration')} iteration(s) -> stage {k + 2}/{n}")
 
 
 def line_for_summary(s: dict[str, Any]) -> str:
     err = s.get("train_errors") or {}
     e = err.get("energy_rmse")
     cell = "x".join(str(n) for n in s.get("cell", [])) or "-"
-    stage = ("converged" if finished(s) else
+    stage = (("capped" if s.get("stage_end") == "iteration cap" else "converged")
+             if finished(s) else
              f"conv {s.get('converged_streak', 1)}/{s.get('converged_needed', 1)}"
              if s.get("converged") else "complete")
     broke = "-" if s.get("broke") is None else ("yes" if s["broke"] else "no")
-    return (f"{s['iteration']:>4} {cell:>7} {stage:>8} {s.get('n_preselected', 0):>7} "
+    return (f"{s['iteration']:>4} {_stage(s):>5} {cell:>7} {stage:>8} "
+            f"{s.get('n_preselected', 0):>7} "
             f"{s.get('n_selected', 0):>6} {s.get('n_labeled', 0):>6} {s.get('n_failed', 0):>5} "
             f"{_fmt(s.get('gamma_max'), '.3g', 9)} {_fmt(s.get('gamma_mean'), '.3g', 7)} "
             f"{broke:>5} {_fmt(None if e is None else 1000 * e, '.2f', 8)} "
             f"{_fmt(err.get('force_rmse'), '.4f', 7)} {_fmt(s.get('train_seconds'), '.1f', 7)} "
             f"{_fmt(s.get('n_train'), 'd', 7)}")
+
+
+def _stage_of_frozen(d: Path) -> str:
+    """The protocol stage of an iteration in progress, from its frozen config's `stage:`
+    line (a text scan: status stays free of YAML)."""
+    try:
+        text = (d / "config.yaml").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return "-"
+    for line in text.splitlines():
+        if line.startswith("stage: ") and line[7:].strip().isdigit():
+            return f"{int(line[7:]) + 1}"
+    return "-"
 
 
 def line_in_progress(paths: RunPaths, i: int) -> str:
@@ -92,7 +131,8 @@ def line_in_progress(paths: RunPaths, i: int) -> str:
     if stage == "label" and s_total:
         extra += f" error sample {s_done + s_failed}/{s_total}"
     broke = "-" if not ex else ("yes" if ex.get("broke") else "no")
-    return (f"{i:>4} {'':>7} {stage:>8} {ex.get('n_preselected', '-'):>7} {total:>6} "
+    frozen = _stage_of_frozen(d)
+    return (f"{i:>4} {frozen:>5} {'':>7} {stage:>8} {ex.get('n_preselected', '-'):>7} {total:>6} "
             f"{done:>6} {failed:>5} {_fmt(ex.get('gamma_max'), '.3g', 9)} "
             f"{_fmt(ex.get('gamma_mean'), '.3g', 7)} {broke:>5}{extra}  (in progress)")
 
@@ -111,6 +151,9 @@ def status_lines(root: Path) -> list[str]:
     for i in its:
         s = summaries[i]
         lines.append(line_for_summary(s) if s else line_in_progress(paths, i))
+        moved = transition_line(s) if s else None
+        if moved:
+            lines.append(moved)
         if i in jobs:
             lines.append(f"{'':>6}{jobs[i]}")
         stopped = None if s else _load(paths.it(i) / STOPPED)

@@ -74,16 +74,26 @@ class MDRun:
         return f"{self.index:03d}_T{self.temperature:g}_P{self.pressure:g}_s{self.replica}"
 
 
-def md_runs(cfg: Config, iteration: int) -> list[MDRun]:
-    """The explore runs of an iteration: temperatures x pressures x seeds_per_point."""
+def grid_points(cfg: Config, iteration: int) -> list[tuple[float, float]]:
+    """The iteration's (T, P) points: the grid temperatures x pressures, or with
+    `grid.draws` that many points drawn uniformly in the grid's T and P intervals (rounded
+    to 0.1 K and 0.1 bar), a new draw in every iteration (Meng et al. 2025)."""
     grid = cfg["grid"]
+    ts, ps = [float(t) for t in grid["temperatures"]], [float(p) for p in grid["pressures"]]
+    if not grid["draws"]:
+        return [(t, p) for t in ts for p in ps]
+    rng = rng_for(cfg["run"]["seed"], "tp", iteration)
+    return [(round(float(rng.uniform(min(ts), max(ts))), 1),
+             round(float(rng.uniform(min(ps), max(ps))), 1)) for _ in range(grid["draws"])]
+
+
+def md_runs(cfg: Config, iteration: int) -> list[MDRun]:
+    """The explore runs of an iteration: (T, P) points x seeds_per_point."""
     runs = []
-    for t in grid["temperatures"]:
-        for p in grid["pressures"]:
-            for r in range(grid["seeds_per_point"]):
-                k = len(runs)
-                runs.append(MDRun(k, float(t), float(p), r,
-                                  seed_for(cfg["run"]["seed"], "md", iteration, k)))
+    for t, p in grid_points(cfg, iteration):
+        for r in range(cfg["grid"]["seeds_per_point"]):
+            k = len(runs)
+            runs.append(MDRun(k, t, p, r, seed_for(cfg["run"]["seed"], "md", iteration, k)))
     return runs
 
 

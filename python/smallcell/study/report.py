@@ -25,7 +25,7 @@ from smallcell.status import finished
 from smallcell.study import figures
 from smallcell.study.rundata import IterationData, load
 
-COLUMNS = ("iteration", "cell", "MD runs", "broke", "preselected", "selected", "labeled",
+COLUMNS = ("iteration", "stage", "cell", "MD runs", "broke", "preselected", "selected", "labeled",
            "failed", "n_train", "gamma max", "gamma mean", "gamma std", "train E meV/atom",
            "train F meV/Å", "fit iterations", "fit converged", "sample n",
            "sample F meV/Å", "sample E meV/atom", "sample ρ(γ,F)")
@@ -39,7 +39,8 @@ def row(d: IterationData) -> list[str]:
     """One table row; the numbers are the summary's, formatted."""
     s, te = d.summary, d.summary.get("train_errors") or {}
     conv = s.get("train_converged")
-    return [str(d.i), "x".join(map(str, s.get("cell", []))) or "-",
+    return [str(d.i), f"{int(s.get('stage', 0)) + 1}/{int(s.get('n_stages', 1))}",
+            "x".join(map(str, s.get("cell", []))) or "-",
             str(s.get("n_runs", 0)), str(s.get("n_broke", 0)), str(s.get("n_preselected", 0)),
             str(s.get("n_selected", 0)), str(s.get("n_labeled", 0)), str(s.get("n_failed", 0)),
             str(s.get("n_train", 0)), _f(s.get("gamma_max"), ".4g"),
@@ -176,8 +177,34 @@ def gamma_vs_error(data: Sequence[IterationData]) -> str:
     return text
 
 
+def stages(data: Sequence[IterationData]) -> list[str]:
+    """One line per stage of the protocol the run went through: its cell, iterations,
+    labels, and how it ended (the transitions)."""
+    out: list[str] = []
+    by_stage: dict[int, list[IterationData]] = {}
+    for d in data:
+        by_stage.setdefault(int(d.summary.get("stage", 0)), []).append(d)
+    for k, its in sorted(by_stage.items()):
+        s0, last = its[0].summary, its[-1].summary
+        n = int(last.get("n_stages", 1))
+        end = last.get("stage_end")
+        how = ("converged" if end == "converged" else
+               f"stopped at its cap of {last.get('stage_max_iterations')} iterations, not "
+               "converged" if end else "in progress")
+        labels = sum(int(d.summary.get("n_labeled", 0)) for d in its)
+        cell = "x".join(map(str, s0.get("cell", [])))
+        named = s0.get("stage_name") or cell
+        out.append(f"stage {k + 1}/{n} ({named if named == cell else named + ', ' + cell}): "
+                   f"iterations {its[0].i}-{its[-1].i}, {labels} labels, training set "
+                   f"{last.get('n_train')} configurations at its end; {how}")
+    return out
+
+
 def verdict(data: Sequence[IterationData]) -> str:
     last = data[-1].summary
+    if finished(last) and last.get("stage_end") == "iteration cap":
+        return (f"Stopped at iteration {last['iteration']}: the last stage reached its cap "
+                f"of {last.get('stage_max_iterations')} iterations without converging.")
     if finished(last):
         return (f"Converged at iteration {last['iteration']}: no MD run broke "
                 f"({last.get('converged_needed', 1)} consecutive iteration(s) needed).")
@@ -190,6 +217,7 @@ def markdown(data: Sequence[IterationData], pngs: Sequence[Path]) -> str:
     lines = ["# smallcell report", "", f"**{verdict(data)}**", "", "## Answers", ""]
     for q, a in answers(data).items():
         lines += [f"- **{q}** {a}"]
+    lines += ["", "## Stages", ""] + [f"- {x}" for x in stages(data)]
     flags = diagnose(data)
     lines += ["", "## Anomalies", ""] + ([f"- {f}" for f in flags] or ["- none found"])
     lines += ["", "## Per iteration", "", "| " + " | ".join(COLUMNS) + " |",
@@ -204,6 +232,7 @@ def page(data: Sequence[IterationData], pngs: Sequence[Path]) -> str:
     e = html.escape
     qa = "".join(f"<dt>{e(q)}</dt><dd>{e(a)}</dd>" for q, a in answers(data).items())
     flags = "".join(f"<li>{e(f)}</li>" for f in diagnose(data)) or "<li>none found</li>"
+    st = "".join(f"<li>{e(x)}</li>" for x in stages(data))
     head = "".join(f"<th>{e(c)}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row(d)) + "</tr>"
                    for d in data)
@@ -218,7 +247,8 @@ def page(data: Sequence[IterationData], pngs: Sequence[Path]) -> str:
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>smallcell report"
             f"</title><style>{style}</style></head><body><h1>smallcell report</h1>"
             f"<p><strong>{e(verdict(data))}</strong></p><h2>Answers</h2><dl>{qa}</dl>"
-            f"<h2>Anomalies</h2><ul>{flags}</ul><h2>Per iteration</h2><table><tr>{head}</tr>"
+            f"<h2>Stages</h2><ul>{st}</ul><h2>Anomalies</h2><ul>{flags}</ul>"
+            f"<h2>Per iteration</h2><table><tr>{head}</tr>"
             f"{body}</table><h2>Figures</h2>{imgs}</body></html>\n")
 
 

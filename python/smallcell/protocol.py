@@ -1,0 +1,110 @@
+"""The small-cell protocol (the report's Algorithm 3): stages of ever larger cells.
+
+A stage is the top-level config with a few keys replaced by its `stages[k]` entry. Each
+iteration's frozen config.yaml is the effective config of its stage (with `stage: k`), so
+every stage module keeps reading structure.cell, grid.*, md.steps and select.* as before.
+Which stage an iteration runs follows from the summary of the iteration before: the same
+stage until that iteration ended it (converged, or the stage's max_iterations reached),
+then the next one. The data set and the potential carry over by themselves: collect
+appends to the previous train.cfg and train warm-starts from the previous potential,
+whatever the cell.
+
+Without `stages` the run is one stage of the top-level settings, without a cap: the loop
+behaves exactly as before the protocol existed.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from smallcell.config import Config
+from smallcell.stages.common import CONFIG, Iteration
+from smallcell.state import RunPaths, read_json
+
+# stages[k] key -> the top-level key it replaces
+OVERRIDES: dict[str, tuple[str, str]] = {
+    "cell": ("structure", "cell"),
+    "lattice": ("structure", "lattice"),
+    "a": ("structure", "a"),
+    "displacement": ("structure", "displacement"),
+    "temperatures": ("grid", "temperatures"),
+    "pressures": ("grid", "pressures"),
+    "seeds_per_point": ("grid", "seeds_per_point"),
+    "draws": ("grid", "draws"),
+    "md_steps": ("md", "steps"),
+    "policy": ("select", "policy"),
+    "max_selected": ("select", "max_selected"),
+}
+
+CONVERGED = "converged"
+CAPPED = "iteration cap"
+
+
+def n_stages(cfg: Config) -> int:
+    return max(1, len(cfg["stages"]))
+
+
+def _entry(cfg: Config, k: int) -> dict[str, Any]:
+    return cfg["stages"][k] if cfg["stages"] else {}
+
+
+def effective(cfg: Config, k: int) -> Config:
+    """The config of stage `k`: the top level with the stage's keys in place."""
+    if not 0 <= k < n_stages(cfg):
+        raise ValueError(f"stage {k} of a protocol with {n_stages(cfg)} stage(s)")
+    data = copy.deepcopy(cfg.data)
+    for key, value in _entry(cfg, k).items():
+        if key in OVERRIDES and value is not None:
+            section, name = OVERRIDES[key]
+            data[section][name] = copy.deepcopy(value)
+    data["stage"] = k
+    return Config(data, cfg.source)
+
+
+def name(cfg: Config, k: int) -> str:
+    """The stage's name: its own, or its cell (1x1x2)."""
+    given = _entry(cfg, k).get("name")
+    return given or "x".join(str(n) for n in effective(cfg, k)["structure"]["cell"])
+
+
+def cap(cfg: Config, k: int) -> int | None:
+    return _entry(cfg, k).get("max_iterations")
+
+
+def stage_of(paths: RunPaths, i: int, cfg: Config) -> int:
+    """The stage of a new iteration i: that of iteration i-1, or the next one when i-1
+    ended it."""
+    if i == 0:
+        return 0
+    prev = read_json(paths.summary(i - 1))
+    k = int(prev.get("stage", 0))
+    return min(k + 1 if prev.get("stage_end") else k, n_stages(cfg) - 1)
+
+
+def open_iteration(root: Path, i: int, cfg: Config) -> Iteration:
+    """Iteration i with the config of its stage (frozen on first use; a frozen one wins)."""
+    paths = RunPaths(root)
+    if (paths.it(i) / CONFIG).exists():
+        return Iteration.open(root, i, cfg)
+    return Iteration.open(root, i, effective(cfg, stage_of(paths, i, cfg)))
+
+
+def summary_fields(it: Iteration, converged: bool) -> dict[str, Any]:
+    """What summary.json records of the protocol: the stage, the iteration's rank among
+    the stage's explore iterations (iteration 0, the initial fit, is 0), the converged
+    streak within the stage, and whether (and why) the stage ends here."""
+    cfg, k = it.cfg, int(it.cfg["stage"])
+    prev_path = it.paths.summary(it.i - 1)
+    prev = read_json(prev_path) if it.i > 0 and prev_path.exists() else None
+    same = prev is not None and int(prev.get("stage", 0)) == k and not prev.get("stage_end")
+    j = 0 if it.i == 0 else int(prev.get("stage_iteration", it.i - 1)) + 1 if same else 1
+    streak = int(prev.get("converged_streak", 0)) + 1 if converged and same else int(converged)
+    needed = cfg["run"]["converged_iterations"]
+    limit = cap(cfg, k)
+    end = (CONVERGED if streak >= needed else
+           CAPPED if limit and j >= limit else None)
+    return {"stage": k, "stage_name": name(cfg, k), "n_stages": n_stages(cfg),
+            "stage_iteration": j, "stage_max_iterations": limit, "stage_end": end,
+            "converged_streak": streak, "converged_needed": needed}

@@ -1,0 +1,252 @@
+"""The small-cell protocol (Algorithm 3): `stages` of larger cells, their config, the
+stage of every iteration, transitions by convergence or cap, and what status and the
+report say of them."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from smallcell import cli, protocol
+from smallcell.config import load_config, parse_config
+from smallcell.errors import SmallcellError
+from smallcell.formats.cfg import read_cfgs
+from smallcell.loop import verdict
+from smallcell.stages.common import Iteration
+from smallcell.state import RunPaths, atomic_write_json, read_json
+from smallcell.status import finished, status_lines
+from smallcell.structures import md_runs
+
+REPO = Path(__file__).resolve().parents[1]
+
+THREE = """\
+species: [Pb]
+structure: {lattice: fcc, a: 4.95, displacement: 0.1}
+grid: {temperatures: [300.0, 600.0], pressures: [1.0]}
+md: {steps: 80, timestep: 2.0}
+initial: {n_configs: 8}
+trainer: {level: 4, max_iter: 60, radial_basis_size: 4}
+select: {max_selected: 4}
+sample: {size: 6}
+run: {seed: 3, jobs: 2, max_iterations: 20}
+stages:
+  - {cell: [1, 1, 1], max_iterations: 2}
+  - {cell: [1, 1, 2], max_iterations: 1, md_steps: 50}
+  - name: big
+    cell: [2, 2, 2]
+    max_iterations: 1
+    md_steps: 30
+    temperatures: {start: 300, stop: 500, step: 100}
+"""
+
+
+# ------------------------------------------------------------------------------ config
+
+
+def test_stages_are_overrides_of_the_top_level() -> None:
+    cfg = parse_config(THREE)
+    assert protocol.n_stages(cfg) == 3
+    assert [protocol.name(cfg, k) for k in range(3)] == ["1x1x1", "1x1x2", "big"]
+    assert [protocol.cap(cfg, k) for k in range(3)] == [2, 1, 1]
+    big = protocol.effective(cfg, 2)
+    assert big["stage"] == 2 and big["structure"]["cell"] == [2, 2, 2]
+    assert big["grid"]["temperatures"] == [300.0, 400.0, 500.0] and big["md"]["steps"] == 30
+    assert big["grid"]["pressures"] == [1.0] and big["structure"]["a"] == 4.95  # inherited
+    assert protocol.effective(cfg, 1)["md"]["steps"] == 50
+    assert cfg["md"]["steps"] == 80 and cfg["structure"]["cell"] == [1, 1, 1]  # untouched
+    # the frozen copy of an effective config loads back to the same values
+    again = parse_config(big.dump())
+    assert again.data == big.data
+    # without stages: one stage, the top level
+    plain = parse_config("{}")
+    assert protocol.n_stages(plain) == 1 and protocol.effective(plain, 0).data == plain.data
+    with pytest.raises(ValueError, match="stage 3 of a protocol with 3"):
+        protocol.effective(cfg, 3)
+
+
+@pytest.mark.parametrize(("text", "line", "words"), [
+    ("stages: 3\n", 1, "stages must be a list of mappings"),
+    ("stages:\n  - {cell: [1, 1, 1]}\n  - {cel: [1, 1, 2]}\n", 3,
+     "unknown key 'stages[1].cel'; did you mean 'stages[1].cell'?"),
+    ("stages:\n  - {cell: [1, 1]}\n", 2, "stages[0].cell must have exactly 3 items"),
+    ("stages:\n  - cell: [1, 1, 1]\n    max_iterations: 0\n", 3,
+     "stages[0].max_iterations must be >= 1"),
+    ("grid:\n  temperatures: {start: 300, stop: 100, step: 100}\n", 2,
+     "grid.temperatures: a range needs step > 0 and stop >= start"),
+    ("grid:\n  temperatures: {start: 300, stop: 500}\n", 2,
+     "needs exactly the keys start, stop, step"),
+    ("grid:\n  temperatures: {start: 0, stop: 500, step: 100}\n", 2,
+     "grid.temperatures[0] must be > 0"),
+    ("engines: {explorer: lammps, trainer: mlip3}\nstages:\n  - {}\n"
+     "  - {policy: dopt_batch}\n", 4, "stages[1].policy dopt_batch needs the embedded grader"),
+])
+def test_bad_stages_name_the_line(tmp_path: Path, text: str, line: int, words: str) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(SmallcellError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}:{line}: ") and words in str(info.value)
+
+
+def test_ranges_include_their_stop() -> None:
+    g = parse_config("grid:\n  temperatures: {start: 100, stop: 400, step: 150}\n"
+                     "  pressures: {start: 0, stop: 1, step: 0.1}\n")["grid"]
+    assert g["temperatures"] == [100.0, 250.0, 400.0]
+    assert g["pressures"] == [round(0.1 * k, 10) for k in range(11)]
+
+
+def test_random_tp_draws_per_iteration() -> None:
+    cfg = parse_config("grid: {temperatures: [200, 800], pressures: [0, 5000], draws: 5, "
+                       "seeds_per_point: 2}\nrun: {seed: 4}\n")
+    runs = md_runs(cfg, 1)
+    assert len(runs) == 10 and [r.replica for r in runs[:2]] == [0, 1]
+    points = {(r.temperature, r.pressure) for r in runs}
+    assert len(points) == 5
+    assert all(200 <= t <= 800 and 0 <= p <= 5000 for t, p in points)
+    assert md_runs(cfg, 1) == runs  # the same iteration draws the same points
+    assert {(r.temperature, r.pressure) for r in md_runs(cfg, 2)} != points
+    assert len({r.name for r in runs}) == 10
+
+
+# ------------------------------------------------------------------ stage bookkeeping
+
+
+def _summaries(root: Path) -> list[dict]:
+    paths = RunPaths(root)
+    return [read_json(paths.summary(i)) for i in paths.iterations()
+            if paths.summary(i).exists()]
+
+
+def _fake(root: Path, cfg, conv: list[bool]) -> list[dict]:
+    """Summaries of iterations 0..len(conv)-1 by the protocol's rules, without running
+    anything: open each iteration with its stage's config, record its protocol fields."""
+    out = []
+    for i, c in enumerate(conv):
+        it = protocol.open_iteration(root, i, cfg)
+        s = {"iteration": i, "converged": c and i > 0, **protocol.summary_fields(it, c and i > 0)}
+        atomic_write_json(it.paths.summary(i), s)
+        out.append(s)
+    return out
+
+
+def test_stage_ends_by_convergence_or_cap(tmp_path: Path) -> None:
+    cfg = parse_config("run: {converged_iterations: 2}\nstages:\n"
+                       "  - {cell: [1, 1, 1], max_iterations: 3}\n"
+                       "  - {cell: [1, 1, 2], max_iterations: 2}\n")
+    #            0      1     2      3     4     5
+    s = _fake(tmp_path, cfg, [False, True, False, True, True, False])
+    assert [x["stage"] for x in s] == [0, 0, 0, 0, 1, 1]
+    assert [x["stage_iteration"] for x in s] == [0, 1, 2, 3, 1, 2]
+    assert [x["converged_streak"] for x in s] == [0, 1, 0, 1, 1, 0]  # reset by the new stage
+    assert [x["stage_end"] for x in s] == [None, None, None, "iteration cap", None,
+                                           "iteration cap"]
+    assert [finished(x) for x in s] == [False] * 5 + [True]
+    assert verdict(s[-1]).startswith("stopped: the iteration cap of 2 was reached")
+    frozen = [Iteration.open(tmp_path, i).cfg["structure"]["cell"] for i in range(6)]
+    assert frozen == [[1, 1, 1]] * 4 + [[1, 1, 2]] * 2
+    # two converged iterations in a row end a stage before its cap
+    s = _fake(tmp_path / "b", cfg, [False, True, True, True, True])
+    assert [x["stage_end"] for x in s] == [None, None, "converged", None, "converged"]
+    assert [x["stage"] for x in s] == [0, 0, 0, 1, 1] and finished(s[-1])
+    assert verdict(s[-1]) == ("converged: no MD run broke in 2 consecutive iterations (the "
+                              "last of 2 stages, 1x1x2)")
+
+
+def test_a_frozen_iteration_keeps_its_stage(tmp_path: Path) -> None:
+    cfg = parse_config("stages:\n  - {cell: [1, 1, 1]}\n  - {cell: [1, 1, 2]}\n")
+    it = protocol.open_iteration(tmp_path, 0, cfg)
+    assert it.cfg["stage"] == 0
+    later = parse_config("stages:\n  - {cell: [2, 2, 2]}\n  - {cell: [1, 1, 2]}\n")
+    assert protocol.open_iteration(tmp_path, 0, later).cfg["structure"]["cell"] == [1, 1, 1]
+
+
+def test_runs_without_stages_behave_as_before(tmp_path: Path) -> None:
+    cfg = parse_config("{}")
+    s = _fake(tmp_path, cfg, [False, False, True])
+    assert [x["stage"] for x in s] == [0, 0, 0] and [x["n_stages"] for x in s] == [1, 1, 1]
+    assert [x["stage_end"] for x in s] == [None, None, "converged"] and finished(s[-1])
+    assert verdict(s[-1]) == "converged: no MD run broke"
+    # a summary written before the protocol existed keeps its old meaning
+    assert finished({"converged": True, "converged_streak": 1, "converged_needed": 1})
+    assert not finished({"converged": True, "converged_streak": 1, "converged_needed": 2})
+
+
+# ------------------------------------------------------------ a three-stage embedded run
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("three")
+    (root / "p.yaml").write_text(THREE)
+    res = subprocess.run([str(REPO / "bin" / "smallcell"), "--run-dir", str(root), "iter",
+                          "--config", str(root / "p.yaml")], capture_output=True, text=True,
+                         timeout=600, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return root, res.stdout + res.stderr
+
+
+def test_three_stages_run_in_order(three: tuple[Path, str]) -> None:
+    root, out = three
+    s = _summaries(root)
+    stages = [x["stage"] for x in s]
+    assert stages == sorted(stages) and set(stages) == {0, 1, 2}
+    assert finished(s[-1]) and s[-1]["stage"] == 2
+    for x in s:
+        want = protocol.effective(parse_config(THREE), x["stage"])
+        assert x["cell"] == want["structure"]["cell"]  # the summary records the stage's cell
+        assert x["stage_name"] == ["1x1x1", "1x1x2", "big"][x["stage"]]
+    # each stage ended (converged or at its cap) where the next begins
+    for a, b in itertools.pairwise(s):
+        assert (b["stage"] == a["stage"] + 1) == bool(a["stage_end"])
+    # explore ran the stage's cell: 4, 8 and 32 atoms
+    for x in s[1:]:
+        run = sorted((root / "iter" / str(x["iteration"]) / "explore").glob("*/md.log"))[0]
+        n_atoms = {0: 4, 1: 8, 2: 32}[x["stage"]]
+        data = (run.parent / "data.lmp").read_text()
+        assert f"{n_atoms} atoms" in data
+    # the last stage's range of temperatures, the middle stage's MD length
+    last = s[-1]["iteration"]
+    assert sorted({r.temperature for r in md_runs(Iteration.open(root, last).cfg, last)}) == [
+        300.0, 400.0, 500.0]
+    assert "stage 1/3 (1x1x1)" in out and "stage 2/3 starts with iteration" in out
+
+
+def test_data_and_potential_carry_forward(three: tuple[Path, str]) -> None:
+    root, _ = three
+    s = _summaries(root)
+    first = next(x for x in s if x["stage"] == 1)["iteration"]
+    prev = root / "iter" / str(first - 1)
+    cur = root / "iter" / str(first)
+    before = (prev / "collect" / "train.cfg").read_bytes()
+    assert (cur / "collect" / "train.cfg").read_bytes().startswith(before)
+    errors = read_json(cur / "train" / "errors.json")
+    assert errors.get("warm_start") or errors.get("skipped")
+    plan = json.loads((cur / "explore" / "plan.json").read_text())
+    assert plan["runs"]
+    text = (cur / "explore" / sorted(plan["runs"])[0] / "in.lammps").read_text()
+    assert f'"load_from=../../../{first - 1}/train/pot.almtp"' in text  # the previous fit
+    assert len(read_cfgs(cur / "collect" / "train.cfg")) == s[first]["n_train"]
+
+
+def test_status_and_report_show_the_transitions(three: tuple[Path, str]) -> None:
+    root, _ = three
+    lines = status_lines(root)
+    s = _summaries(root)
+    ended = [x for x in s if x["stage_end"] and x["stage"] < 2]
+    assert len(ended) == 2
+    for x in ended:
+        k = x["stage"]
+        line = next(ln for ln in lines if ln.strip().startswith(f"stage {k + 1}/3 ("))
+        assert line.endswith(f"-> stage {k + 2}/3")
+    rows = [ln.split() for ln in lines[1:] if ln.strip()[:1].isdigit()]
+    assert [r[1] for r in rows] == [f"{x['stage'] + 1}/3" for x in s]
+    assert cli.main(["--run-dir", str(root), "report"]) == 0
+    md = (root / "report" / "report.md").read_text()
+    for k, name in enumerate(("1x1x1", "1x1x2", "big, 2x2x2")):
+        assert f"- stage {k + 1}/3 ({name}): iterations" in md
+    assert md.count("| 1/3 | 1x1x1 |") == sum(x["stage"] == 0 for x in s)
+    assert md.count("| 3/3 | 2x2x2 |") == sum(x["stage"] == 2 for x in s)
