@@ -49,6 +49,11 @@ slurm:
 """
 
 
+# The chain compared with the local loop crosses a stage of the protocol: iteration 2 runs
+# the 1x1x2 cell after the 1x1x1 stage's one iteration.
+TWO_STAGES = "stages:\n  - {cell: [1, 1, 1], max_iterations: 1}\n  - {cell: [1, 1, 2]}\n"
+
+
 def tiny(extra: str = "") -> str:
     return (REPO / "examples" / "tiny.yaml").read_text() + SLURM_SECTION + extra
 
@@ -182,7 +187,7 @@ def same_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One config file for the local reference and every SLURM run compared with it (the
     frozen iteration configs name their source file)."""
     path = tmp_path_factory.mktemp("config") / "tiny-slurm.yaml"
-    path.write_text(tiny())
+    path.write_text(tiny(TWO_STAGES))
     return path
 
 
@@ -224,6 +229,10 @@ def test_submitted_chain_equals_the_local_loop(slurm_env: dict[str, str], same_c
     label1 = next(r for r in records(run, 1) if r["stage"] == "label")
     assert s1["sample_n"] > 0 and s1["sample_force_error_mean"] is not None
     assert label1["n_tasks"] == s1["n_selected"] + s1["sample_n"] + s1["sample_failed"]
+    # the collect+train job moved the chain to the next stage of the protocol
+    assert s1["stage_end"] and s1["stage"] == 0
+    s2 = json.loads((run / "iter" / "2" / "summary.json").read_text())
+    assert s2["stage"] == 1 and s2["cell"] == [1, 1, 2]
     last = max(RunPaths(run).iterations())
     text = status(slurm_env, run)
     assert "collect+train" in text and "STOPPED" not in text, text
