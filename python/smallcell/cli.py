@@ -207,6 +207,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from smallcell.export import export
+
+    root = _root(args)
+    out = Path(args.out) if Path(args.out).is_absolute() else root / args.out
+    written = export(root, out, args.upto)
+    for name, n in written.items():
+        print(f"{out / (name + '.extxyz')}: {n} configurations")
+    if not written:
+        print("nothing to export yet: no iteration has collected a training set")
+    return 0
+
+
 def cmd_config_doc(args: argparse.Namespace) -> int:
     from smallcell.config import reference_markdown
 
@@ -250,6 +263,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("i", type=int, metavar="I")
     s.add_argument("--force", action="store_true")
     s.set_defaults(fn=cmd_clean_iter)
+    s = sub.add_parser("export", help="the training, test and error-sample sets as extended "
+                       "XYZ (for other MLIPs)")
+    s.add_argument("--out", default="export", help="folder (default: RUN_DIR/export)")
+    s.add_argument("--upto", type=int, default=None, metavar="I",
+                   help="the training set of iteration I (default: the last)")
+    s.set_defaults(fn=cmd_export)
     s = sub.add_parser("check-config", help="validate a config and print the effective one")
     s.add_argument("config", nargs="?", default="config.yaml")
     s.set_defaults(fn=cmd_check_config)

@@ -278,10 +278,25 @@ SCHEMA = Section(
                 "source": Key("str", "generate",
                               "generate: displaced and strained cells labeled by the labeler; "
                               "cfg: a labeled MLIP-3 cfg file; outcar: a folder of VASP "
-                              "OUTCARs (every ionic step).",
-                              choices=("generate", "cfg", "outcar")),
+                              "OUTCARs (every ionic step); import: every entry of "
+                              "initial.paths.",
+                              choices=("generate", "cfg", "outcar", "import")),
                 "path": Key("path", None, "The cfg file or OUTCAR folder (source cfg/outcar), "
                             "relative to the config file.", nullable=True),
+                "paths": Key("list[path]", [],
+                             "source import: labeled data sets, each a cfg file, an extended "
+                             "XYZ file (.extxyz/.xyz, energy and forces) or a folder searched "
+                             "for OUTCARs (e.g. the report's eq/neq 32- and 108-atom sets); "
+                             "relative to the config file."),
+                "dedup": Key("bool", True,
+                             "Imported data: drop a configuration equal to an earlier one "
+                             "(same atoms, types, cell and positions to 1e-5 Å), e.g. the "
+                             "same OUTCAR imported twice."),
+                "test_fraction": Key("float", 0.0,
+                                     "Imported data: this fraction, drawn at random, is held "
+                                     "out as a test set (iter/0/select/test.cfg), never "
+                                     "trained on; every iteration's potential is tested on "
+                                     "it (summary.json test_errors).", low=0, high=0.9),
                 "n_configs": Key("int", 24, "Number of generated configurations.", low=1),
                 "strain": Key("float", 0.04,
                               "Maximal random strain component of a generated cell.",
@@ -604,6 +619,8 @@ class Config:
                         absolute(spec.item, item)
                 elif spec.kind == "path" and values[name] is not None:
                     values[name] = str(self.resolve(values[name]))
+                elif spec.kind == "list[path]":
+                    values[name] = [str(self.resolve(v)) for v in values[name]]
 
         absolute(SCHEMA, data)
         header = f"# effective configuration (from {self.source})\n" if self.source else ""
@@ -614,6 +631,7 @@ def _type_name(kind: str) -> str:
     return {"int": "an integer", "float": "a number", "str": "a string", "bool": "true/false",
             "path": "a path (string)", "list[float]": "a list of numbers",
             "list[int]": "a list of integers", "list[str]": "a list of strings",
+            "list[path]": "a list of paths (strings)",
             "command": "a command (string or list of words)",
             "mapping": "a mapping of keys to values",
             "values": "a list of numbers or a range {start, stop, step}"}[kind]
@@ -804,7 +822,16 @@ def _cross_checks(cfg: Config, lines: _Lines, source: str) -> None:
     if cfg["trainer"]["min_dist"] >= cfg["trainer"]["max_dist"]:
         raise fail("trainer.min_dist", "trainer.min_dist must be smaller than trainer.max_dist")
     init = cfg["initial"]
-    if init["source"] != "generate":
+    if init["source"] == "import":
+        if not init["paths"]:
+            raise fail("initial.source", "initial.source is 'import': list the data sets in "
+                       "initial.paths")
+        for k, entry in enumerate(init["paths"]):
+            where = cfg.resolve(entry)
+            if where is None or not where.exists():
+                raise fail("initial.paths", f"initial.paths[{k}]: no such file or folder: "
+                           f"{where}")
+    elif init["source"] != "generate":
         path = cfg.resolve(init["path"])
         if path is None:
             raise fail("initial.source", f"initial.source is {init['source']!r}: set "

@@ -116,6 +116,7 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
         "active_set_size": errors.get("active_set_size"),
         "active_set_configs": errors.get("active_set_configs"),
         "train_errors": errors.get("errors", {}),
+        "test_errors": errors.get("test_errors"),
         **sample.summary_fields(it),
         "stage_seconds": timings,
         "seconds": seconds,

@@ -18,6 +18,7 @@ from smallcell.errors import SmallcellError
 from smallcell.formats.cfg import cfg_to_atoms, iter_cfgs
 from smallcell.stages.collect import TRAIN
 from smallcell.stages.common import Iteration, progress
+from smallcell.stages.initial import held_out
 from smallcell.state import atomic_write_json, atomic_write_text, mark_done, read_json
 from smallcell.structures import seed_for
 
@@ -71,6 +72,12 @@ def run(it: Iteration) -> dict:
                              "traceback in error.log; run again to retry") from None
     info = {**asdict(res), "seconds": time.perf_counter() - t0, "n_train": len(images),
             "warm_start": start is not None}
+    held = held_out(it.paths.root)
+    if held is not None:
+        info["test_errors"] = trainer.errors(folder, it.species, held)
+        progress(it, STAGE, f"held-out test set: force RMSE "
+                 f"{info['test_errors']['force_rmse']:.4f} eV/Å, energy RMSE "
+                 f"{1000 * info['test_errors']['energy_rmse']:.2f} meV/atom")
     atomic_write_json(folder / "errors.json", info)
     e = res.errors
     progress(it, STAGE, f"done in {info['seconds']:.1f} s, {res.iterations} iterations: "

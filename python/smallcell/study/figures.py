@@ -163,6 +163,11 @@ def errors_per_iteration(data: Sequence[IterationData], out: Path) -> Path:
             (axes[0], "energy_rmse", "sample_energy_per_atom_error_mean", "meV/atom", "Energy"),
             (axes[1], "force_rmse", "sample_force_error_mean", "meV/Å", "Force")):
         ax.plot(its, [1000 * e[key] for e in te], "o-", label="training set (RMSE)")
+        tested = [d for d in data if (d.summary.get("test_errors") or {}).get(key) is not None]
+        if tested:
+            ax.plot([d.i for d in tested], [1000 * d.summary["test_errors"][key]
+                                            for d in tested], "^-", color="tab:green",
+                    label="held-out test set (RMSE)")
         if sampled:
             ax.plot([d.i - 1 for d in sampled], [1000 * d.summary[skey] for d in sampled],
                     "s--", color="tab:red", label="MD sample it explored (mean per config.)")

@@ -27,7 +27,8 @@ from smallcell.study.rundata import IterationData, load
 
 COLUMNS = ("iteration", "stage", "cell", "MD runs", "broke", "preselected", "selected", "labeled",
            "failed", "n_train", "gamma max", "gamma mean", "gamma std", "train E meV/atom",
-           "train F meV/Å", "fit iterations", "fit converged", "sample n",
+           "train F meV/Å", "test E meV/atom", "test F meV/Å", "fit iterations",
+           "fit converged", "sample n",
            "sample F meV/Å", "sample E meV/atom", "sample ρ(γ,F)")
 
 
@@ -47,6 +48,8 @@ def row(d: IterationData) -> list[str]:
             _f(s.get("gamma_mean"), ".4g"), _f(s.get("gamma_std"), ".4g"),
             _f(1000 * te["energy_rmse"] if "energy_rmse" in te else None, ".3f"),
             _f(1000 * te["force_rmse"] if "force_rmse" in te else None, ".2f"),
+            _f(_milli((s.get("test_errors") or {}).get("energy_rmse")), ".3f"),
+            _f(_milli((s.get("test_errors") or {}).get("force_rmse")), ".2f"),
             _f(s.get("train_iterations"), "d"),
             "-" if conv is None else ("yes" if conv else "no"),
             str(s.get("sample_n", 0)), _f(_milli(s.get("sample_force_error_mean")), ".2f"),
