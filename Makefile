@@ -17,7 +17,7 @@ SC      := bin/smallcell --run-dir $(RUN_DIR)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup iter submit pilot cancel status test lint clean-iter config-doc bench \
-        bench-labels sweep report export
+        bench-labels sweep report export validate
 
 help:  ## list every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ test: $(STAMP)  ## run the whole test suite (pytest, slow tests included)
 
 report: $(STAMP)  ## write RUN_DIR/report/index.html and report.md (figures, table, answers)
 	$(SC) report
+
+validate: $(STAMP)  ## the final potential on validation.cell: gamma and errors (validation/)
+	$(SC) validate --config $(CONFIG)
 
 export: $(STAMP)  ## write RUN_DIR/export/{train,test,sample}.extxyz (data for other MLIPs)
 	$(SC) export $(if $(I),--upto $(I))

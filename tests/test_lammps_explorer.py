@@ -14,7 +14,6 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -66,9 +65,8 @@ def _prepare(root: Path, s: MDSettings, explorer: LammpsExplorer | None = None,
     out = root / "iter" / "1" / "explore" / ".T300-P1-s7.tmp.1"
     out.mkdir(parents=True)
     floor = explorer.settings.grade_floor if explorer is not None else None
-    it = SimpleNamespace(i=1, cfg={"engines": {"explorer": "lammps"},
-                                   "lammps": {"grade_floor": floor, "dump_every": 0}})
-    ctx = lammps_context(it, s)  # type: ignore[arg-type]
+    cfg = {"engines": {"explorer": "lammps"}, "lammps": {"grade_floor": floor, "dump_every": 0}}
+    ctx = lammps_context(cfg, s, "../../../0/train/pot.almtp")  # type: ignore[arg-type]
     if explorer is not None:
         assert ctx["gamma_save"] == explorer.threshold_save(s)  # the stage renders what it needs
     ctx.update(ctx_overrides)

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from smallcell import cli, protocol
 from smallcell.config import load_config, parse_config
+from smallcell.engines.motep_mtp import MotepPotential
 from smallcell.errors import SmallcellError
-from smallcell.formats.cfg import read_cfgs
+from smallcell.formats.cfg import cfg_to_atoms, read_cfgs
 from smallcell.loop import verdict
 from smallcell.stages.common import Iteration
 from smallcell.state import RunPaths, atomic_write_json, read_json
@@ -41,6 +44,7 @@ stages:
     max_iterations: 1
     md_steps: 30
     temperatures: {start: 300, stop: 500, step: 100}
+validation: {cell: [3, 3, 3], steps: 40, sample: 4}
 """
 
 
@@ -250,3 +254,64 @@ def test_status_and_report_show_the_transitions(three: tuple[Path, str]) -> None
         assert f"- stage {k + 1}/3 ({name}): iterations" in md
     assert md.count("| 1/3 | 1x1x1 |") == sum(x["stage"] == 0 for x in s)
     assert md.count("| 3/3 | 2x2x2 |") == sum(x["stage"] == 2 for x in s)
+
+
+# --------------------------------------------------------------- large-cell validation
+
+
+def test_validation_after_the_last_stage(three: tuple[Path, str]) -> None:
+    """The final potential on 3x3x3 (108 atoms) at the last stage's temperatures: gamma
+    statistics of its MD and its errors on labeled configurations, computed by hand."""
+    root, out = three
+    vdir = root / "validation"
+    v = read_json(vdir / "summary.json")
+    last = _summaries(root)[-1]["iteration"]
+    assert (vdir / "done").exists() and v["iteration"] == last
+    assert v["cell"] == [3, 3, 3] and v["n_atoms"] == 108 and v["steps"] == 40
+    assert sorted(r["temperature"] for r in v["runs"]) == [300.0, 400.0, 500.0]
+    for r in v["runs"]:
+        g = read_json(vdir / "explore" / r["run"] / "gamma.json")
+        assert g["max"] == r["gamma_max"] and "108 atoms" in (
+            vdir / "explore" / r["run"] / "data.lmp").read_text()
+    assert v["gamma_max"] == max(r["gamma_max"] for r in v["runs"])
+    rows = read_json(vdir / "sample" / "errors.json")["configs"]
+    assert v["sample_n"] == len(rows) == 4
+    pot = MotepPotential.load(root / "iter" / str(last) / "train", ["Pb"], "nbh")
+    row = rows[0]
+    [lab] = read_cfgs(vdir / "label" / str(row["task"]) / "labeled.cfg")
+    ref = cfg_to_atoms(lab, ["Pb"])
+    _, f, _ = pot.evaluate(ref.copy())
+    df = np.linalg.norm(f - ref.get_forces(), axis=1)
+    assert row["force_error"] == pytest.approx(np.sqrt(np.mean(df**2)), rel=1e-9)
+    assert v["sample_force_error_mean"] == pytest.approx(np.mean([r["force_error"]
+                                                                   for r in rows]))
+    assert "validation 3x3x3 (108 atoms)" in out
+    assert any(ln.startswith("validation 3x3x3 (108 atoms)") for ln in status_lines(root))
+    assert cli.main(["--run-dir", str(root), "report"]) == 0
+    md = (root / "report" / "report.md").read_text()
+    assert f"iteration {last}'s potential on the 3x3x3 cell (108 atoms)" in md
+    assert f"force {1000 * v['sample_force_error_mean']:.1f} meV/Å" in md
+
+
+def test_validation_reruns_nothing_and_keeps_an_older_one(three: tuple[Path, str],
+                                                           tmp_path: Path) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(three[0], root)
+    summary = root / "validation" / "summary.json"
+    before = summary.stat().st_mtime_ns
+    config = str(root / "p.yaml")
+    assert cli.main(["--run-dir", str(root), "validate", "--config", config]) == 0
+    assert summary.stat().st_mtime_ns == before
+    # a validation of another potential is moved aside, not overwritten
+    atomic_write_json(root / "validation" / "potential.json", {"iteration": 1})
+    assert cli.main(["--run-dir", str(root), "validate", "--config", config]) == 0
+    assert (root / "validation.iter1" / "summary.json").read_bytes() == (
+        three[0] / "validation" / "summary.json").read_bytes()
+    assert (root / "validation" / "done").exists()
+
+
+def test_validate_needs_a_cell(tmp_path: Path, capsys) -> None:
+    (tmp_path / "c.yaml").write_text("{}\n")
+    assert cli.main(["--run-dir", str(tmp_path), "validate", "--config",
+                     str(tmp_path / "c.yaml")]) == 2
+    assert "validation.cell is not set" in capsys.readouterr().err

@@ -24,7 +24,7 @@ def cmd_iter(args: argparse.Namespace) -> int:
     from smallcell.engines.base import check_engines
     from smallcell.sched.local import LocalRunner
     from smallcell.state import RunLock, RunPaths
-    from smallcell.status import HEADER, line_for_summary, transition_line
+    from smallcell.status import HEADER, line_for_summary, transition_line, validation_line
 
     cfg = load_config(args.config)
     check_engines(cfg)
@@ -55,6 +55,9 @@ def cmd_iter(args: argparse.Namespace) -> int:
                else f"not converged yet (run `make iter N={last['iteration'] + 1}` or more)")
     print(f"\n{verdict}; potential: {RunPaths(root).stage(last['iteration'], 'train')}/pot.mtp; "
           f"{time.perf_counter() - t0:.1f} s")
+    checked = validation_line(root)
+    if checked:
+        print(checked)
     return 0
 
 
@@ -207,6 +210,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from smallcell.config import load_config
+    from smallcell.engines.base import check_engines
+    from smallcell.sched.local import LocalRunner
+    from smallcell.stages import validate
+    from smallcell.state import RunLock, RunPaths
+    from smallcell.status import validation_line
+
+    cfg = load_config(args.config)
+    if not validate.wanted(cfg):
+        raise SmallcellError(f"{args.config}: validation.cell is not set: nothing to validate "
+                             "(e.g. validation: {cell: [3, 3, 3]})")
+    check_engines(cfg)
+    root = _root(args)
+    jobs = args.jobs if args.jobs is not None else cfg["run"]["jobs"]
+    with RunLock(RunPaths(root), "smallcell validate"), LocalRunner(jobs) as runner:
+        validate.run(root, cfg, runner)
+    print(validation_line(root))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from smallcell.export import export
 
@@ -263,6 +287,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("i", type=int, metavar="I")
     s.add_argument("--force", action="store_true")
     s.set_defaults(fn=cmd_clean_iter)
+    s = sub.add_parser("validate", help="the final potential on validation.cell: gamma and "
+                       "errors on a larger cell (also run by iter after the last stage)")
+    s.add_argument("--config", default="config.yaml")
+    s.add_argument("--jobs", type=int, default=None, help="worker processes (default: run.jobs)")
+    s.set_defaults(fn=cmd_validate)
     s = sub.add_parser("export", help="the training, test and error-sample sets as extended "
                        "XYZ (for other MLIPs)")
     s.add_argument("--out", default="export", help="folder (default: RUN_DIR/export)")

@@ -460,6 +460,25 @@ SCHEMA = Section(
                     "N / --upto is not given.", low=0),
             },
         ),
+        "validation": Section(
+            "After the last stage: the final potential on a larger cell (e.g. 3x3x3 = 108 "
+            "atoms), MD at the last stage's temperatures and pressures, its gamma "
+            "statistics and, with the labeler, its errors on a random sample of the MD: "
+            "the evidence that small cells were enough (validation/, `make validate`).",
+            {
+                "cell": Key("list[int]", None, "The larger cell (repetitions of the cubic "
+                            "cell); null = no validation.", nullable=True, length=3, low=1),
+                "temperatures": Key("values", None, "null = the last stage's.",
+                                    nullable=True, low=0, low_open=True, min_length=1,
+                                    unit="K"),
+                "pressures": Key("values", None, "null = the last stage's.", nullable=True,
+                                 min_length=1, unit="bar"),
+                "steps": Key("int", 500, "MD steps per run.", low=1),
+                "sample": Key("int", 20, "Configurations drawn at random from the MD "
+                              "(0.1 < gamma < 10) and labeled to measure the potential's "
+                              "errors; 0 = gamma statistics only.", low=0),
+            },
+        ),
         "stages": Seq(
             "The small-cell protocol (the report's Algorithm 3): active learning on one "
             "cell after another, e.g. 1x1x1, 1x1x2, 2x2x2, the data set and the potential "

@@ -19,7 +19,7 @@ from typing import Any
 from smallcell import protocol
 from smallcell.config import Config
 from smallcell.errors import SmallcellError
-from smallcell.stages import collect, explore, label, sample, select, train
+from smallcell.stages import collect, explore, label, sample, select, train, validate
 from smallcell.stages.common import Iteration, Runner, progress
 from smallcell.state import (
     RunPaths,
@@ -182,4 +182,6 @@ def run(root: Path, cfg: Config, upto: int, runner: Runner) -> list[dict[str, An
             progress(it, "done", transition(s))
         if reason:
             break
+    if summaries and finished(summaries[-1]) and validate.wanted(cfg):
+        validate.run(root, cfg, runner)
     return summaries

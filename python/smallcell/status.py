@@ -137,6 +137,36 @@ def line_in_progress(paths: RunPaths, i: int) -> str:
             f"{_fmt(ex.get('gamma_mean'), '.3g', 7)} {broke:>5}{extra}  (in progress)")
 
 
+def validation_line(root: Path) -> str | None:
+    """The large-cell validation (validation/), in one line: done, or how far it got."""
+    vdir = Path(root) / "validation"
+    s = _load(vdir / "summary.json")
+    if s:
+        cell = "x".join(map(str, s.get("cell", [])))
+        err = s.get("sample_force_error_mean")
+        errors = ("" if err is None else f"; force error {1000 * err:.1f} meV/Å, |dE| "
+                  f"{1000 * s['sample_energy_per_atom_error_mean']:.2f} meV/atom on "
+                  f"{s.get('sample_n')} labeled configurations")
+        return (f"validation {cell} ({s.get('n_atoms')} atoms), iteration "
+                f"{s.get('iteration')}'s potential: {s.get('n_broke')} of {s.get('n_runs')} "
+                f"MD runs broke, gamma max {s.get('gamma_max', 0):.3g} mean "
+                f"{s.get('gamma_mean', 0):.3g}{errors}")
+    if not vdir.is_dir():
+        return None
+    runs = [e for e in _scan(vdir / "explore") if not e.name.startswith(".")]
+    ran = sum(os.path.exists(os.path.join(e.path, DONE)) for e in runs)
+    total, done, failed = _count_tasks(vdir / "label")
+    return (f"validation in progress: {ran}/{len(runs)} MD runs done, "
+            f"{done + failed}/{total} labels")
+
+
+def _scan(folder: Path) -> list[os.DirEntry]:
+    try:
+        return [e for e in os.scandir(folder) if e.is_dir()]
+    except FileNotFoundError:
+        return []
+
+
 def status_lines(root: Path) -> list[str]:
     """The status table; under an iteration submitted to SLURM, its jobs (ids and states
     from one squeue call with a short timeout), and why its chain stopped, if it did."""
@@ -162,6 +192,9 @@ def status_lines(root: Path) -> list[str]:
             lines.append(f"{'':>6}STOPPED: {first}")
             lines += [f"{'':>8}{line}" for line in rest[:12]]
             lines.append(f"{'':>8}(from {paths.it(i) / STOPPED}; `make submit` continues)")
+    checked = validation_line(root)
+    if checked:
+        lines.append(checked)
     if slurm.cancelled(paths):
         lines.append(f"(cancelled: {paths.iter_root / slurm.CANCELLED}; `make submit` "
                      "starts again)")

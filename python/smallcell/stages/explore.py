@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from smallcell.config import Config
 from smallcell.engines.base import Explorer, explorer_for
 from smallcell.engines.exploration import HIST_EDGES, MDSettings
 from smallcell.engines.lammps_input import write_lammps_inputs
@@ -40,54 +41,60 @@ def run_dir(it: Iteration, run: MDRun) -> Path:
 _EXPLORERS: dict[tuple[str, str], Explorer] = {}
 
 
-def _explorer(it: Iteration) -> Explorer:
+def _explorer(cfg: Config) -> Explorer:
     """One explorer per worker process (it caches the potential it loads)."""
-    key = (it.cfg["engines"]["explorer"], it.cfg["engines"]["trainer"])
+    key = (cfg["engines"]["explorer"], cfg["engines"]["trainer"])
     if key not in _EXPLORERS:
-        _EXPLORERS[key] = explorer_for(it.cfg)
+        _EXPLORERS[key] = explorer_for(cfg)
     return _EXPLORERS[key]
 
 
-def lammps_context(it: Iteration, s: MDSettings) -> dict[str, object]:
-    """in.lammps values for an explore run (LAMMPS metal units: ps, bar, K). With the LAMMPS
-    explorer and `lammps.grade_floor`, MLIP-3 saves every grade above the floor and the
-    explorer applies the real gamma_save afterwards."""
-    lam = it.cfg["lammps"]
-    floor = lam["grade_floor"] if it.cfg["engines"]["explorer"] == "lammps" else None
+def lammps_context(cfg: Config, s: MDSettings, potential: str) -> dict[str, object]:
+    """in.lammps values for an explore run (LAMMPS metal units: ps, bar, K); `potential`
+    is the pot.almtp path relative to the run folder. With the LAMMPS explorer and
+    `lammps.grade_floor`, MLIP-3 saves every grade above the floor and the explorer applies
+    the real gamma_save afterwards."""
+    lam = cfg["lammps"]
+    floor = lam["grade_floor"] if cfg["engines"]["explorer"] == "lammps" else None
     return {"dump_every": lam["dump_every"], "temperature": s.temperature,
             "pressure": s.pressure, "seed": s.seed,
             "timestep": s.timestep / 1000, "steps": s.steps, "thermo_every": s.log_every,
             "tdamp": s.thermostat_tau / 1000, "pdamp": s.barostat_tau / 1000,
             "ensemble": "npt" if s.ensemble == "npt" else "langevin",
-            "barostat": s.barostat,
-            "potential": f"../../../{it.i - 1}/train/pot.almtp",
+            "barostat": s.barostat, "potential": potential,
             "gamma_save": s.gamma_save if floor is None else floor,
             "gamma_break": s.gamma_break}
 
 
-def run_task(root: Path, i: int, k: int) -> dict[str, object]:
-    """Run explore task `k` of iteration `i` (any process; everything comes from disk)."""
-    it = Iteration.open(root, i)
-    run = md_runs(it.cfg, i)[k]
-    final = run_dir(it, run)
-    if is_done(final):
-        return read_json(final / "gamma.json")
-    md, ex = it.cfg["md"], it.cfg["extrapolation"]
-    settings = MDSettings(
+def md_settings(cfg: Config, run: MDRun) -> MDSettings:
+    """The MD of one run, from the config's md, extrapolation and sample sections."""
+    md, ex, sm = cfg["md"], cfg["extrapolation"], cfg["sample"]
+    return MDSettings(
         temperature=run.temperature, pressure=run.pressure, seed=run.seed, steps=md["steps"],
         timestep=md["timestep"], ensemble=md["ensemble"], thermostat_tau=md["thermostat_tau"],
         barostat_tau=md["barostat_tau"], grade_every=md["grade_every"],
         gamma_save=ex["gamma_save"], gamma_break=ex["gamma_break"], barostat=md["barostat"],
-        sample_size=it.cfg["sample"]["size"], sample_gamma_min=it.cfg["sample"]["gamma_min"],
-        sample_gamma_max=it.cfg["sample"]["gamma_max"])
+        sample_size=sm["size"], sample_gamma_min=sm["gamma_min"],
+        sample_gamma_max=sm["gamma_max"])
+
+
+def run_md(final: Path, cfg: Config, run: MDRun, train_dir: Path) -> dict[str, object]:
+    """One MD run into `final` with the potential of `train_dir`: computed in a scratch
+    folder, its files renamed into place, gamma.json last, then the marker. Shared by the
+    explore stage and the large-cell validation."""
+    if is_done(final):
+        return read_json(final / "gamma.json")
+    settings = md_settings(cfg, run)
     scratch = final.with_name(f".{run.name}.tmp.{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    atoms = start_structure(it.cfg, run)
+    atoms = start_structure(cfg, run)
     # The production explorer's input for the same run, for inspection and for LAMMPS.
-    write_lammps_inputs(scratch, atoms, it.species, masses(it.cfg), lammps_context(it, settings))
+    potential = os.path.relpath(Path(train_dir) / "pot.almtp", final)
+    write_lammps_inputs(scratch, atoms, list(cfg["species"]), masses(cfg),
+                        lammps_context(cfg, settings, potential))
     try:
-        result = _explorer(it).run(scratch, atoms, it.species, settings, it.previous_train)
+        result = _explorer(cfg).run(scratch, atoms, list(cfg["species"]), settings, train_dir)
     except Exception as exc:  # a crashed MD run: one clear message, its logs kept on disk
         _move_outputs(scratch, final)
         atomic_write_text(final / "error.log", traceback.format_exc())
@@ -100,6 +107,14 @@ def run_task(root: Path, i: int, k: int) -> dict[str, object]:
     _move_outputs(scratch, final)
     mark_done(final)
     return result
+
+
+def run_task(root: Path, i: int, k: int) -> dict[str, object]:
+    """Run explore task `k` of iteration `i` (any process; everything comes from disk)."""
+    it = Iteration.open(root, i)
+    run = md_runs(it.cfg, i)[k]
+    assert it.previous_train is not None  # iteration 0 does not explore
+    return run_md(run_dir(it, run), it.cfg, run, it.previous_train)
 
 
 def _move_outputs(scratch: Path, final: Path) -> None:

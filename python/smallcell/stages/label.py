@@ -19,8 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
+from smallcell.config import Config
 from smallcell.engines.base import LabelError, labeler_for
-from smallcell.formats.cfg import atoms_to_cfg, cfg_to_atoms, format_cfg, iter_cfgs, read_cfgs
+from smallcell.formats.cfg import (
+    Cfg,
+    atoms_to_cfg,
+    cfg_to_atoms,
+    format_cfg,
+    iter_cfgs,
+    read_cfgs,
+)
 from smallcell.stages.common import Iteration, Runner, progress
 from smallcell.state import (
     atomic_write_text,
@@ -74,21 +82,11 @@ def _inputs(it: Iteration):
 
 def prepare(it: Iteration) -> int:
     """Create the task folders with their inputs (idempotent); return the task count."""
-    from ase.io import write
-
     n = 0
     n_sel = n_selected(it)
     for k, cfg in enumerate(_inputs(it)):
         n += 1
-        folder = task_dir(it, k, n_sel)
-        if (folder / "input.cfg").exists():
-            continue
-        folder.mkdir(parents=True, exist_ok=True)
-        atoms = cfg_to_atoms(cfg, it.species)
-        poscar = folder / ".POSCAR.tmp"
-        write(poscar, atoms, format="vasp", direct=True, sort=False)
-        poscar.replace(folder / "POSCAR")
-        atomic_write_text(folder / "input.cfg", format_cfg(cfg))
+        write_input(task_dir(it, k, n_sel), cfg, it.species)
     return n
 
 
@@ -110,15 +108,35 @@ def check_label(atoms, max_force: float) -> str | None:
 def run_task(root: Path, i: int, k: int) -> bool:
     """Label task `k` of iteration `i`; True when labeled, False when marked failed."""
     it = Iteration.open(root, i)
-    folder = task_dir(it, k)
+    return label_folder(task_dir(it, k), it.cfg)
+
+
+def write_input(folder: Path, cfg: Cfg, species: list[str]) -> None:
+    """A task folder's inputs: input.cfg and the POSCAR a person would look at (once)."""
+    from ase.io import write
+
+    if (folder / "input.cfg").exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    poscar = folder / ".POSCAR.tmp"
+    write(poscar, cfg_to_atoms(cfg, species), format="vasp", direct=True, sort=False)
+    poscar.replace(folder / "POSCAR")
+    atomic_write_text(folder / "input.cfg", format_cfg(cfg))
+
+
+def label_folder(folder: Path, config: Config) -> bool:
+    """Label the task folder's input.cfg with the configured labeler and its retries;
+    True when labeled, False when marked failed. Shared by the iterations' tasks and the
+    large-cell validation's."""
     if is_done(folder):
         return True
     if is_failed(folder):
         return False
-    labeler = labeler_for(it.cfg)
+    species = list(config["species"])
+    labeler = labeler_for(config)
     [cfg] = read_cfgs(folder / "input.cfg")
-    atoms = cfg_to_atoms(cfg, it.species)
-    lab = it.cfg["label"]
+    atoms = cfg_to_atoms(cfg, species)
+    lab = config["label"]
     reasons = []
     for _attempt in range(lab["retries"] + 1):
         try:
@@ -133,7 +151,7 @@ def run_task(root: Path, i: int, k: int) -> bool:
             reasons.append(f"{type(exc).__name__}: {exc}")
             atomic_write_text(folder / "error.log", traceback.format_exc())
             continue
-        out = atoms_to_cfg(labeled, it.species)
+        out = atoms_to_cfg(labeled, species)
         out.features = [f for f in cfg.features if f[0] != "MV_grade"]
         out.set_feature("EFS_by", labeler.name)
         atomic_write_text(folder / "labeled.cfg", format_cfg(out))

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from smallcell.config import Config
 from smallcell.engines.base import trainer_for
 from smallcell.errors import SmallcellError
 from smallcell.formats.cfg import read_cfgs
@@ -42,27 +43,20 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def run(it: Iteration) -> dict[str, Any]:
-    """Evaluate the exploring potential on the labeled sample; write and return errors.json."""
-    n = label.n_sample(it)
-    dirs = [label.sample_dir(it, j) for j in range(n)]
-    unmarked = [str(d) for d in dirs if not (is_done(d) or is_failed(d))]
-    if unmarked:
-        raise SmallcellError(f"iteration {it.i}: {len(unmarked)} error-sample label task(s) "
-                             f"have no marker yet, e.g. {unmarked[0]}")
+def measure(dirs: list[Path], out: Path, train_dir: Path, config: Config) -> dict[str, Any]:
+    """Errors of `train_dir`'s potential on the labeled task folders among `dirs` (their
+    labels joined in out/labeled.cfg): per configuration its gamma (from input.cfg) and
+    errors, their means, and how well gamma ranks them. Shared with the validation."""
     done = [j for j, d in enumerate(dirs) if is_done(d)]
-    folder = it.stage(STAGE)
-    prev = it.previous_train
-    assert prev is not None  # iteration 0 explores nothing, so it has no sample
     rows: list[dict[str, Any]] = []
     if done:
-        with atomic_output(folder / LABELED) as tmp, open(tmp, "wb") as out:
+        with atomic_output(out / LABELED) as tmp, open(tmp, "wb") as fh:
             for j in done:
-                out.write((dirs[j] / "labeled.cfg").read_bytes())
-        errs = trainer_for(it.cfg).config_errors(prev, it.species, folder / LABELED,
-                                                 folder / "check_errors")
+                fh.write((dirs[j] / "labeled.cfg").read_bytes())
+        errs = trainer_for(config).config_errors(train_dir, list(config["species"]),
+                                                 out / LABELED, out / "check_errors")
         if len(errs) != len(done):
-            raise SmallcellError(f"{folder / LABELED}: {len(done)} configurations but the "
+            raise SmallcellError(f"{out / LABELED}: {len(done)} configurations but the "
                                  f"trainer returned errors for {len(errs)}")
         for j, e in zip(done, errs, strict=True):
             [cfg] = read_cfgs(dirs[j] / "input.cfg")
@@ -73,12 +67,10 @@ def run(it: Iteration) -> dict[str, Any]:
     gamma = [r["gamma"] for r in rows]
     force = [r["force_error"] for r in rows]
     epa = [r["energy_per_atom_error"] for r in rows]
-    result = {
-        "iteration": it.i,
-        "potential": str(prev.relative_to(it.paths.root)),
-        "n_sample": n,
+    return {
+        "n_sample": len(dirs),
         "n_labeled": len(done),
-        "n_failed": n - len(done),
+        "n_failed": len(dirs) - len(done),
         "force_error_mean": _mean(force),
         "energy_error_mean": _mean([r["energy_error"] for r in rows]),
         "energy_per_atom_error_mean": _mean(epa),
@@ -88,15 +80,33 @@ def run(it: Iteration) -> dict[str, Any]:
                   "energy_error": "eV (|E_ref - E_ML|)", "energy_per_atom_error": "eV/atom"},
         "configs": rows,
     }
+
+
+def describe(result: dict[str, Any]) -> str:
+    """One progress line of a measured sample."""
+    if not result["configs"]:
+        return f"none of the {result['n_sample']} sample configurations was labeled"
+    rho = result["gamma_vs_force"]["spearman"]
+    return (f"{result['n_labeled']} configurations: mean force error "
+            f"{result['force_error_mean']:.4f} eV/Å, mean |dE| "
+            f"{1000 * result['energy_per_atom_error_mean']:.2f} meV/atom; gamma vs force "
+            f"error: Spearman {'-' if rho is None else f'{rho:.2f}'}")
+
+
+def run(it: Iteration) -> dict[str, Any]:
+    """Evaluate the exploring potential on the labeled sample; write and return errors.json."""
+    n = label.n_sample(it)
+    dirs = [label.sample_dir(it, j) for j in range(n)]
+    unmarked = [str(d) for d in dirs if not (is_done(d) or is_failed(d))]
+    if unmarked:
+        raise SmallcellError(f"iteration {it.i}: {len(unmarked)} error-sample label task(s) "
+                             f"have no marker yet, e.g. {unmarked[0]}")
+    prev = it.previous_train
+    assert prev is not None  # iteration 0 explores nothing, so it has no sample
+    result = {"iteration": it.i, "potential": str(prev.relative_to(it.paths.root)),
+              **measure(dirs, it.stage(STAGE), prev, it.cfg)}
     atomic_write_json(errors_path(it), result)
-    if rows:
-        rho = result["gamma_vs_force"]["spearman"]
-        progress(it, STAGE, f"{len(rows)} configurations: mean force error "
-                 f"{result['force_error_mean']:.4f} eV/Å, mean |dE| "
-                 f"{1000 * result['energy_per_atom_error_mean']:.2f} meV/atom; gamma vs "
-                 f"force error: Spearman {'-' if rho is None else f'{rho:.2f}'}")
-    else:
-        progress(it, STAGE, f"none of the {n} sample configurations was labeled")
+    progress(it, STAGE, describe(result))
     return result
 
 

@@ -21,6 +21,7 @@ sample.gamma_max, whether preselected or not (explore/<run>/queried.cfg).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -62,30 +63,36 @@ def candidates(it: Iteration) -> tuple[list[Candidate], set[str]]:
 
 
 def draw_sample(it: Iteration) -> tuple[list[Cfg], dict]:
-    """The error study's configurations and their record for selection.json.
+    """The error study's configurations and their record for selection.json."""
+    folders = [explore.run_dir(it, run) for run in explore.md_runs(it.cfg, it.i)]
+    return draw_from(folders, it.cfg["sample"]["size"],
+                     rng_for(it.cfg["run"]["seed"], "sample", it.i), f"iter{it.i}/explore")
+
+
+def draw_from(folders: list[Path], size: int, rng: np.random.Generator,
+              origin: str) -> tuple[list[Cfg], dict]:
+    """`size` configurations drawn from the MD runs' queried.cfg files, and their record.
 
     Each run's queried.cfg is a uniform sample of its eligible queries, so one of its
     configurations stands for n_sample_eligible / len(queried.cfg) queries: the draw
-    weights them so, without replacement, and keeps run order in the output."""
-    size = it.cfg["sample"]["size"]
+    weights them so, without replacement, and keeps run order in the output. `origin`
+    prefixes each configuration's origin feature (<origin>/<run>/queried.cfg#<k>)."""
     pool: list[tuple[str, int, Cfg, float]] = []
     eligible = 0
-    for run in explore.md_runs(it.cfg, it.i):
-        folder = explore.run_dir(it, run)
+    for folder in folders:
         n_elig = read_json(folder / "gamma.json").get("n_sample_eligible") or 0
         kept = read_preselected(folder / QUERIED) if n_elig and size else []
         eligible += n_elig
-        pool += [(run.name, k, c, n_elig / len(kept)) for k, c in enumerate(kept)]
+        pool += [(folder.name, k, c, n_elig / len(kept)) for k, c in enumerate(kept)]
     if not size or not pool:
         return [], {"n_eligible": eligible, "n_drawn": 0, "drawn": []}
     w = np.array([p[3] for p in pool])
-    rng = rng_for(it.cfg["run"]["seed"], "sample", it.i)
     picks = sorted(rng.choice(len(pool), size=min(size, len(pool)), replace=False,
                               p=w / w.sum()))
     out, record = [], []
     for j in picks:
         run, k, c, _ = pool[j]
-        c.set_feature("origin", f"iter{it.i}/explore/{run}/{QUERIED}#{k}")
+        c.set_feature("origin", f"{origin}/{run}/{QUERIED}#{k}")
         out.append(c)
         record.append({"run": run, "index": k, "gamma": c.mv_grade})
     return out, {"n_eligible": eligible, "n_drawn": len(out), "drawn": record}

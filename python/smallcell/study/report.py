@@ -23,7 +23,7 @@ from typing import Any
 from smallcell.state import atomic_write_text
 from smallcell.status import finished
 from smallcell.study import figures
-from smallcell.study.rundata import IterationData, load
+from smallcell.study.rundata import IterationData, load, load_validation
 
 COLUMNS = ("iteration", "stage", "cell", "MD runs", "broke", "preselected", "selected", "labeled",
            "failed", "n_train", "gamma max", "gamma mean", "gamma std", "train E meV/atom",
@@ -216,13 +216,48 @@ def verdict(data: Sequence[IterationData]) -> str:
             f"max gamma {_f(last.get('gamma_max'), '.3g')}.")
 
 
-def markdown(data: Sequence[IterationData], pngs: Sequence[Path]) -> str:
+def validation(checked: dict[str, Any] | None) -> list[str]:
+    """The large-cell validation (validation/summary.json) beside the last small-cell
+    iteration: the numbers that say whether small cells were enough."""
+    if not checked:
+        return ["not run (set validation.cell, e.g. [3, 3, 3], then `make validate`)"]
+    v, small = checked, checked.get("small_cell") or {}
+    cell = "x".join(map(str, v.get("cell", [])))
+    temps = sorted({r["temperature"] for r in v.get("runs", [])})
+    out = [f"iteration {v['iteration']}'s potential on the {cell} cell ({v['n_atoms']} "
+           f"atoms), {v['n_runs']} MD runs of {v['steps']} steps at "
+           f"{', '.join(f'{t:g}' for t in temps)} K: {v['n_broke']} broke; gamma max "
+           f"{_f(v.get('gamma_max'), '.3g')}, mean {_f(v.get('gamma_mean'), '.3g')} (last "
+           f"small-cell iteration, {'x'.join(map(str, small.get('cell') or []))}: max "
+           f"{_f(small.get('gamma_max'), '.3g')}, mean {_f(small.get('gamma_mean'), '.3g')})"]
+    if v.get("sample_n"):
+        out.append(
+            f"errors on {v['sample_n']} labeled configurations of its MD: force "
+            f"{_f(_milli(v['sample_force_error_mean']), '.1f')} meV/Å, energy "
+            f"{_f(_milli(v['sample_energy_per_atom_error_mean']), '.2f')} meV/atom (means per "
+            f"configuration); on the small cells: MD sample "
+            f"{_f(_milli(small.get('sample_force_error_mean')), '.1f')} meV/Å, "
+            f"{_f(_milli(small.get('sample_energy_per_atom_error_mean')), '.2f')} meV/atom; "
+            f"training RMSE {_f(_milli(small.get('train_force_rmse')), '.1f')} meV/Å")
+    else:
+        out.append("no labeled configurations (validation.sample 0, or every label failed)")
+    return out
+
+
+def _sections(data: Sequence[IterationData], checked: dict[str, Any] | None
+              ) -> list[tuple[str, list[str]]]:
+    flags = diagnose(data) or ["none found"]
+    return [("Stages", stages(data)), ("Large-cell validation", validation(checked)),
+            ("Anomalies", flags)]
+
+
+def markdown(data: Sequence[IterationData], pngs: Sequence[Path],
+             checked: dict[str, Any] | None = None) -> str:
     lines = ["# smallcell report", "", f"**{verdict(data)}**", "", "## Answers", ""]
     for q, a in answers(data).items():
         lines += [f"- **{q}** {a}"]
-    lines += ["", "## Stages", ""] + [f"- {x}" for x in stages(data)]
-    flags = diagnose(data)
-    lines += ["", "## Anomalies", ""] + ([f"- {f}" for f in flags] or ["- none found"])
+    for title, items in _sections(data, checked):
+        lines += ["", f"## {title}", ""] + [f"- {x}" for x in items]
     lines += ["", "## Per iteration", "", "| " + " | ".join(COLUMNS) + " |",
               "| " + " | ".join(["---:"] * len(COLUMNS)) + " |"]
     lines += ["| " + " | ".join(row(d)) + " |" for d in data]
@@ -230,12 +265,13 @@ def markdown(data: Sequence[IterationData], pngs: Sequence[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def page(data: Sequence[IterationData], pngs: Sequence[Path]) -> str:
+def page(data: Sequence[IterationData], pngs: Sequence[Path],
+         checked: dict[str, Any] | None = None) -> str:
     """index.html: everything inline (figures as data URIs), no external file."""
     e = html.escape
     qa = "".join(f"<dt>{e(q)}</dt><dd>{e(a)}</dd>" for q, a in answers(data).items())
-    flags = "".join(f"<li>{e(f)}</li>" for f in diagnose(data)) or "<li>none found</li>"
-    st = "".join(f"<li>{e(x)}</li>" for x in stages(data))
+    lists = "".join(f"<h2>{e(title)}</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in items)
+                    + "</ul>" for title, items in _sections(data, checked))
     head = "".join(f"<th>{e(c)}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row(d)) + "</tr>"
                    for d in data)
@@ -250,8 +286,7 @@ def page(data: Sequence[IterationData], pngs: Sequence[Path]) -> str:
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>smallcell report"
             f"</title><style>{style}</style></head><body><h1>smallcell report</h1>"
             f"<p><strong>{e(verdict(data))}</strong></p><h2>Answers</h2><dl>{qa}</dl>"
-            f"<h2>Stages</h2><ul>{st}</ul><h2>Anomalies</h2><ul>{flags}</ul>"
-            f"<h2>Per iteration</h2><table><tr>{head}</tr>"
+            f"{lists}<h2>Per iteration</h2><table><tr>{head}</tr>"
             f"{body}</table><h2>Figures</h2>{imgs}</body></html>\n")
 
 
@@ -260,7 +295,8 @@ def build(root: Path, out: Path | None = None) -> Path:
     data = load(root)
     if not data:
         raise FileNotFoundError(root / "iter" / "<i>" / "summary.json")
+    checked = load_validation(root)
     out = out or root / "report"
     pngs = figures.draw_all(data, out)
-    atomic_write_text(out / "report.md", markdown(data, pngs))
-    return atomic_write_text(out / "index.html", page(data, pngs))
+    atomic_write_text(out / "report.md", markdown(data, pngs, checked))
+    return atomic_write_text(out / "index.html", page(data, pngs, checked))

@@ -81,3 +81,8 @@ def load(root: Path) -> list[IterationData]:
         d.sample = _json(paths.stage(i, "sample") / "errors.json")
         out.append(d)
     return out
+
+
+def load_validation(root: Path) -> dict[str, Any] | None:
+    """The large-cell validation's summary (validation/summary.json), if it ran."""
+    return _json(Path(root) / "validation" / "summary.json")
