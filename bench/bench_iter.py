@@ -41,18 +41,22 @@ class Case:
 
     name: str
     config: str  # relative to the repo root, as a user types it
-    upto: int
+    upto: int | None  # None: the config's run.max_iterations (`make iter CONFIG=...`)
     target_s: float
 
+    def _words(self) -> list[str]:
+        return (["iter"] + (["--upto", str(self.upto)] if self.upto is not None else [])
+                + ["--config", self.config])
+
     def command(self, run_dir: Path) -> list[str]:
-        return [str(SMALLCELL), "--run-dir", str(run_dir), "iter", "--upto", str(self.upto),
-                "--config", self.config]
+        return [str(SMALLCELL), "--run-dir", str(run_dir), *self._words()]
 
     def shown(self) -> str:
-        return f"bin/smallcell --run-dir <fresh tmp> iter --upto {self.upto} --config {self.config}"
+        return "bin/smallcell --run-dir <fresh tmp> " + " ".join(self._words())
 
 
-CASES = (Case("default", "config.yaml", 3, 300.0), Case("tiny", "examples/tiny.yaml", 2, 120.0))
+CASES = (Case("default", "config.yaml", 3, 300.0), Case("tiny", "examples/tiny.yaml", 2, 120.0),
+         Case("protocol", "examples/pb-protocol-3stages.yaml", None, 1800.0))
 
 
 @dataclass
@@ -65,6 +69,7 @@ class IterResult:
     log: Path
     cpu_s: float = 0.0  # user+sys of the command and its workers
     load_before: float = 0.0
+    validation: dict[str, Any] | None = None  # validation/summary.json, if it ran
     summaries: list[dict[str, Any]] = field(default_factory=list)
     log_tail: str = ""
 
@@ -138,6 +143,9 @@ def run_case(case: Case, keep: bool = False) -> IterResult:
             path = iters / str(i) / "summary.json"
             if path.exists():
                 res.summaries.append(json.loads(path.read_text(encoding="utf-8")))
+    checked = run_dir / "validation" / "summary.json"
+    if checked.exists():
+        res.validation = json.loads(checked.read_text(encoding="utf-8"))
     res.log_tail = "\n".join(log.read_text(encoding="utf-8", errors="replace")
                              .splitlines()[-15:])
     if keep or rc != 0:
@@ -178,6 +186,21 @@ def _table(r: IterResult) -> str:
     return "\n".join(rows)
 
 
+def _validation(r: IterResult) -> str:
+    v = r.validation
+    if not v:
+        return ""
+    cell = "x".join(map(str, v["cell"]))
+    err = v.get("sample_force_error_mean")
+    errors = ("" if err is None else f"; errors on {v['sample_n']} labeled configurations: "
+              f"force {1000 * err:.1f} meV/Å, energy "
+              f"{1000 * v['sample_energy_per_atom_error_mean']:.2f} meV/atom")
+    return (f"\nValidation of iteration {v['iteration']}'s potential on {cell} "
+            f"({v['n_atoms']} atoms, {v['n_runs']} MD runs of {v['steps']} steps): "
+            f"{v['n_broke']} broke, gamma max {v['gamma_max']:.3g}, mean "
+            f"{v['gamma_mean']:.3g}{errors}.\n")
+
+
 def markdown(m: Machine, date: str, results: list[IterResult]) -> str:
     """The BENCHMARKS.md section (between the bench:iter markers)."""
     cores = (f"{m.nproc} cores: as the targets assume" if m.nproc == TARGET_CORES else
@@ -186,7 +209,7 @@ def markdown(m: Machine, date: str, results: list[IterResult]) -> str:
              "- Each command runs in a fresh temporary run folder (nothing to resume); the "
              "stage split is the loop's own `stage_seconds` from each `summary.json`; "
              "\"overhead\" is the wall time outside the iterations (interpreter, imports, "
-             "config, worker pool)."]
+             "config, worker pool; the large-cell validation of the protocol case)."]
     for r in results:
         c = r.case
         stage_tot = {k: sum((s.get("stage_seconds") or {}).get(k, 0.0) for s in r.summaries)
@@ -209,7 +232,7 @@ cores busy on average; load average {r.load_before:.2f} just before the run
 - Stage totals: {", ".join(f"{k} {v:.1f} s" for k, v in stage_tot.items())}
 
 {_table(r)}
-
+{_validation(r)}
 **Target**: under {c.target_s:g} s on {TARGET_CORES} cores ({r.wall:.1f} s): \
 {verdict(r.passed)}""")
         if not r.complete:

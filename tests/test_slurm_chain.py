@@ -50,8 +50,11 @@ slurm:
 
 
 # The chain compared with the local loop crosses a stage of the protocol: iteration 2 runs
-# the 1x1x2 cell after the 1x1x1 stage's one iteration.
-TWO_STAGES = "stages:\n  - {cell: [1, 1, 1], max_iterations: 1}\n  - {cell: [1, 1, 2]}\n"
+# the 1x1x2 cell after the 1x1x1 stage's one iteration, and ends the run (its cap), so the
+# chain submits the large-cell validation (a pilot job) after it.
+TWO_STAGES = ("stages:\n  - {cell: [1, 1, 1], max_iterations: 1}\n"
+              "  - {cell: [1, 1, 2], max_iterations: 1}\n"
+              "validation: {cell: [2, 2, 2], steps: 30, sample: 2}\n")
 
 
 def tiny(extra: str = "") -> str:
@@ -232,7 +235,11 @@ def test_submitted_chain_equals_the_local_loop(slurm_env: dict[str, str], same_c
     # the collect+train job moved the chain to the next stage of the protocol
     assert s1["stage_end"] and s1["stage"] == 0
     s2 = json.loads((run / "iter" / "2" / "summary.json").read_text())
-    assert s2["stage"] == 1 and s2["cell"] == [1, 1, 2]
+    assert s2["stage"] == 1 and s2["cell"] == [1, 1, 2] and s2["stage_end"]
+    # ... and, the run over, a pilot job ran the validation (compared above with the
+    # local loop's, file by file)
+    assert [r["stage"] for r in records(run, 2)][-1] == "pilot"
+    assert (run / "validation" / "done").exists()
     last = max(RunPaths(run).iterations())
     text = status(slurm_env, run)
     assert "collect+train" in text and "STOPPED" not in text, text

@@ -90,6 +90,21 @@ def first_incomplete(paths: RunPaths, upto: int) -> tuple[int | None, str]:
     return None, f"iterations 0..{upto} are complete"
 
 
+def pilot_work(paths: RunPaths, upto: int, cfg: Config) -> tuple[int | None, str]:
+    """What a pilot job has left: the first incomplete iteration, or, once the loop is
+    over, the large-cell validation when the config asks for one and it is not done (the
+    pilot's `smallcell iter` runs it); None and why when nothing is left."""
+    from smallcell.stages import validate
+    from smallcell.status import finished
+
+    i, why = first_incomplete(paths, upto)
+    if i is None and validate.wanted(cfg) and not is_done(validate.folder(paths.root)):
+        done = [k for k in paths.iterations() if paths.summary(k).exists()]
+        if done and finished(read_json(paths.summary(done[-1]))):
+            return done[-1], ""
+    return i, why
+
+
 # ---------------------------------------------------------------------------- submit
 
 
@@ -139,6 +154,10 @@ def submit(root: Path, config: str | os.PathLike, upto: int) -> list[dict[str, A
         (paths.iter_root / slurm.CANCELLED).unlink(missing_ok=True)
         i, why = first_incomplete(paths, upto)
         if i is None:
+            j, _ = pilot_work(paths, upto, cfg)
+            if j is not None:  # the loop is over, its validation is not
+                print("the loop is complete; submitting the large-cell validation")
+                return [chain.submit_pilot(j, cfg["slurm"]["pilot"]["cpus_per_task"])]
             print(f"nothing to submit: {why}")
             return []
         it = protocol.open_iteration(root, i, cfg)
@@ -155,7 +174,7 @@ def pilot(root: Path, config: str | os.PathLike, upto: int) -> dict[str, Any] | 
     with RunLock(paths, f"smallcell pilot --upto {upto}"):
         _check_queue(paths)
         (paths.iter_root / slurm.CANCELLED).unlink(missing_ok=True)
-        i, why = first_incomplete(paths, upto)
+        i, why = pilot_work(paths, upto, cfg)
         if i is None:
             print(f"nothing to submit: {why}")
             return None
@@ -355,6 +374,10 @@ def _collect_train(it: Iteration, chain: slurm.Chain, cfg: Config) -> int:
     reason = loop.stop_reason(summary, chain.upto)
     if reason:
         progress(it, "done", f"{reason}; potential: {it.stage('train')}; the chain ends here")
+        j, _ = pilot_work(it.paths, chain.upto, cfg)
+        if j is not None:
+            rec = chain.submit_pilot(j, cfg["slurm"]["pilot"]["cpus_per_task"])
+            progress(it, "done", f"large-cell validation submitted: job {rec['job_id']}")
         return 0
     if summary.get("stage_end"):
         progress(it, "done", loop.transition(summary))
@@ -397,7 +420,8 @@ def run_pilot(root: Path, upto: int, config: str, jobs: int) -> int:
     if slurm.cancelled(paths):
         print("smallcell: run cancelled (make cancel): exiting without work", flush=True)
         return 0
-    i, why = first_incomplete(paths, upto)
+    cfg = load_config(config)
+    i, why = pilot_work(paths, upto, cfg)
     if i is None:
         print(f"smallcell pilot: nothing to do: {why}", flush=True)
         return 0
@@ -426,7 +450,7 @@ def run_pilot(root: Path, upto: int, config: str, jobs: int) -> int:
                      f"the pilot's `smallcell iter` failed (exit {rc}); see its job log",
                      stage="pilot", job=job_id())
         return rc
-    nxt, why = first_incomplete(paths, upto)
+    nxt, why = pilot_work(paths, upto, cfg)
     if nxt is None:
         print(f"smallcell pilot: {why}", flush=True)
         return 0
