@@ -218,8 +218,15 @@ def markdown(m: Machine, date: str, results: list[IterResult]) -> str:
         status = ("ok" if r.complete else f"INCOMPLETE (exit code {r.rc}; log {r.log})")
         n_it = len(r.summaries)
         n_sample = sum(int(s.get("sample_n") or 0) for s in r.summaries)
-        stop = ("converged at iteration " + str(r.summaries[-1]["iteration"])
-                if r.converged else "not converged")
+        last = r.summaries[-1] if r.summaries else {}
+        stop = (f"the last stage stopped at its iteration cap at iteration {last['iteration']}"
+                if last.get("stage_end") == "iteration cap" else
+                f"converged at iteration {last['iteration']}" if r.converged else
+                "not converged")
+        if int(last.get("n_stages", 1)) > 1:
+            ends = [s for s in r.summaries if s.get("stage_end")]
+            stop += " (stages ended at iterations " + ", ".join(
+                f"{s['iteration']}: {s['stage_end']}" for s in ends) + ")"
         parts.append(f"""### `{c.name}`: `{c.shown()}`
 
 - Run: {status}; {n_it} iteration(s), {stop}; {r.labels} labels ({r.failed} failed) for \

@@ -20,7 +20,7 @@ from smallcell.errors import SmallcellError
 from smallcell.sched import slurm
 from smallcell.stages import label, select
 from smallcell.stages.common import Iteration
-from smallcell.state import RunLock, RunPaths, is_done, mark_stopped
+from smallcell.state import RunLock, RunPaths, atomic_write_json, is_done, mark_done, mark_stopped
 from smallcell.status import status_lines
 
 REPO = Path(__file__).resolve().parents[1]
@@ -505,3 +505,21 @@ def test_select_job_resubmits_missing_explore_runs_then_stops(
     reason = json.loads((it.dir / "stopped").read_text())["reason"]
     assert "1 explore runs still have no marker" in reason and runs[1] in reason
     assert not is_done(it.stage("explore"))
+
+
+def test_pilot_work_includes_the_large_cell_validation(tmp_path: Path) -> None:
+    """What a pilot (or the chain's last job) has left: iterations first, then, once the
+    run is over, the validation the config asks for; nothing when it is done."""
+    cfg = parse_config("validation: {cell: [2, 2, 2]}\n")
+    paths = RunPaths(tmp_path)
+    atomic_write_json(paths.summary(0), {"iteration": 0, "stage": 0, "n_stages": 1,
+                                         "stage_end": None})
+    assert jobs.pilot_work(paths, 3, cfg) == (1, "")  # iteration 1 is missing
+    atomic_write_json(paths.summary(1), {"iteration": 1, "stage": 0, "n_stages": 1,
+                                         "stage_end": "converged"})
+    assert jobs.first_incomplete(paths, 3)[0] is None
+    assert jobs.pilot_work(paths, 3, cfg) == (1, "")  # the loop is over, its validation not
+    assert jobs.pilot_work(paths, 3, parse_config("{}"))[0] is None  # none asked for
+    mark_done(tmp_path / "validation")
+    i, why = jobs.pilot_work(paths, 3, cfg)
+    assert i is None and "converged at iteration 1" in why
