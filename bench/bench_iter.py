@@ -29,7 +29,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from benchlib import CACHE_ROOT, REPO, SMALLCELL, Machine, load1, machine, utc_now, verdict
+
+from smallcell.status import validation_text
 
 STAGES = ("explore", "select", "label", "sample", "collect", "train")
 TARGET_CORES = 2
@@ -187,18 +190,7 @@ def _table(r: IterResult) -> str:
 
 
 def _validation(r: IterResult) -> str:
-    v = r.validation
-    if not v:
-        return ""
-    cell = "x".join(map(str, v["cell"]))
-    err = v.get("sample_force_error_mean")
-    errors = ("" if err is None else f"; errors on {v['sample_n']} labeled configurations: "
-              f"force {1000 * err:.1f} meV/Å, energy "
-              f"{1000 * v['sample_energy_per_atom_error_mean']:.2f} meV/atom")
-    return (f"\nValidation of iteration {v['iteration']}'s potential on {cell} "
-            f"({v['n_atoms']} atoms, {v['n_runs']} MD runs of {v['steps']} steps): "
-            f"{v['n_broke']} broke, gamma max {v['gamma_max']:.3g}, mean "
-            f"{v['gamma_mean']:.3g}{errors}.\n")
+    return f"\nValidation: {validation_text(r.validation)}.\n" if r.validation else ""
 
 
 def markdown(m: Machine, date: str, results: list[IterResult]) -> str:

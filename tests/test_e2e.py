@@ -93,11 +93,11 @@ def test_training_set_grows_once_per_label(tiny_run: tuple[Path, str, str]) -> N
 def test_progress_summary_and_status(tiny_run: tuple[Path, str, str]) -> None:
     run, out, err = tiny_run
     assert "[iter 1 | explore]" in err and "gamma max" in err and "tasks" in err
-    assert "iter    cell    stage" in out and "potential:" in out
+    assert "iter stage    cell    state" in out and "potential:" in out
     status = smallcell(run, "status")
     assert status.returncode == 0
     lines = status.stdout.strip().splitlines()
-    assert len(lines) == 4 and lines[0].split()[:3] == ["iter", "cell", "stage"]
+    assert len(lines) == 4 and lines[0].split()[:4] == ["iter", "stage", "cell", "state"]
     assert all(line.split()[0] == str(i) for i, line in enumerate(lines[1:]))
     make = subprocess.run(["make", "-s", "status", f"RUN_DIR={run}"], cwd=REPO,
                           capture_output=True, text=True, check=False)
@@ -107,7 +107,8 @@ def test_progress_summary_and_status(tiny_run: tuple[Path, str, str]) -> None:
 def test_make_help_lists_every_target() -> None:
     out = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout
-    for target in ("setup", "iter", "status", "test", "help", "clean-iter"):
+    for target in ("setup", "iter", "status", "test", "help", "clean-iter", "report", "sweep",
+                   "export", "validate"):
         assert f"make {target} " in out
 
 

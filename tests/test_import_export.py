@@ -112,6 +112,28 @@ def test_outcar_folder_as_an_import_entry(fixtures: Path, tmp_path: Path) -> Non
     assert got[0].feature("origin").endswith("r1/OUTCAR")
 
 
+def test_outcar_folder_to_extxyz_and_back(fixtures: Path, tmp_path: Path) -> None:
+    """A real OUTCAR folder imported, exported as extended XYZ and read back: the values
+    of MLIP-3's own `mlp convert` of that OUTCAR, to the cfg file's precision."""
+    src = fixtures / "vasp" / "relax_md" / "vasp541_relax3_32at_mlip3"
+    (tmp_path / "eq" / "run1").mkdir(parents=True)
+    shutil.copyfile(src / "OUTCAR", tmp_path / "eq" / "run1" / "OUTCAR")
+    imported = initial._read_set(tmp_path / "eq", ["Pd", "Ag"])
+    write_extxyz(tmp_path / "eq.extxyz", imported, ["Pd", "Ag"])
+    back, order = read_extxyz(tmp_path / "eq.extxyz", ["Pd", "Ag"])
+    ref = read_cfgs(src / "relax.cfg")
+    assert order == ["Pd", "Ag"] and len(back) == len(ref) == 3
+    for a, b in zip(back, ref, strict=True):
+        assert a.types.tolist() == b.types.tolist() == [1] * 32
+        np.testing.assert_allclose(a.positions, b.positions, atol=2e-6)
+        np.testing.assert_allclose(a.forces, b.forces, atol=2e-6)
+        assert a.energy == pytest.approx(b.energy, abs=1e-8)
+        np.testing.assert_allclose(a.plus_stress, b.plus_stress, atol=2e-4)
+    # and it imports again as initial data of a run of that system
+    again = initial._read_set(tmp_path / "eq.extxyz", ["Pd", "Ag"])
+    assert [c.energy for c in again] == [c.energy for c in back]
+
+
 @pytest.mark.parametrize(("text", "words"), [
     ("initial: {source: import}\n", "list the data sets in initial.paths"),
     ("initial: {source: import, paths: [nothere.cfg]}\n",

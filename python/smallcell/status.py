@@ -137,20 +137,25 @@ def line_in_progress(paths: RunPaths, i: int) -> str:
             f"{_fmt(ex.get('gamma_mean'), '.3g', 7)} {broke:>5}{extra}  (in progress)")
 
 
+def validation_text(s: dict[str, Any]) -> str:
+    """A finished validation (its summary.json) in words: cell, breaks, gamma, errors."""
+    cell = "x".join(map(str, s.get("cell", [])))
+    err = s.get("sample_force_error_mean")
+    errors = ("" if err is None else f"; force error {1000 * err:.1f} meV/Å, |dE| "
+              f"{1000 * s['sample_energy_per_atom_error_mean']:.2f} meV/atom on "
+              f"{s.get('sample_n')} labeled configurations")
+    return (f"{cell} ({s.get('n_atoms')} atoms, {s.get('n_runs')} MD runs of "
+            f"{s.get('steps')} steps), iteration {s.get('iteration')}'s potential: "
+            f"{s.get('n_broke')} broke, gamma max {s.get('gamma_max', 0):.3g} mean "
+            f"{s.get('gamma_mean', 0):.3g}{errors}")
+
+
 def validation_line(root: Path) -> str | None:
     """The large-cell validation (validation/), in one line: done, or how far it got."""
     vdir = Path(root) / "validation"
     s = _load(vdir / "summary.json")
     if s:
-        cell = "x".join(map(str, s.get("cell", [])))
-        err = s.get("sample_force_error_mean")
-        errors = ("" if err is None else f"; force error {1000 * err:.1f} meV/Å, |dE| "
-                  f"{1000 * s['sample_energy_per_atom_error_mean']:.2f} meV/atom on "
-                  f"{s.get('sample_n')} labeled configurations")
-        return (f"validation {cell} ({s.get('n_atoms')} atoms), iteration "
-                f"{s.get('iteration')}'s potential: {s.get('n_broke')} of {s.get('n_runs')} "
-                f"MD runs broke, gamma max {s.get('gamma_max', 0):.3g} mean "
-                f"{s.get('gamma_mean', 0):.3g}{errors}")
+        return "validation " + validation_text(s)
     if not vdir.is_dir():
         return None
     runs = [e for e in _scan(vdir / "explore") if not e.name.startswith(".")]
