@@ -319,6 +319,13 @@ def test_validation_reruns_nothing_and_keeps_an_older_one(three: tuple[Path, str
     assert (root / "validation.iter1" / "summary.json").read_bytes() == (
         three[0] / "validation" / "summary.json").read_bytes()
     assert (root / "validation" / "done").exists()
+    # other settings (a longer MD): a new validation, the earlier one kept
+    text = (root / "p.yaml").read_text().replace("steps: 40, sample: 4", "steps: 50, sample: 4")
+    (root / "p.yaml").write_text(text)
+    assert cli.main(["--run-dir", str(root), "validate", "--config", config]) == 0
+    last = read_json(root / "validation" / "summary.json")
+    assert last["steps"] == 50 and (root / "validation.iter{}".format(last["iteration"])
+                                    / "done").exists()
 
 
 def test_validate_needs_a_cell(tmp_path: Path, capsys) -> None:

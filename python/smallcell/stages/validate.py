@@ -11,7 +11,8 @@ iteration.
 Everything lives in `validation/` of the run folder, written like an iteration's stages:
 config.yaml (frozen), explore/<run>/ (done markers), select/sample.cfg, label/<k>/ (done |
 failed), sample/errors.json, summary.json, and `done` last. A validation of an earlier
-potential (the run went on since) is moved aside to validation.iter<i>/, never deleted.
+potential (the run went on since) or with other settings is moved aside to
+validation.iter<i>/, never deleted.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from smallcell import protocol
-from smallcell.config import Config, load_config
+from smallcell.config import Config, load_config, parse_config
 from smallcell.errors import SmallcellError
 from smallcell.formats.cfg import iter_cfgs, write_cfgs
 from smallcell.stages import explore, label, sample, select
@@ -96,15 +97,15 @@ def _last_iteration(paths: RunPaths) -> int:
     return done[-1]
 
 
-def _fresh(root: Path, last: int) -> None:
-    """Move a validation of another potential aside (validation.iter<i>/): kept, not
-    mixed with this one."""
+def _fresh(root: Path, last: int, want: Config) -> None:
+    """Move a validation of another potential, or with other settings, aside
+    (validation.iter<i>/): kept, not mixed with this one."""
     vdir = folder(root)
     if not (vdir / "config.yaml").exists():
         return
     meta = vdir / "potential.json"
     was = read_json(meta)["iteration"] if meta.exists() else None
-    if was == last:
+    if was == last and _config(root).data == parse_config(want.dump()).data:
         return
     aside = vdir.with_name(f"{FOLDER}.iter{was}")
     n = 1
@@ -118,14 +119,15 @@ def run(root: Path, cfg: Config, runner: Runner) -> dict[str, Any]:
     """Validate the last finished iteration's potential; return summary.json's content."""
     paths = RunPaths(root)
     last = _last_iteration(paths)
-    _fresh(root, last)
+    want = settings(cfg)
+    _fresh(root, last, want)
     vdir = folder(root)
     if is_done(vdir):
         return read_json(vdir / "summary.json")
     vdir.mkdir(exist_ok=True)
     if not (vdir / "config.yaml").exists():
         atomic_write_json(vdir / "potential.json", {"iteration": last})
-        atomic_write_text(vdir / "config.yaml", settings(cfg).dump())
+        atomic_write_text(vdir / "config.yaml", want.dump())
     vcfg = _config(root)
     it = Iteration.open(root, last)
     runs = _runs(vcfg)
