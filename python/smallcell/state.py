@@ -18,7 +18,9 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -35,6 +37,40 @@ LOCK = ".lock"
 STOPPED = "stopped"  # iter/<i>/stopped: why a SLURM chain stopped in this iteration
 
 
+# Fault injection (tests/test_faults.py): SMALLCELL_FAULT_LOG=<file> records every write
+# event, SMALLCELL_KILL_AT=<phase>:<path suffix> SIGKILLs the process at that one. Read
+# once; unset (always, outside those tests) they cost one falsy test per write.
+_FAULT_LOG = os.environ.get("SMALLCELL_FAULT_LOG")
+_KILL_AT = os.environ.get("SMALLCELL_KILL_AT")
+PHASES = ("half", "written", "renamed")  # tmp half written / complete / renamed into place
+
+
+def _fault_point(phase: str, path: Path, tmp: Path | None = None) -> None:
+    """A write event: `half` (the temporary file cut to half its size, as a process killed
+    mid-write leaves it), `written` (complete, not yet renamed) or `renamed`."""
+    where = re.sub(r"\.tmp\.\d+", ".tmp", str(path))  # scratch folders: no pid
+    if _FAULT_LOG:
+        with open(_FAULT_LOG, "a", encoding="utf-8") as fh:
+            fh.write(f"{phase}:{where}\n")
+    want_phase, _, suffix = (_KILL_AT or "").partition(":")
+    if _KILL_AT and phase == want_phase and where.endswith("/" + suffix):
+        if phase == "half" and tmp is not None:
+            with open(tmp, "r+b") as fh:
+                fh.truncate(os.fstat(fh.fileno()).st_size // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _before_rename(path: Path, tmp: Path) -> None:
+    if _FAULT_LOG or _KILL_AT:
+        _fault_point("half", path, tmp)
+        _fault_point("written", path, tmp)
+
+
+def _after_rename(path: Path) -> None:
+    if _FAULT_LOG or _KILL_AT:
+        _fault_point("renamed", path)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write `text` to `path` through a temporary file in the same folder and a rename."""
     path = Path(path)
@@ -43,7 +79,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
+        _before_rename(path, tmp)
         os.replace(tmp, path)
+        _after_rename(path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -66,7 +104,9 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     try:
         yield tmp
+        _before_rename(path, tmp)
         os.replace(tmp, path)
+        _after_rename(path)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise SmallcellError(f"{path}: no space left on device while writing") from exc
