@@ -6,6 +6,7 @@ failure to the smallest file that shows it."""
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,12 @@ from smallcell.formats.cfg import Cfg, _iter_stream, format_cfg
 from smallcell.formats.errors import FormatError
 from smallcell.formats.outcar import read_outcar
 
-SETTINGS = settings(max_examples=150, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+# CI: the same 150 examples every run (derandomized), so a failure is reproducible and
+# never flaky; SMALLCELL_HYPOTHESIS=explore searches at random, 2000 examples a test.
+_COMMON = {"deadline": None, "suppress_health_check": [HealthCheck.function_scoped_fixture]}
+settings.register_profile("ci", max_examples=150, derandomize=True, **_COMMON)
+settings.register_profile("explore", max_examples=2000, **_COMMON)
+settings.load_profile(os.environ.get("SMALLCELL_HYPOTHESIS", "ci"))
 
 _coord = st.floats(-40.0, 40.0, allow_nan=False, width=64)
 _force = st.floats(-50.0, 50.0, allow_nan=False, width=64)
@@ -48,7 +53,6 @@ def _read(text: str, name: str = "<test>") -> list[Cfg]:
     return list(_iter_stream(io.StringIO(text), name))
 
 
-@SETTINGS
 @given(st.lists(configurations(), min_size=1, max_size=3))
 def test_cfg_round_trip(cfgs: list[Cfg]) -> None:
     """write -> read gives every value back to the writer's precision (6 decimals for
@@ -60,10 +64,11 @@ def test_cfg_round_trip(cfgs: list[Cfg]) -> None:
     for a, b in zip(cfgs, back, strict=True):
         assert b.types.tolist() == a.types.tolist()
         np.testing.assert_allclose(b.positions, a.positions, rtol=0, atol=6e-7)
-        # MLIP-3's Supercell lists the periodic directions: trailing all-zero rows are not
-        # written, and a cell of zeros is no cell
+        # MLIP-3's Supercell lists the periodic directions: trailing rows of zeros (as
+        # written, 6 decimals) are not written, and a cell of zeros is no cell
         rows = 0 if a.cell is None else max(
-            (k + 1 for k in range(3) if np.any(a.cell[k] != 0)), default=0)
+            (k + 1 for k in range(3) if any(f"{x:.6f}".strip("-0.") for x in a.cell[k])),
+            default=0)
         if rows == 0:
             assert b.cell is None
         else:
@@ -92,7 +97,6 @@ def _damage(text: str, edits: list[tuple[float, int, str]]) -> str:
     return text
 
 
-@SETTINGS
 @given(st.lists(configurations(), min_size=1, max_size=2), _edits, st.floats(0, 1))
 def test_cfg_reader_on_damaged_files(cfgs: list[Cfg], edits: list, keep: float) -> None:
     """Cut anywhere, characters replaced, blocks duplicated: configurations or a
@@ -114,7 +118,6 @@ def outcar_bytes(fixtures: Path) -> bytes:
     return (fixtures / OUTCAR).read_bytes()
 
 
-@SETTINGS
 @given(st.floats(0, 1), st.lists(st.tuples(st.floats(0, 1), st.integers(0, 6),
                                            st.sampled_from([b"", b"x", b"\n", b"-", b"*",
                                                             b"9\n9", b"NaN", b"\x00"])),

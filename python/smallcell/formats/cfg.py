@@ -731,6 +731,11 @@ def _check_finite(name: str, values: np.ndarray | float) -> None:
         raise ValueError(f"cannot write non-finite {name}: MLIP-3 cannot read it back")
 
 
+def _nonzero_as_written(row: np.ndarray) -> bool:
+    """Some value of the cell row is not 0 once written with 6 decimals."""
+    return any(f"{x:.6f}".strip("-0.") for x in row.tolist())
+
+
 def format_cfg(cfg: Cfg) -> str:
     """One BEGIN_CFG..END_CFG block plus the blank line, exactly as MLIP-3's Save() writes it.
 
@@ -744,8 +749,10 @@ def format_cfg(cfg: Cfg) -> str:
     if cfg.cell is not None:
         cell = np.asarray(cfg.cell, dtype=np.float64).reshape(-1, 3)
         _check_finite("cell", cell)
-        # Save() writes rows up to the last non-zero one.
-        count = max((i + 1 for i in range(len(cell)) if np.any(cell[i] != 0)), default=0)
+        # Save() writes rows up to the last non-zero one; "non-zero" as written (6
+        # decimals), so that a row of 1e-9 does not come back as a written row of zeros.
+        count = max((i + 1 for i in range(len(cell)) if _nonzero_as_written(cell[i])),
+                    default=0)
         if count:
             w(" Supercell\n")
             for row in cell[:count].tolist():
