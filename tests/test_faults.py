@@ -10,7 +10,6 @@ reference run, SMALLCELL_KILL_AT kills at one). RELIABILITY.md reports the figur
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -18,38 +17,16 @@ from pathlib import Path
 
 import pytest
 
+from small_run import iterate, new_run
 from smallcell.state import PHASES, is_debris
 
-REPO = Path(__file__).resolve().parents[1]
-SMALLCELL = REPO / "bin" / "smallcell"
 UPTO = 2
 N_KILLS = 54
 TIMING = {"time", "seconds", "train_seconds", "stage_seconds"}
 
-CONFIG = """\
-species: [Pb]
-grid: {temperatures: [300.0, 600.0], pressures: [1.0]}
-md: {steps: 40}
-extrapolation: {gamma_save: 1.3, gamma_break: 3.0}
-initial: {n_configs: 6}
-trainer: {level: 4, max_iter: 30, radial_basis_size: 4}
-select: {max_selected: 3}
-sample: {size: 3}
-run: {seed: 11, jobs: 1}
-"""
-
 
 def _run(root: Path, **env: str) -> subprocess.CompletedProcess:
-    full = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | env
-    return subprocess.run([str(SMALLCELL), "--run-dir", str(root), "iter", "--upto",
-                           str(UPTO), "--config", str(root / "c.yaml")],
-                          capture_output=True, text=True, env=full, timeout=300, check=False)
-
-
-def _new_run(root: Path) -> Path:
-    root.mkdir(parents=True)
-    (root / "c.yaml").write_text(CONFIG)
-    return root
+    return iterate(root, UPTO, **env)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -80,7 +57,7 @@ def _comparable(rel: str, data: bytes) -> object:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
-    root = _new_run(tmp_path_factory.mktemp("faults") / "reference")
+    root = new_run(tmp_path_factory.mktemp("faults") / "reference")
     log = root.parent / "events.log"
     res = _run(root, SMALLCELL_FAULT_LOG=str(log))
     assert res.returncode == 0, res.stderr[-2000:]
@@ -117,7 +94,7 @@ def _finished_tasks(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def _trial(base: Path, k: int, event: str, reference: Path) -> dict[str, object]:
-    root = _new_run(base / f"kill{k:02d}")
+    root = new_run(base / f"kill{k:02d}")
     killed = _run(root, SMALLCELL_KILL_AT=event)
     hit = killed.returncode == -signal.SIGKILL
     before = _finished_tasks(root)

@@ -4,41 +4,22 @@ untouched run has."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SMALLCELL = REPO / "bin" / "smallcell"
-
-CONFIG = """\
-species: [Pb]
-grid: {temperatures: [300.0, 600.0], pressures: [1.0]}
-md: {steps: 40}
-extrapolation: {gamma_save: 1.3, gamma_break: 3.0}
-initial: {n_configs: 6}
-trainer: {level: 4, max_iter: 30, radial_basis_size: 4}
-select: {max_selected: 3}
-sample: {size: 3}
-run: {seed: 11, jobs: 1}
-"""
+from small_run import iterate, new_run
 
 
 def _iter(root: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([str(SMALLCELL), "--run-dir", str(root), "iter", "--upto", "1",
-                           "--config", str(root / "c.yaml")], capture_output=True, text=True,
-                          env=env, timeout=300, check=False)
+    return iterate(root, 1)
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("hand") / "run"
-    root.mkdir()
-    (root / "c.yaml").write_text(CONFIG)
+    root = new_run(tmp_path_factory.mktemp("hand") / "run")
     res = _iter(root)
     assert res.returncode == 0, res.stderr[-2000:]
     return root

@@ -29,7 +29,7 @@ from smallcell.state import (
     read_json,
     sweep_debris,
 )
-from smallcell.status import finished
+from smallcell.status import CAPPED, finished, stage_ended
 
 STAGES = ("explore", "select", "label", "sample", "collect", "train")
 
@@ -130,7 +130,7 @@ def verdict(summary: dict[str, Any]) -> str:
     n = summary.get("converged_needed", 1)
     of = (f" (the last of {summary['n_stages']} stages, {summary.get('stage_name')})"
           if summary.get("n_stages", 1) > 1 else "")
-    if summary.get("stage_end") == protocol.CAPPED:
+    if summary.get("stage_end") == CAPPED:
         return (f"stopped: the iteration cap of {summary.get('stage_max_iterations')} was "
                 f"reached{of} without convergence")
     return ("converged: no MD run broke" if n == 1 else
@@ -138,13 +138,10 @@ def verdict(summary: dict[str, Any]) -> str:
 
 
 def transition(summary: dict[str, Any]) -> str:
-    """The line that says a stage ended here and which one comes next."""
-    k, n = int(summary["stage"]), int(summary["n_stages"])
-    how = ("converged" if summary["stage_end"] == protocol.CONVERGED else
-           f"reached its cap of {summary.get('stage_max_iterations')} iterations")
-    return (f"stage {k + 1}/{n} ({summary.get('stage_name')}) {how} after "
-            f"{summary.get('stage_iteration')} iteration(s); stage {k + 2}/{n} starts with "
-            f"iteration {summary['iteration'] + 1}, data and potential carried forward")
+    """The progress line that says a stage ended here and which one comes next."""
+    return (f"{stage_ended(summary)}; stage {int(summary['stage']) + 2}/"
+            f"{int(summary['n_stages'])} starts with iteration {summary['iteration'] + 1}, "
+            "data and potential carried forward")
 
 
 def stop_reason(summary: dict[str, Any], upto: int) -> str | None:

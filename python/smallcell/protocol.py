@@ -22,6 +22,7 @@ from typing import Any
 from smallcell.config import Config
 from smallcell.stages.common import CONFIG, Iteration
 from smallcell.state import RunPaths, read_json
+from smallcell.status import CAPPED, CONVERGED
 
 # stages[k] key -> the top-level key it replaces
 OVERRIDES: dict[str, tuple[str, str]] = {
@@ -38,8 +39,6 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "max_selected": ("select", "max_selected"),
 }
 
-CONVERGED = "converged"
-CAPPED = "iteration cap"
 
 
 def n_stages(cfg: Config) -> int:
@@ -65,8 +64,9 @@ def effective(cfg: Config, k: int) -> Config:
 
 def name(cfg: Config, k: int) -> str:
     """The stage's name: its own, or its cell (1x1x2)."""
-    given = _entry(cfg, k).get("name")
-    return given or "x".join(str(n) for n in effective(cfg, k)["structure"]["cell"])
+    entry = _entry(cfg, k)
+    cell = entry.get("cell") or cfg["structure"]["cell"]
+    return entry.get("name") or "x".join(str(n) for n in cell)
 
 
 def cap(cfg: Config, k: int) -> int | None:

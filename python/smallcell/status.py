@@ -16,6 +16,9 @@ from typing import Any
 from smallcell.state import DONE, FAILED, STOPPED, RunPaths
 
 _ORDER = ("explore", "select", "label", "collect", "train")
+# How a stage of the protocol ends (summary.json stage_end; protocol.py decides)
+CONVERGED = "converged"
+CAPPED = "iteration cap"
 HEADER = (f"{'iter':>4} {'stage':>5} {'cell':>7} {'state':>8} {'presel':>7} {'select':>6} "
           f"{'label':>6} "
           f"{'fail':>5} {'gmax':>9} {'gmean':>7} {'broke':>5} {'E meV/at':>8} "
@@ -71,24 +74,29 @@ def _stage(s: dict[str, Any]) -> str:
     return f"{int(s.get('stage', 0)) + 1}/{int(s.get('n_stages', 1))}"
 
 
+def stage_ended(s: dict[str, Any]) -> str:
+    """How the stage of an iteration that ended it ended, in words (status, the loop's
+    progress line)."""
+    how = ("converged" if s["stage_end"] == CONVERGED else
+           f"reached its cap ({s.get('stage_max_iterations')} iterations), not converged")
+    return (f"stage {int(s['stage']) + 1}/{int(s['n_stages'])} ({s.get('stage_name')}) "
+            f"{how} after {s.get('stage_iteration')} iteration(s)")
+
+
 def transition_line(s: dict[str, Any]) -> str | None:
     """Under an iteration that ended a stage of the protocol (not the last): how, and
     which stage comes next."""
     k, n = int(s.get("stage", 0)), int(s.get("n_stages", 1))
-    end = s.get("stage_end")
-    if not end or k + 1 >= n:
+    if not s.get("stage_end") or k + 1 >= n:
         return None
-    how = ("converged" if end == "converged" else
-           f"reached its cap ({s.get('stage_max_iterations')} iterations), not converged")
-    return (f"{'':>6}stage {k + 1}/{n} ({s.get('stage_name')}) {how} after "
-            f"{s.get('stage_iteration')} iteration(s) -> stage {k + 2}/{n}")
+    return f"{'':>6}{stage_ended(s)} -> stage {k + 2}/{n}"
 
 
 def line_for_summary(s: dict[str, Any]) -> str:
     err = s.get("train_errors") or {}
     e = err.get("energy_rmse")
     cell = "x".join(str(n) for n in s.get("cell", [])) or "-"
-    stage = (("capped" if s.get("stage_end") == "iteration cap" else "converged")
+    stage = (("capped" if s.get("stage_end") == CAPPED else "converged")
              if finished(s) else
              f"conv {s.get('converged_streak', 1)}/{s.get('converged_needed', 1)}"
              if s.get("converged") else "complete")

@@ -21,15 +21,15 @@ TRAIN = "train.cfg"
 
 def failure_policy(it: Iteration, n: int) -> tuple[int, int]:
     """(labeled, failed); stop with the failed tasks listed when too few succeeded."""
-    labeled = [k for k in range(n) if is_done(label.task_dir(it, k, n))]
-    failed = [k for k in range(n) if is_failed(label.task_dir(it, k, n))]
+    labeled = [k for k in range(n) if is_done(label.selected_dir(it, k))]
+    failed = [k for k in range(n) if is_failed(label.selected_dir(it, k))]
     missing = n - len(labeled) - len(failed)
     if missing:
         raise SmallcellError(f"iteration {it.i}: {missing} label task(s) have no marker yet")
     ratio = it.cfg["label"]["min_success_ratio"]
     if n and len(labeled) < ratio * n:
-        lines = [f"  {label.task_dir(it, k, n)}: "
-                 f"{read_json(label.task_dir(it, k, n) / 'failed')['reason']}"
+        lines = [f"  {label.selected_dir(it, k)}: "
+                 f"{read_json(label.selected_dir(it, k) / 'failed')['reason']}"
                  for k in failed[:20]]
         more = f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else ""
         raise SmallcellError(
@@ -50,8 +50,8 @@ def run(it: Iteration) -> tuple[int, int]:
     imported = it.stage("select") / IMPORTED
     if imported.exists():
         sources.append(imported)
-    sources += [label.task_dir(it, k, n) / "labeled.cfg" for k in range(n)
-                if is_done(label.task_dir(it, k, n))]
+    sources += [label.selected_dir(it, k) / "labeled.cfg" for k in range(n)
+                if is_done(label.selected_dir(it, k))]
     with atomic_output(folder / TRAIN) as tmp, open(tmp, "wb") as out:
         for src in sources:
             with open(src, "rb") as fh:

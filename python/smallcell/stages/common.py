@@ -69,7 +69,7 @@ class Iteration:
             if cfg is None:
                 raise SmallcellError(f"{frozen}: missing (iteration {i} was never started)")
             atomic_write_text(frozen, cfg.dump())
-        loaded = _load_frozen(frozen)
+        loaded = load_frozen(frozen)
         # Paths inside the frozen copy stay relative to the user's config file.
         if cfg is not None and cfg.source is not None:
             loaded.source = cfg.source
@@ -81,10 +81,10 @@ class Iteration:
 _FROZEN: dict[Path, tuple[tuple[int, int, int], Config]] = {}
 
 
-def _load_frozen(frozen: Path) -> Config:
-    """The frozen config, parsed once per process while the file is unchanged: a worker
-    opens the iteration for every task, and parsing was most of a small task's time. A
-    copy is returned, so a caller's changes never reach the cache."""
+def load_frozen(frozen: Path) -> Config:
+    """A frozen config (an iteration's, the validation's), parsed once per process while
+    the file is unchanged: a worker opens it for every task, and parsing was most of a
+    small task's time. A copy is returned, so a caller's changes never reach the cache."""
     st = frozen.stat()
     key = (st.st_ino, st.st_mtime_ns, st.st_size)
     hit = _FROZEN.get(frozen)

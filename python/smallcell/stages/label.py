@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from smallcell.formats.cfg import (
     read_cfgs,
 )
 from smallcell.stages.common import Iteration, Runner, progress
+from smallcell.stages.select import SAMPLE, SELECTED
 from smallcell.state import (
     atomic_write_text,
     is_done,
@@ -58,11 +60,15 @@ def n_tasks(it: Iteration) -> int:
 
 
 def task_dir(it: Iteration, k: int, n_sel: int | None = None) -> Path:
-    """Task `k` of the combined list: vasp/<k>, or sample/<k - n_selected>."""
+    """Task `k` of the combined list: vasp/<k>, or sample/<k - n_selected> (`n_sel`:
+    n_selected when the caller has it, saving a read of the select marker)."""
     n_sel = n_selected(it) if n_sel is None else n_sel
-    if k < n_sel:
-        return it.paths.task(it.i, k, KIND)
-    return it.paths.task(it.i, k - n_sel, SAMPLE_KIND)
+    return selected_dir(it, k) if k < n_sel else sample_dir(it, k - n_sel)
+
+
+def selected_dir(it: Iteration, k: int) -> Path:
+    """Task folder of selected configuration `k` (labels that train)."""
+    return it.paths.task(it.i, k, KIND)
 
 
 def sample_dir(it: Iteration, j: int) -> Path:
@@ -70,14 +76,12 @@ def sample_dir(it: Iteration, j: int) -> Path:
     return it.paths.task(it.i, j, SAMPLE_KIND)
 
 
-def _inputs(it: Iteration):
-    from itertools import chain
-
-    from smallcell.stages.select import SAMPLE, SELECTED
-
+def _inputs(it: Iteration) -> Iterator[Cfg]:
+    """The selected configurations, then the sample's (iteration 0 has no sample.cfg)."""
     folder = it.stage("select")
-    sample = folder / SAMPLE
-    return chain(iter_cfgs(folder / SELECTED), iter_cfgs(sample) if n_sample(it) else ())
+    yield from iter_cfgs(folder / SELECTED)
+    if (folder / SAMPLE).exists():
+        yield from iter_cfgs(folder / SAMPLE)
 
 
 def prepare(it: Iteration) -> int:
@@ -184,11 +188,10 @@ def run(it: Iteration, runner: Runner) -> tuple[int, int]:
     return counts(it)
 
 
-def counts(it: Iteration, kind: str = KIND) -> tuple[int, int]:
-    """(labeled, failed) over the selected tasks (whose labels train), or with
-    `kind=SAMPLE_KIND` over the error sample's, from their markers."""
-    n = n_selected(it) if kind == KIND else n_sample(it)
-    dirs = [it.paths.task(it.i, k, kind) for k in range(n)]
+def counts(it: Iteration) -> tuple[int, int]:
+    """(labeled, failed) over the selected tasks (whose labels train), from their markers
+    (the sample's are counted by stages/sample.py)."""
+    dirs = [selected_dir(it, k) for k in range(n_selected(it))]
     return sum(map(is_done, dirs)), sum(map(is_failed, dirs))
 
 

@@ -110,16 +110,21 @@ def run(it: Iteration) -> dict[str, Any]:
     return result
 
 
-def summary_fields(it: Iteration) -> dict[str, Any]:
-    """What summary.json keeps of the sample (None values without one)."""
-    path = errors_path(it)
-    r = read_json(path) if path.exists() else {}
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    """The summary.json keys of a measured sample (measure's result; {} for none: zero
+    counts, None values). The iterations' summaries and the validation's share them."""
     return {
-        "sample_n": r.get("n_labeled", 0),
-        "sample_failed": r.get("n_failed", 0),
-        "sample_force_error_mean": r.get("force_error_mean"),
-        "sample_energy_error_mean": r.get("energy_error_mean"),
-        "sample_energy_per_atom_error_mean": r.get("energy_per_atom_error_mean"),
-        "sample_gamma_force_spearman": (r.get("gamma_vs_force") or {}).get("spearman"),
-        "sample_gamma_energy_spearman": (r.get("gamma_vs_energy") or {}).get("spearman"),
+        "sample_n": result.get("n_labeled", 0),
+        "sample_failed": result.get("n_failed", 0),
+        "sample_force_error_mean": result.get("force_error_mean"),
+        "sample_energy_error_mean": result.get("energy_error_mean"),
+        "sample_energy_per_atom_error_mean": result.get("energy_per_atom_error_mean"),
+        "sample_gamma_force_spearman": (result.get("gamma_vs_force") or {}).get("spearman"),
+        "sample_gamma_energy_spearman": (result.get("gamma_vs_energy") or {}).get("spearman"),
     }
+
+
+def summary_fields(it: Iteration) -> dict[str, Any]:
+    """What summary.json keeps of the iteration's sample (None values without one)."""
+    path = errors_path(it)
+    return summarize(read_json(path) if path.exists() else {})

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from smallcell import protocol
-from smallcell.config import Config, load_config, parse_config
+from smallcell.config import Config, parse_config
 from smallcell.errors import SmallcellError
 from smallcell.formats.cfg import iter_cfgs, write_cfgs
 from smallcell.stages import explore, label, sample, select
-from smallcell.stages.common import Iteration, Runner, progress
+from smallcell.stages.common import Iteration, Runner, load_frozen, progress
 from smallcell.state import (
     RunPaths,
     atomic_output,
@@ -73,7 +73,7 @@ def _runs(vcfg: Config) -> list[MDRun]:
 
 
 def _config(root: Path) -> Config:
-    return load_config(folder(root) / "config.yaml")
+    return load_frozen(folder(root) / "config.yaml")
 
 
 def md_task(root: Path, i: int, k: int) -> dict[str, object]:
@@ -193,11 +193,7 @@ def _summary(paths: RunPaths, last: int, vcfg: Config, runs: list[MDRun],
                   "gamma_max": g.get("max"), "gamma_mean": g.get("mean")}
                  for r, g in zip(runs, results, strict=True)],
         **{k: v for k, v in rep.as_dict().items() if not k.startswith("gamma_hist")},
-        "sample_n": measured["n_labeled"],
-        "sample_failed": measured["n_failed"],
-        "sample_force_error_mean": measured["force_error_mean"],
-        "sample_energy_per_atom_error_mean": measured["energy_per_atom_error_mean"],
-        "sample_gamma_force_spearman": measured["gamma_vs_force"]["spearman"],
+        **sample.summarize(measured),
         # the last small-cell iteration, to compare: its MD's gamma, its error sample
         # (which measured the potential before it) and its fit's training/test errors
         "small_cell": {

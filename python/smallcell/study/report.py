@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from smallcell.state import atomic_write_text
-from smallcell.status import finished
+from smallcell.status import CAPPED, CONVERGED, finished
 from smallcell.study import figures
 from smallcell.study.rundata import IterationData, load, load_validation
 
@@ -191,7 +191,7 @@ def stages(data: Sequence[IterationData]) -> list[str]:
         s0, last = its[0].summary, its[-1].summary
         n = int(last.get("n_stages", 1))
         end = last.get("stage_end")
-        how = ("converged" if end == "converged" else
+        how = ("converged" if end == CONVERGED else
                f"stopped at its cap of {last.get('stage_max_iterations')} iterations, not "
                "converged" if end else "in progress")
         labels = sum(int(d.summary.get("n_labeled", 0)) for d in its)
@@ -205,7 +205,7 @@ def stages(data: Sequence[IterationData]) -> list[str]:
 
 def verdict(data: Sequence[IterationData]) -> str:
     last = data[-1].summary
-    if finished(last) and last.get("stage_end") == "iteration cap":
+    if finished(last) and last.get("stage_end") == CAPPED:
         return (f"Stopped at iteration {last['iteration']}: the last stage reached its cap "
                 f"of {last.get('stage_max_iterations')} iterations without converging.")
     if finished(last):
