@@ -17,42 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from small_run import iterate, new_run
+from small_run import assert_same_run, finished_files, iterate, new_run
 from smallcell.state import PHASES, is_debris
 
 UPTO = 2
 N_KILLS = 54
-TIMING = {"time", "seconds", "train_seconds", "stage_seconds"}
 
 
 def _run(root: Path, **env: str) -> subprocess.CompletedProcess:
     return iterate(root, UPTO, **env)
-
-
-def _files(root: Path) -> dict[str, bytes]:
-    """Every file of the run (the run's config aside), by relative path."""
-    out = {}
-    for p in sorted((root / "iter").rglob("*")):
-        if p.is_file() and p.name != ".lock":
-            out[str(p.relative_to(root))] = p.read_bytes()
-    return out
-
-
-def _comparable(rel: str, data: bytes) -> object:
-    """A file's content without clock readings (JSON timings, the training log)."""
-    if rel.endswith((".json", "/done", "/failed")):
-        def strip(x: object) -> object:
-            if isinstance(x, dict):
-                return {k: strip(v) for k, v in x.items() if k not in TIMING}
-            if isinstance(x, list):
-                return [strip(v) for v in x]
-            return x
-        return strip(json.loads(data))
-    if rel.endswith("train.log"):
-        return None
-    if rel.endswith("config.yaml"):  # names its source file: the run folder differs
-        return data.split(b"\n", 1)[1]
-    return data
 
 
 @pytest.fixture(scope="module")
@@ -82,32 +55,17 @@ def kill_points(events: list[str], n: int) -> list[str]:
     return (must + rest[::step])[:n]
 
 
-def _finished_tasks(root: Path) -> dict[str, tuple[int, int]]:
-    """(inode, mtime) of every file in a folder with a done marker: a redone task would
-    rename new files into place."""
-    out = {}
-    for marker in (root / "iter").rglob("done"):
-        for p in marker.parent.iterdir():
-            if p.is_file():
-                out[str(p)] = (p.stat().st_ino, p.stat().st_mtime_ns)
-    return out
-
-
 def _trial(base: Path, k: int, event: str, reference: Path) -> dict[str, object]:
     root = new_run(base / f"kill{k:02d}")
     killed = _run(root, SMALLCELL_KILL_AT=event)
     hit = killed.returncode == -signal.SIGKILL
-    before = _finished_tasks(root)
+    before = finished_files(root)
     resumed = _run(root)
     assert resumed.returncode == 0, f"{event}: resume failed\n{resumed.stderr[-3000:]}"
-    after = _finished_tasks(root)
+    after = finished_files(root)
     redone = [p for p, v in before.items() if after.get(p) != v]
     assert not redone, f"{event}: finished work redone: {redone[:5]}"
-    got, want = _files(root), _files(reference)
-    assert sorted(got) == sorted(want), f"{event}: files differ: " \
-        f"{sorted(set(got) ^ set(want))[:10]}"
-    for rel in want:
-        assert _comparable(rel, got[rel]) == _comparable(rel, want[rel]), f"{event}: {rel}"
+    assert_same_run(root, reference, event)
     debris = [p for p in root.rglob("*") if is_debris(p.name)]
     assert not debris, f"{event}: scratch left: {debris[:5]}"
     # every labeled configuration of every iteration is in the final training set once

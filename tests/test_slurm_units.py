@@ -16,7 +16,7 @@ import pytest
 
 from smallcell import jobs, loop
 from smallcell.config import parse_config, slurm_seconds
-from smallcell.errors import SmallcellError
+from smallcell.errors import DiskFull, SmallcellError
 from smallcell.sched import slurm
 from smallcell.stages import label, select
 from smallcell.stages.common import Iteration
@@ -367,6 +367,39 @@ def test_element_runs_its_slice_and_stops_at_the_margin(
             iter0.paths, "other element", shared=True), pytest.raises(
             SmallcellError, match="in use"), RunLock(iter0.paths, "smallcell iter"):
         pass
+
+
+def test_element_stops_at_a_full_disk(
+        iter0: Iteration, fake_slurm: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The element's next tasks would meet the same full disk: it stops at the first and
+    leaves them (unmarked) to the checking job."""
+    _chain(iter0).submit_array(0, "label", list(range(7)))
+    monkeypatch.setenv("SMALLCELL_DEADLINE", str(time.time() + 3600))
+    tried = []
+
+    def full(root: Path, i: int, k: int) -> bool:
+        tried.append(k)
+        raise DiskFull(f"{root}/iter/0/vasp/{k}/OUTCAR: no space left on device")
+
+    monkeypatch.setattr(label, "run_task", full)
+    assert jobs.run_element(iter0.paths.root, "label", 0, "label.1", 0) == 1
+    assert tried == [0]
+    assert "task 0: " in capsys.readouterr().err
+    assert label.missing(iter0) == list(range(7))
+
+
+def test_a_chain_stopped_by_a_full_disk_still_says_why(
+        iter0: Iteration, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    def full(*args: object, **kw: object) -> None:
+        raise DiskFull("iter/0/stopped: no space left on device")
+
+    monkeypatch.setattr(jobs, "mark_stopped", full)
+    assert jobs._stop(iter0.paths, 0, "label", "disk full while labeling") == 2
+    err = capsys.readouterr().err
+    assert "chain stopped at iteration 0 (label): disk full while labeling" in err
+    assert "not recorded in iter/0/stopped" in err
 
 
 def test_collect_train_resubmits_missing_tasks_then_stops(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -18,7 +19,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from smallcell.config import parse_config
 from smallcell.engines.base import LabelError
 from smallcell.engines.exploration import QUERIED
-from smallcell.errors import SmallcellError
+from smallcell.errors import DiskFull, SmallcellError
 from smallcell.formats.cfg import Cfg, atoms_to_cfg, format_cfg, read_cfgs, write_cfgs
 from smallcell.sched.local import LocalRunner
 from smallcell.stages import collect, explore, label, select
@@ -426,6 +427,33 @@ def test_label_tasks_with_markers_are_not_run_again(
     assert label.run_task(it.paths.root, 0, 1) is False
     assert label.run_task(it.paths.root, 0, 0) is True
     assert dict(fake.calls) == before
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_disk_in_the_engine_is_not_a_failed_task(
+        label_it: tuple[Iteration, FakeLabeler], monkeypatch: pytest.MonkeyPatch,
+        code: int) -> None:
+    """A DFT code that cannot write its OUTCAR has not failed the configuration: the run
+    stops naming the file, no retry is spent, no marker is written, and the task labels
+    once space is back."""
+    it, fake = label_it
+    real = fake.label
+
+    def full(task_dir: Path, atoms: Atoms) -> Atoms:
+        fake.calls[int(task_dir.name)] += 1
+        raise OSError(code, os.strerror(code), str(task_dir / "OUTCAR"))
+
+    monkeypatch.setattr(fake, "label", full)
+    with LocalRunner(1) as runner, pytest.raises(DiskFull) as info:
+        label.run(it, runner)
+    d0 = label.task_dir(it, 0)
+    assert str(info.value).startswith(f"{d0 / 'OUTCAR'}: ")
+    assert ("no space left on device" if code == errno.ENOSPC
+            else "disk quota exceeded") in str(info.value)
+    assert fake.calls[0] == 1
+    assert not (is_done(d0) or is_failed(d0) or (d0 / "error.log").exists())
+    monkeypatch.setattr(fake, "label", real)
+    assert label.run_task(it.paths.root, 0, 0) is True
 
 
 def test_label_with_the_real_eam_labeler(tmp_path: Path) -> None:

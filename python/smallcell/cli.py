@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from smallcell.errors import SmallcellError
+from smallcell.errors import SmallcellError, disk_full
 from smallcell.formats.errors import FormatError
 
 
@@ -330,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"smallcell: error: {exc.filename}: missing although its stage was marked done "
               "(edited by hand?); delete that stage's `done` marker to redo it",
               file=sys.stderr)
+        return 2
+    except OSError as exc:  # a write outside state.py's helpers (a log, a figure)
+        full = disk_full(exc)
+        if full is None:
+            raise
+        print(f"smallcell: error: {full}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nsmallcell: interrupted; finished work is kept, run the same command to "

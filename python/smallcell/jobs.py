@@ -34,7 +34,7 @@ from typing import Any
 
 from smallcell import protocol
 from smallcell.config import Config, load_config
-from smallcell.errors import SmallcellError
+from smallcell.errors import DiskFull, SmallcellError
 from smallcell.sched import slurm
 from smallcell.stages.common import Iteration, progress
 from smallcell.state import (
@@ -213,7 +213,10 @@ def _guard(paths: RunPaths, i: int, stage: str, fn: Callable[[], int]) -> int:
 def _stop(paths: RunPaths, i: int, stage: str, reason: str) -> int:
     """Write why the chain stopped beside the iteration, say it in the job log, exit 2."""
     log = f"; job log: iter/{i}/slurm/ (job {job_id()})" if job_id() else ""
-    mark_stopped(paths.it(i), reason, stage=stage, job=job_id())
+    try:
+        mark_stopped(paths.it(i), reason, stage=stage, job=job_id())
+    except DiskFull as exc:  # no room for the record: the job log still says why
+        log += f" (not recorded in iter/{i}/stopped: {exc})"
     print(f"smallcell: chain stopped at iteration {i} ({stage}): {reason}{log}",
           file=sys.stderr, flush=True)
     return 2
@@ -246,6 +249,9 @@ def run_element(root: Path, stage: str, i: int, list_name: str, element: int) ->
             t0 = time.perf_counter()
             try:
                 res = fn(root, i, k)
+            except DiskFull as exc:  # the next tasks would meet the same full disk
+                progress(it, stage, f"task {k}: {exc}; this element stops")
+                return 1
             except Exception as exc:  # one task's failure never costs the others
                 errors += 1
                 detail = str(exc) if isinstance(exc, SmallcellError) else traceback.format_exc()

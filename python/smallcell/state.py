@@ -14,7 +14,6 @@ This module imports only the standard library so that `smallcell status` stays f
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smallcell.errors import SmallcellError
+from smallcell.errors import SmallcellError, reraise_disk_full
 
 DONE = "done"
 FAILED = "failed"
@@ -48,7 +47,7 @@ PHASES = ("half", "written", "renamed")  # tmp half written / complete / renamed
 def _fault_point(phase: str, path: Path, tmp: Path | None = None) -> None:
     """A write event: `half` (the temporary file cut to half its size, as a process killed
     mid-write leaves it), `written` (complete, not yet renamed) or `renamed`."""
-    where = re.sub(r"\.tmp\.\d+", ".tmp", str(path))  # scratch folders: no pid
+    where = re.sub(r"\.(tmp|work)\.\d+", r".\1", str(path))  # scratch names: no pid
     if _FAULT_LOG:
         with open(_FAULT_LOG, "a", encoding="utf-8") as fh:
             fh.write(f"{phase}:{where}\n")
@@ -85,8 +84,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if exc.errno == errno.ENOSPC:
-            raise SmallcellError(f"{path}: no space left on device while writing") from exc
+        reraise_disk_full(exc, path)
         raise
     return path
 
@@ -108,8 +106,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
         _after_rename(path)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise SmallcellError(f"{path}: no space left on device while writing") from exc
+        reraise_disk_full(exc, path)
         raise
     finally:
         with contextlib.suppress(OSError):

@@ -19,7 +19,7 @@ from smallcell.config import Config
 from smallcell.engines.base import Explorer, explorer_for
 from smallcell.engines.exploration import HIST_EDGES, MDSettings
 from smallcell.engines.lammps_input import write_lammps_inputs
-from smallcell.errors import SmallcellError
+from smallcell.errors import SmallcellError, reraise_disk_full
 from smallcell.stages.common import Iteration, Runner, progress
 from smallcell.state import (
     atomic_write_json,
@@ -96,6 +96,7 @@ def run_md(final: Path, cfg: Config, run: MDRun, train_dir: Path) -> dict[str, o
     try:
         result = _explorer(cfg).run(scratch, atoms, list(cfg["species"]), settings, train_dir)
     except Exception as exc:  # a crashed MD run: one clear message, its logs kept on disk
+        reraise_disk_full(exc, final)  # no room for the logs either: say what filled up
         _move_outputs(scratch, final)
         atomic_write_text(final / "error.log", traceback.format_exc())
         raise SmallcellError(f"{final}: MD run failed ({type(exc).__name__}: {exc}); "

@@ -22,6 +22,7 @@ import numpy as np
 
 from smallcell.config import Config
 from smallcell.engines.base import LabelError, labeler_for
+from smallcell.errors import reraise_disk_full
 from smallcell.formats.cfg import (
     Cfg,
     atoms_to_cfg,
@@ -33,6 +34,7 @@ from smallcell.formats.cfg import (
 from smallcell.stages.common import Iteration, Runner, progress
 from smallcell.stages.select import SAMPLE, SELECTED
 from smallcell.state import (
+    atomic_output,
     atomic_write_text,
     is_done,
     is_failed,
@@ -121,10 +123,8 @@ def write_input(folder: Path, cfg: Cfg, species: list[str]) -> None:
 
     if (folder / "input.cfg").exists():
         return
-    folder.mkdir(parents=True, exist_ok=True)
-    poscar = folder / ".POSCAR.tmp"
-    write(poscar, cfg_to_atoms(cfg, species), format="vasp", direct=True, sort=False)
-    poscar.replace(folder / "POSCAR")
+    with atomic_output(folder / "POSCAR") as poscar:
+        write(poscar, cfg_to_atoms(cfg, species), format="vasp", direct=True, sort=False)
     atomic_write_text(folder / "input.cfg", format_cfg(cfg))
 
 
@@ -152,6 +152,7 @@ def label_folder(folder: Path, config: Config) -> bool:
             reasons.append(str(exc))
             continue
         except Exception as exc:  # an engine crash is a failed task, not a dead run
+            reraise_disk_full(exc, folder)  # a full disk is not: the task resumes later
             reasons.append(f"{type(exc).__name__}: {exc}")
             atomic_write_text(folder / "error.log", traceback.format_exc())
             continue

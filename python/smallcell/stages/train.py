@@ -14,7 +14,7 @@ from dataclasses import asdict
 
 from smallcell.engines.base import trainer_for
 from smallcell.engines.motep_mtp import TrainSettings
-from smallcell.errors import SmallcellError
+from smallcell.errors import SmallcellError, reraise_disk_full
 from smallcell.formats.cfg import cfg_to_atoms, iter_cfgs
 from smallcell.stages.collect import TRAIN
 from smallcell.stages.common import Iteration, progress
@@ -67,6 +67,7 @@ def run(it: Iteration) -> dict:
     try:
         res = trainer.train(images, it.species, folder, settings(it), start)
     except Exception as exc:  # keep the traceback beside the stage, say it in one line
+        reraise_disk_full(exc, folder)  # no room for the traceback either: say what filled up
         atomic_write_text(folder / "error.log", traceback.format_exc())
         raise SmallcellError(f"{folder}: training failed ({type(exc).__name__}: {exc}); "
                              "traceback in error.log; run again to retry") from None

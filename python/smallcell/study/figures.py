@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from smallcell.metrics import correlations
+from smallcell.state import atomic_output
 from smallcell.study.rundata import IterationData
 
 DPI = 120
@@ -27,7 +28,9 @@ def pyplot():  # imported on use: status and the loop never pay for matplotlib
 
 
 def save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI)
+    """Save through a temporary name: a report killed mid-way leaves no truncated image."""
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format=path.suffix.lstrip(".") or "png")
     pyplot().close(fig)
     return path
 
