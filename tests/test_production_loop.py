@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 STANDINS = REPO / "tests" / "standins"
 
 
-def _config(tmp: Path, policy: str = "threshold") -> Path:
+def production_config(tmp: Path, policy: str = "threshold") -> Path:
     lib = tmp / "potpaw_PBE" / "Pb_d"
     lib.mkdir(parents=True)
     (lib / "POTCAR").write_text("  PAW_PBE Pb_d 06Sep2000\n   VRHFIN =Pb: s2p2\n"
@@ -58,7 +58,7 @@ run: {{seed: 5, jobs: 2}}
 
 @pytest.mark.slow
 def test_production_loop_with_standins(tmp_path: Path, fixtures: Path) -> None:
-    config = _config(tmp_path)
+    config = production_config(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(SMALLCELL_FIXTURES=str(fixtures), SMALLCELL_LMP_GRADES="break")
     res = subprocess.run([str(REPO / "bin" / "smallcell"), "--run-dir", str(tmp_path), "iter",
@@ -119,7 +119,7 @@ def test_production_loop_with_standins(tmp_path: Path, fixtures: Path) -> None:
 @pytest.mark.slow
 def test_production_dopt_selection_by_mlp_select_add(tmp_path: Path, fixtures: Path) -> None:
     """policy dopt with MLIP-3: the select stage asks `mlp select_add`."""
-    config = _config(tmp_path, policy="dopt")
+    config = production_config(tmp_path, policy="dopt")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(SMALLCELL_FIXTURES=str(fixtures), SMALLCELL_LMP_GRADES="break",
                SMALLCELL_MLP_ARGV_LOG=str(tmp_path / "mlp_calls.jsonl"))

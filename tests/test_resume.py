@@ -513,3 +513,66 @@ def test_second_writer_is_refused(tmp_path: Path) -> None:
         assert first.proc.poll() is None, "the running loop must not be disturbed"
     finally:
         stop(first)
+
+
+def _make(target: str, root: Path, path: str) -> subprocess.CompletedProcess[str]:
+    """`make <target>` on the run folder `root`, as a user types it."""
+    return subprocess.run(["make", "-s", "-C", str(REPO), target, f"RUN_DIR={root}",
+                           f"CONFIG={CONFIG}", f"N={UPTO}"], capture_output=True, text=True,
+                          env=_env() | {"PATH": path}, timeout=TIMEOUT, check=False)
+
+
+def _fake_slurm(bindir: Path) -> str:
+    """An empty squeue and an sbatch that waits for `bindir/open` before printing a job
+    id (so that a submit can be held inside its lock); returns the PATH to use."""
+    bindir.mkdir(parents=True)
+    scripts = {
+        "squeue": "#!/bin/sh\nexit 0\n",
+        "sbatch": f"#!/bin/sh\necho \"$@\" >> {bindir}/calls\n"
+                  f"while [ ! -e {bindir}/open ]; do sleep 0.05; done\n"
+                  f"echo $(( 100 + $(wc -l < {bindir}/calls) ))\n",
+    }
+    for name, text in scripts.items():
+        (bindir / name).write_text(text)
+        (bindir / name).chmod(0o755)
+    return f"{bindir}{os.pathsep}{os.environ['PATH']}"
+
+
+def test_make_iter_and_make_submit_refuse_each_other(tmp_path: Path) -> None:
+    """Either order: the second refuses at once (exit 2) naming the lock and its holder,
+    submits nothing, and leaves the first undisturbed; the kernel frees the lock when the
+    holder is killed."""
+    root = tmp_path / "run"
+    lock = root / "iter" / ".lock"
+    bindir = tmp_path / "fakebin"
+    path = _fake_slurm(bindir)
+    first = start(root, tmp_path / "logs", "holder")
+    try:
+        held = wait_until(first, lambda: lock.exists() and
+                          f"pid {first.proc.pid}" in lock.read_text(), timeout=60)
+        assert held, first.stderr()
+        for target in ("submit", "iter"):
+            second = _make(target, root, path)
+            assert second.returncode == 2, (target, second.stdout, second.stderr)
+            assert ".lock" in second.stderr and f"pid {first.proc.pid}" in second.stderr, \
+                second.stderr
+        assert not (bindir / "calls").exists(), "the refused submit called sbatch"
+        assert first.proc.poll() is None, "the running loop must not be disturbed"
+    finally:
+        stop(first)  # kill -9: the lock goes with it
+    submit = subprocess.Popen(["make", "-s", "-C", str(REPO), "submit", f"RUN_DIR={root}",
+                               f"CONFIG={CONFIG}", f"N={UPTO}"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=_env() | {"PATH": path})
+    try:
+        deadline = time.monotonic() + 60
+        while not (bindir / "calls").exists():  # submit is inside its lock, in sbatch
+            assert submit.poll() is None, submit.communicate()[1]
+            assert time.monotonic() < deadline, "submit never reached sbatch"
+            time.sleep(0.01)
+        second = _make("iter", root, path)
+        assert second.returncode == 2, (second.stdout, second.stderr)
+        assert ".lock" in second.stderr and "smallcell submit" in second.stderr, second.stderr
+    finally:
+        (bindir / "open").touch()
+        _out, err = submit.communicate(timeout=TIMEOUT)
+    assert submit.returncode == 0, err
