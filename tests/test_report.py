@@ -13,7 +13,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from smallcell import cli
-from smallcell.study.report import COLUMNS, diagnose, gamma_vs_error
+from smallcell.study.report import COLUMNS, diagnose, gamma_vs_error, page
 from smallcell.study.rundata import IterationData
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,3 +148,14 @@ def test_question_one_without_a_sample_says_why() -> None:
     text = gamma_vs_error([_it(0, 2e-3, 0.04, True), d])
     assert text.startswith("Not measured in this run") and "set lammps.grade_floor" in text
     assert "explorer says" not in gamma_vs_error([_it(0, 2e-3, 0.04, True)])
+
+
+def test_the_page_escapes_what_the_config_named() -> None:
+    """A stage name is the user's text: in the HTML it is text, never markup."""
+    evil = "<script>alert(1)</script> & <b>"
+    data = [_it(0, 2e-3, 0.04, True), _it(1, 1e-3, 0.03, True)]
+    for d in data:
+        d.summary.update(stage=0, n_stages=1, stage_name=evil, cell=[1, 1, 1])
+    html = page(data, [])
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;" in html
+    assert "<script" not in html and "<b>" not in html
