@@ -13,6 +13,7 @@ DATA    ?=
 TEST    ?=
 SWEEP   ?= sweep
 RUN_DIR ?= $(or $(SMALLCELL_RUN_DIR),.)
+EXTRAS  ?=
 SC      := bin/smallcell --run-dir $(RUN_DIR)
 
 .DEFAULT_GOAL := help
@@ -28,7 +29,8 @@ $(STAMP): requirements.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-setup: $(STAMP)  ## create .venv with everything smallcell needs (idempotent)
+setup: $(STAMP)  ## create .venv (idempotent); EXTRAS=gpaw adds GPAW (Debian's gpaw, gpaw-data)
+	$(if $(filter gpaw,$(EXTRAS)),bin/install-debian-packages gpaw gpaw-data)
 
 iter: $(STAMP)  ## run iterations 0..N of CONFIG locally, resuming from RUN_DIR/iter/ (N: run.max_iterations)
 	$(SC) iter $(if $(N),--upto $(N)) --config $(CONFIG)
@@ -49,7 +51,8 @@ clean-iter: $(STAMP)  ## remove iteration I and later (asks first; FORCE=1 to sk
 	@test -n "$(I)" || { echo "usage: make clean-iter I=<iteration> [FORCE=1]"; exit 2; }
 	$(SC) clean-iter $(I) $(if $(FORCE),--force)
 
-test: $(STAMP)  ## run the whole test suite (pytest, slow tests included)
+test: $(STAMP)  ## run the whole test suite (pytest, slow tests included; installs GPAW if it can)
+	@bin/install-debian-packages gpaw gpaw-data || echo "note: GPAW not installed: its real-DFT tests are skipped"
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 report: $(STAMP)  ## write RUN_DIR/report/index.html and report.md (figures, table, answers)

@@ -360,7 +360,8 @@ SCHEMA = Section(
                                 "motep MTP) or lammps (LAMMPS with pair_style mlip; needs "
                                 "trainer mlip3).", choices=("embedded", "lammps")),
                 "labeler": Key("str", "eam", "Reference labels: eam (Zhou 2004 Pb EAM, "
-                               "embedded) or vasp.", choices=("eam", "vasp")),
+                               "embedded), vasp, or gpaw (open-source DFT; `make setup "
+                               "EXTRAS=gpaw`).", choices=("eam", "vasp", "gpaw")),
                 "trainer": Key("str", "motep", "Fitting and grading: motep (embedded) or "
                                "mlip3 (MLIP-3's mlp).", choices=("motep", "mlip3")),
                 "scheduler": Key("str", "local",
@@ -405,6 +406,50 @@ SCHEMA = Section(
                 "timeout": Key("float", None, "Seconds before a VASP run is killed and the task "
                                "failed; null = no limit.", nullable=True, low=0, low_open=True,
                                unit="s"),
+            },
+        ),
+        "gpaw": Section(
+            "The GPAW labeler (engines.labeler: gpaw): a plane-wave DFT single point per task "
+            "folder, run by the Python that has GPAW (Debian's, installed by `make setup "
+            "EXTRAS=gpaw`), one process per task.",
+            {
+                "python": Key("str", "/usr/bin/python3",
+                              "The interpreter with GPAW and its ASE (not the venv's)."),
+                "launcher": Key("command", None,
+                                "MPI launcher in front of the interpreter for parallel runs, "
+                                "e.g. 'mpirun -np 4' or 'srun'; null = one process.",
+                                nullable=True),
+                "setup": Key("list[str]", [], "Shell lines run first (module loads, "
+                             "GPAW_SETUP_PATH)."),
+                "ecut": Key("float", 500.0, "Plane-wave cutoff. The stress converges slowly "
+                            "with it (Pulay stress): fcc Pb at 5.04 Å has -7.3 GPa at 300 eV, -0.9 "
+                            "at 500, -0.6 at 700 eV; check yours before lowering it.", low=0,
+                            low_open=True, unit="eV"),
+                "xc": Key("str", "PBE", "Exchange-correlation functional (its PAW setups must "
+                          "be installed: gpaw-data has LDA, PBE, revPBE, RPBE)."),
+                "kspacing": Key("float", 0.25, "k-point spacing in Å^-1, 2π included (the "
+                                "VASP KSPACING rule): every cell size gets a mesh of the same "
+                                "density.", nullable=True, low=0, low_open=True, unit="Å^-1"),
+                "kppra": Key("int", None, "k-points per reciprocal atom instead of kspacing.",
+                             nullable=True, low=1),
+                "gamma_centered": Key("bool", True, "Gamma-centred mesh (else Monkhorst-Pack)."),
+                "smearing": Key("str", "fermi-dirac", "Occupation smearing.",
+                                choices=("fermi-dirac", "marzari-vanderbilt",
+                                         "methfessel-paxton")),
+                "width": Key("float", 0.1, "Smearing width.", low=0, low_open=True, unit="eV"),
+                "convergence": Key("mapping", {}, "SCF criteria passed to GPAW: energy (eV per "
+                                   "valence electron), density, eigenstates, forces (eV/Å); "
+                                   "unset ones keep GPAW's defaults."),
+                "maxiter": Key("int", 333, "SCF iterations before the task fails as not "
+                               "converged.", low=1),
+                "symmetry": Key("bool", True, "Use the structure's symmetry (displaced "
+                                "configurations have none; perfect cells run faster)."),
+                "energy": Key("str", "free", "Training energy: free (the force-consistent "
+                              "free energy, as VASP's TOTEN) or sigma0 (extrapolated to zero "
+                              "width).", choices=("free", "sigma0")),
+                "timeout": Key("float", None, "Seconds before a GPAW run is killed and the "
+                               "task failed; null = no limit.", nullable=True, low=0,
+                               low_open=True, unit="s"),
             },
         ),
         "mlip3": Section(
@@ -954,6 +999,16 @@ def _engine_checks(cfg: Config, fail: Any) -> None:
             if not potcar.is_file():
                 raise fail("vasp.potcars", f"vasp.potcars: no POTCAR for {sym}: {potcar}")
         _program(cfg, "vasp", "command", fail)
+    if eng["labeler"] == "gpaw":
+        g = cfg["gpaw"]
+        if (g["kspacing"] is None) == (g["kppra"] is None):
+            raise fail("gpaw.kspacing", "set exactly one of gpaw.kspacing and gpaw.kppra")
+        bad = sorted(set(g["convergence"]) - {"energy", "density", "eigenstates", "forces"})
+        if bad:
+            raise fail("gpaw.convergence", f"gpaw.convergence: unknown criterion {bad[0]!r} "
+                       "(known: energy, density, eigenstates, forces)")
+        if g["launcher"]:
+            _program(cfg, "gpaw", "launcher", fail)
     if eng["trainer"] == "mlip3" and cfg["select"]["policy"] == "dopt_batch":
         raise fail("select.policy", "select.policy dopt_batch needs the embedded grader "
                    "(engines.trainer motep): mlp select_add has no per-configuration mode; "

@@ -132,10 +132,15 @@ def trainer_for(cfg: Config) -> Trainer:
 def check_engines(cfg: Config) -> None:
     """Build every configured adapter once, so that settings an adapter refuses (an INCAR
     tag that would relax, a missing template) stop the run before any task starts."""
-    for section, build in (("vasp", labeler_for), ("mlip3", trainer_for),
+    eng = cfg["engines"]
+    for section, build in ((eng["labeler"], labeler_for), ("mlip3", trainer_for),
                            ("lammps", explorer_for)):
         try:
             build(cfg)
+            if section == "gpaw":  # GPAW lives outside the venv: is it there, with setups?
+                from smallcell.engines.gpaw import GpawSettings, check_installed
+
+                check_installed(GpawSettings.from_mapping(cfg["gpaw"]), list(cfg["species"]))
         except ValueError as exc:
             raise SmallcellError(f"{cfg.source or '<config>'}: {section}: {exc}") from None
 
@@ -152,4 +157,8 @@ def labeler_for(cfg: Config) -> Labeler:
 
         data = dict(cfg["vasp"], potcar_dir=cfg.resolve(cfg["vasp"]["potcar_dir"]))
         return VaspLabeler(VaspSettings.from_mapping(data), list(cfg["species"]))
+    if name == "gpaw":
+        from smallcell.engines.gpaw import GpawLabeler, GpawSettings
+
+        return GpawLabeler(GpawSettings.from_mapping(cfg["gpaw"]))
     raise ValueError(f"engines.labeler: unknown labeler {name!r}")

@@ -64,7 +64,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -80,6 +79,7 @@ from smallcell.engines.process import (
     ProgramNotFound,
     check_positive,
     command_words,
+    exit_text,
     run_logged,
     tail_line,
     with_setup,
@@ -406,21 +406,12 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _exit_text(rc: int) -> str:
-    if rc < 0:
-        try:
-            return f"was killed by {signal.Signals(-rc).name}"
-        except ValueError:
-            return f"was killed by signal {-rc}"
-    return f"exited with status {rc}"
-
-
 def failure_message(rc: int | None, log: ThermoLog, screen: ThermoLog, stderr: str,
                     timeout: float | None = None) -> str:
     """One line for a failed run: how it ended, LAMMPS' own ERROR line (log first, then
     screen), the last thermo step, and the stderr tail when it says something else."""
     how = (f"timed out after {timeout:g} s and was killed" if rc is None
-           else _exit_text(rc))
+           else exit_text(rc))
     errors = log.errors or screen.errors
     parts = [f"LAMMPS {how}"]
     if errors:

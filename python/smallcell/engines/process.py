@@ -16,12 +16,14 @@ import contextlib
 import math
 import numbers
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["KILL_GRACE", "ProgramNotFound", "run_logged", "tail_line", "with_setup"]
+__all__ = ["KILL_GRACE", "ProgramNotFound", "archive_outputs", "exit_text", "run_logged",
+           "tail_line", "with_setup"]
 
 #: Seconds between SIGTERM and SIGKILL of a timed-out run (MPI launchers forward SIGTERM).
 KILL_GRACE = 10.0
@@ -158,3 +160,41 @@ def command_words(command: object, setup: object, section: str) -> tuple[list[st
     if isinstance(setup, str):
         raise ValueError(f"{section}.setup must be a list of shell lines, got a string")
     return [str(c) for c in command], [str(s) for s in setup]
+
+
+def exit_text(rc: int) -> str:
+    """How a program ended, for a failure reason: "exited with status 2", "was killed by
+    SIGKILL" (a negative status is the signal, as subprocess reports it)."""
+    if rc < 0:
+        try:
+            return f"was killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"was killed by signal {-rc}"
+    return f"exited with status {rc}"
+
+
+def archive_outputs(task_dir: Path, outputs: Sequence[str], inputs: Sequence[str],
+                    folder: str = "attempts") -> Path | None:
+    """Move the `outputs` of an earlier attempt (a killed job, a retry) into
+    `<folder>/<n>/` (n = 1, 2, ...) with a copy of its `inputs`, so nothing computed is
+    lost or overwritten; return that folder, or None when there were no outputs."""
+    task_dir = Path(task_dir)
+    present = [name for name in outputs if (task_dir / name).exists()]
+    if not present:
+        return None
+    root = task_dir / folder
+    root.mkdir(exist_ok=True)
+    n = 1
+    while True:
+        dest = root / str(n)
+        try:
+            dest.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+    for name in inputs:
+        if (task_dir / name).is_file():
+            shutil.copy2(task_dir / name, dest / name)
+    for name in present:
+        os.replace(task_dir / name, dest / name)
+    return dest

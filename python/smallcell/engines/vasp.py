@@ -27,10 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-import os
 import re
-import shutil
-import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -44,11 +41,14 @@ from ase import Atoms, units
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from smallcell.engines.base import LabelError
+from smallcell.engines.kpoints import kpoint_mesh
 from smallcell.engines.process import (
     KILL_GRACE,
     ProgramNotFound,
+    archive_outputs,
     check_positive,
     command_words,
+    exit_text,
     run_logged,
     tail_line,
     with_setup,
@@ -253,32 +253,6 @@ def render_incar(incar: Mapping[str, Any], system: str = "smallcell label") -> s
 # --------------------------------------------------------------------------- KPOINTS
 
 
-def kpoint_mesh(
-    cell: Any, natoms: int, *, kspacing: float | None = None, kppra: float | None = None
-) -> tuple[int, int, int]:
-    """The automatic mesh of a cell: n_i proportional to the reciprocal vector length |b_i|.
-
-    kspacing (Å⁻¹, VASP's KSPACING incl. 2π): n_i = max(1, ceil(2π|b_i| / kspacing)), the
-    mesh VASP itself would choose. kppra: n_i = max(1, ceil(c |b_i|)) with c chosen so that
-    natoms * n1 n2 n3 = kppra before rounding up. Rounding up means never coarser than asked,
-    and a cell twice as long gets half the k-points along that direction.
-    """
-    if (kspacing is None) == (kppra is None):
-        raise ValueError("give exactly one of kspacing and kppra")
-    rec = np.linalg.norm(np.linalg.inv(np.asarray(cell, dtype=float)).T, axis=1)  # |b_i|, no 2π
-    if not np.all(np.isfinite(rec)) or np.any(rec <= 0):
-        raise ValueError("the cell is singular: no k-point mesh")
-    if kspacing is not None:
-        target = 2 * math.pi * rec / kspacing
-    else:
-        assert kppra is not None
-        c = (kppra / max(natoms, 1) / float(np.prod(rec))) ** (1 / 3)
-        target = c * rec
-    # The tolerance keeps an exact ratio (6.0000000001 from float noise) from rounding up.
-    mesh = [max(1, math.ceil(t - 1e-6)) for t in target]
-    return (mesh[0], mesh[1], mesh[2])
-
-
 def render_kpoints(mesh: Sequence[int], gamma_centered: bool, comment: str) -> str:
     """The KPOINTS text of an automatic mesh (templates/vasp/KPOINTS.j2)."""
     comment = " ".join(comment.split()) or "smallcell"
@@ -371,26 +345,7 @@ def write_inputs(
 def archive_previous(task_dir: Path) -> Path | None:
     """Move the outputs of an earlier attempt into `attempts/<n>/` (n = 1, 2, ...), with a
     copy of its inputs; return that folder, or None when the folder had no outputs."""
-    task_dir = Path(task_dir)
-    present = [name for name in VASP_OUTPUTS if (task_dir / name).exists()]
-    if not present:
-        return None
-    root = task_dir / ATTEMPTS
-    root.mkdir(exist_ok=True)
-    n = 1
-    while True:
-        dest = root / str(n)
-        try:
-            dest.mkdir()
-            break
-        except FileExistsError:
-            n += 1
-    for name in _ARCHIVED_INPUTS:
-        if (task_dir / name).is_file():
-            shutil.copy2(task_dir / name, dest / name)
-    for name in present:
-        os.replace(task_dir / name, dest / name)
-    return dest
+    return archive_outputs(task_dir, VASP_OUTPUTS, _ARCHIVED_INPUTS, ATTEMPTS)
 
 
 def command_argv(settings: VaspSettings) -> list[str]:
@@ -425,16 +380,6 @@ def _logs_tail(task_dir: Path) -> str:
         if tail:
             parts.append(f"{name}: {tail}")
     return "; ".join(parts) if parts else "no output in vasp.err or vasp.out"
-
-
-def _exit_text(program: str, rc: int) -> str:
-    if rc < 0:
-        try:
-            name = signal.Signals(-rc).name
-        except ValueError:
-            name = f"signal {-rc}"
-        return f"{program} was killed by {name}"
-    return f"{program} exited with status {rc}"
 
 
 # --------------------------------------------------------------------------- parsing
@@ -569,7 +514,7 @@ class VaspLabeler:
             raise LabelError(f"{program} timed out after {s.timeout:g} s (vasp.timeout) and "
                              f"was killed; {_logs_tail(task_dir)}")
         if rc != 0:
-            raise LabelError(f"{_exit_text(program, rc)}; {_logs_tail(task_dir)}")
+            raise LabelError(f"{program} {exit_text(rc)}; {_logs_tail(task_dir)}")
         if not outcar.is_file():
             raise LabelError(f"{program} wrote no OUTCAR; {_logs_tail(task_dir)}")
         labeled = read_label(outcar, inputs, atoms, s.energy)
