@@ -75,6 +75,7 @@ class IterResult:
     validation: dict[str, Any] | None = None  # validation/summary.json, if it ran
     summaries: list[dict[str, Any]] = field(default_factory=list)
     log_tail: str = ""
+    run_dir: Path | None = None  # kept (keep=True or a failed run), else deleted
 
     @property
     def converged(self) -> bool:
@@ -153,6 +154,7 @@ def run_case(case: Case, keep: bool = False) -> IterResult:
                              .splitlines()[-15:])
     if keep or rc != 0:
         print(f"bench_iter: run folder kept at {run_dir}", file=sys.stderr)
+        res.run_dir = run_dir
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
     return res

@@ -10,6 +10,8 @@ benchmark finished, so an interrupted run leaves the previous numbers in place.
     .venv/bin/python bench/run_all.py --only outcar  # OUTCAR parser vs ASE (~40 s)
     .venv/bin/python bench/run_all.py --only slurm   # SLURM chain vs one job per task
                                                      # (a local Slurm; ~15 min on 2 cores)
+    .venv/bin/python bench/run_all.py --only gpaw    # examples/pb-gpaw.yaml, real DFT
+                                                     # (needs GPAW; ~25 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_gpaw
 import bench_iter
 import bench_outcar
 import bench_slurm
@@ -42,6 +45,11 @@ def _outcar(args: argparse.Namespace) -> tuple[str, bool]:
     return bench_outcar.markdown(res), res.passed
 
 
+def _gpaw(args: argparse.Namespace) -> tuple[str, bool]:
+    m, date, res, rows, why = bench_gpaw.run(keep=args.keep)
+    return bench_gpaw.markdown(m, date, res, rows, why), res is not None and res.passed
+
+
 def _slurm(args: argparse.Namespace) -> tuple[str, bool]:
     res = bench_slurm.run(keep=args.keep)
     return bench_slurm.markdown(res), res.passed
@@ -53,6 +61,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], tuple[str, bool]
     "iter": ("The embedded loop end to end (`smallcell iter`)", _iter),
     "outcar": ("OUTCAR reading: smallcell vs `ase.io.read`", _outcar),
     "slurm": ("SLURM: the chain of arrays vs one job per task (1,000 label tasks)", _slurm),
+    "gpaw": ("Real DFT labels: GPAW end to end (`examples/pb-gpaw.yaml`)", _gpaw),
 }
 
 
