@@ -5,7 +5,7 @@ Each benchmark owns the text between its marker comments in BENCHMARKS.md
 outside the markers is hand-written and kept. A section is only rewritten after its
 benchmark finished, so an interrupted run leaves the previous numbers in place.
 
-    .venv/bin/python bench/run_all.py                # every benchmark
+    .venv/bin/python bench/run_all.py                # every benchmark but gpaw
     .venv/bin/python bench/run_all.py --only status  # just one (status: ~20 s)
     .venv/bin/python bench/run_all.py --only outcar  # OUTCAR parser vs ASE (~40 s)
     .venv/bin/python bench/run_all.py --only slurm   # SLURM chain vs one job per task
@@ -65,10 +65,15 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], tuple[str, bool]
 }
 
 
+# Run only when asked (--only): ~25 minutes and GPAW installed.
+OPT_IN = ("gpaw",)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", choices=list(BENCHMARKS), action="append",
-                   help="run only this benchmark (repeatable; default: all)")
+                   help="run only this benchmark (repeatable; default: all but "
+                   f"{', '.join(OPT_IN)})")
     p.add_argument("--rebuild-tree", action="store_true",
                    help="rebuild the cached synthetic tree of the status benchmark")
     p.add_argument("--keep", action="store_true",
@@ -77,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the markdown file to update (default: BENCHMARKS.md)")
     args = p.parse_args(argv)
     failed = []
-    for name in args.only or list(BENCHMARKS):
+    for name in args.only or [n for n in BENCHMARKS if n not in OPT_IN]:
         title, fn = BENCHMARKS[name]
         print(f"run_all: {name} ...", file=sys.stderr, flush=True)
         body, ok = fn(args)

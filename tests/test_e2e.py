@@ -119,3 +119,32 @@ def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert f"{bad}:2:" in res.stderr and "gamma_save" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_setup_extras_gpaw_installs_only_what_is_missing(tmp_path: Path) -> None:
+    """`make setup EXTRAS=gpaw` asks bin/install-debian-packages for gpaw and gpaw-data,
+    which passes apt-get only the packages dpkg does not have (a second setup is free)."""
+    plan = subprocess.run(["make", "-n", "setup", "EXTRAS=gpaw"], cwd=REPO,
+                          capture_output=True, text=True, check=True).stdout
+    assert "bin/install-debian-packages gpaw gpaw-data" in plan
+    assert "install-debian-packages" not in subprocess.run(
+        ["make", "-n", "setup"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    log = tmp_path / "apt.log"
+    (fake / "apt-get").write_text(f"#!/bin/sh\necho \"$@\" >> {log}\n")
+    (fake / "sudo").write_text("#!/bin/sh\nexec \"$@\"\n")
+    for exe in fake.iterdir():
+        exe.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    script = str(REPO / "bin" / "install-debian-packages")
+    done = subprocess.run([script, "coreutils", "bash"], env=env, capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0 and not log.exists()  # installed: apt-get never runs
+    some = subprocess.run([script, "coreutils", "no-such-package-smallcell"], env=env,
+                          capture_output=True, text=True, check=False)
+    assert some.returncode == 0, some.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0] == "update -qq"
+    assert calls[1].endswith("install -y -qq --no-install-recommends "
+                             "no-such-package-smallcell")
