@@ -34,15 +34,14 @@ def gpaw_missing() -> str | None:
 
 def label_rows(run_dir: Path) -> list[dict[str, Any]]:
     """One row per finished label task: iteration, kind (training or error sample),
-    atoms, k-points, SCF iterations and seconds, from its label.json and gpaw.json."""
+    atoms, k-points, SCF iterations and seconds, from its label.json."""
     rows = []
     for info in sorted(run_dir.glob("iter/*/*/*/label.json")):
         task = info.parent
         data = json.loads(info.read_text(encoding="utf-8"))
-        natoms = len(json.loads((task / "gpaw.json").read_text())["numbers"])
         rows.append({"iteration": int(task.parts[-3]),
                      "kind": "sample" if task.parts[-2] == "sample" else "training",
-                     "atoms": natoms, "kpoints": "x".join(map(str, data["kpoints"])),
+                     "atoms": data["natoms"], "kpoints": "x".join(map(str, data["kpoints"])),
                      "scf": data.get("scf_iterations"), "seconds": float(data["seconds"])})
     return rows
 

@@ -6,6 +6,7 @@ when GPAW is not installed (`make setup EXTRAS=gpaw`); CI installs it and runs t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 
+from small_run import iterate
 from smallcell.config import parse_config
 from smallcell.engines.base import LabelError, check_engines
 from smallcell.engines.gpaw import (
@@ -149,8 +151,6 @@ def test_task_folder_inputs_and_argv(tmp_path: Path) -> None:
 
 
 def _result(folder: Path, **extra: object) -> None:
-    import hashlib
-
     sha = hashlib.sha256((folder / INPUT).read_bytes()).hexdigest()
     base = {"input_sha256": sha, "error": None, "energy_free": -14.0,
             "energy_extrapolated": -13.9, "forces": [[0.0, 0.0, 0.0]] * 4,
@@ -204,7 +204,7 @@ def test_real_gpaw_forces_sum_to_zero(tmp_path: Path) -> None:
     assert np.abs(forces).max() > 0.05  # the displaced atoms feel real forces
     assert np.linalg.norm(forces.sum(axis=0)) < 0.01 * np.abs(forces).max() * len(atoms)
     info = json.loads((tmp_path / "label.json").read_text())
-    assert info["labeler"] == "gpaw" and info["kpoints"] == [4, 4, 4]
+    assert info["labeler"] == "gpaw" and info["kpoints"] == [4, 4, 4] and info["natoms"] == 4
     assert info["scf_iterations"] > 3 and info["gpaw_version"]
     text = (tmp_path / "gpaw.txt").read_text()
     assert "Converged after" in text and "Pb" in text
@@ -270,8 +270,7 @@ def test_real_gpaw_under_mpi_gives_the_serial_label(tmp_path: Path) -> None:
 def test_the_loop_labels_with_gpaw(tmp_path: Path) -> None:
     """`smallcell iter` with engines.labeler gpaw: generated cells and the selected MD
     configurations labeled by real DFT (coarse settings: this checks the plumbing)."""
-    config = tmp_path / "c.yaml"
-    config.write_text("""\
+    (tmp_path / "c.yaml").write_text("""\
 species: [Pb]
 grid: {temperatures: [600.0], pressures: [1.0]}
 md: {steps: 30}
@@ -284,10 +283,7 @@ engines: {labeler: gpaw}
 gpaw: {ecut: 200.0, kspacing: 0.6}
 run: {seed: 2, jobs: 2}
 """)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    res = subprocess.run([str(REPO / "bin" / "smallcell"), "--run-dir", str(tmp_path),
-                          "iter", "--upto", "1", "--config", str(config)],
-                         capture_output=True, text=True, env=env, timeout=900, check=False)
+    res = iterate(tmp_path, 1)
     assert res.returncode == 0, res.stderr[-3000:]
     tasks = sorted((tmp_path / "iter").glob("*/vasp/*/labeled.cfg"))
     assert len(tasks) >= 4, tasks  # 3 initial + at least one selected

@@ -1003,10 +1003,11 @@ def _engine_checks(cfg: Config, fail: Any) -> None:
         g = cfg["gpaw"]
         if (g["kspacing"] is None) == (g["kppra"] is None):
             raise fail("gpaw.kspacing", "set exactly one of gpaw.kspacing and gpaw.kppra")
-        bad = sorted(set(g["convergence"]) - {"energy", "density", "eigenstates", "forces"})
+        known = ("energy", "density", "eigenstates", "forces")  # GPAW's SCF criteria
+        bad = sorted(set(g["convergence"]) - set(known))
         if bad:
             raise fail("gpaw.convergence", f"gpaw.convergence: unknown criterion {bad[0]!r} "
-                       "(known: energy, density, eigenstates, forces)")
+                       f"(known: {', '.join(known)})")
         if g["launcher"]:
             _program(cfg, "gpaw", "launcher", fail)
     if eng["trainer"] == "mlip3" and cfg["select"]["policy"] == "dopt_batch":

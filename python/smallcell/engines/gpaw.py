@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -119,8 +120,7 @@ class GpawSettings:
     def argv(self) -> list[str]:
         """What runs in a task folder (with the setup lines, if any, in front)."""
         return with_setup([*(self.launcher or []), self.python, SCRIPT.name, INPUT],
-                          self.setup,
-                          "smallcell-gpaw")
+                          self.setup, "smallcell-gpaw")
 
 
 def write_input(task_dir: Path, atoms: Atoms, s: GpawSettings) -> dict[str, Any]:
@@ -172,8 +172,8 @@ def read_result(task_dir: Path, atoms: Atoms, s: GpawSettings) -> Atoms:
         results["free_energy"] = float(res["energy_free"])
     out = atoms.copy()
     out.info["gpaw_result"] = {k: res.get(k) for k in (
-        "energy_free", "energy_extrapolated", "gpaw_version", "mpi_ranks", "scf_iterations",
-        "seconds")}
+        "energy_free", "energy_extrapolated", "gpaw_version", "mpi_ranks", "natoms",
+        "scf_iterations", "seconds")}
     out.calc = SinglePointCalculator(out, **results)
     return out
 
@@ -185,8 +185,6 @@ _PROBE = ("import sys, gpaw, ase\nfrom gpaw.setup_data import SetupData\n"
 def check_installed(s: GpawSettings, species: Sequence[str]) -> str:
     """Once before a run: the interpreter imports GPAW and finds the PAW setup of every
     species for gpaw.xc; its version, or ValueError with the install hint."""
-    import subprocess
-
     argv = with_setup([s.python, "-c", _PROBE, s.xc, *species], s.setup, "smallcell-gpaw")
     try:
         res = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
