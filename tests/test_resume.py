@@ -380,6 +380,11 @@ def kill_points(ref: Reference, rng: random.Random) -> list[KillPoint]:
     def rand(lo: float, hi: float) -> KillPoint:  # a random moment of the run time
         return KillPoint(None, after=rng.uniform(lo, hi) * ref.seconds)
 
+    def fit(i: int) -> KillPoint:  # inside iteration i's fit, however fast the machine
+        summary = json.loads((ref.root / "iter" / str(i) / "summary.json").read_text())
+        t = float(summary["stage_seconds"]["train"])
+        return KillPoint(f"iter/{i}/collect/done", delay=(0.15 * t, 0.6 * t))
+
     def labels(i: int, part: float, **kw: Any) -> list[KillPoint]:
         k = n.get(i, 0)
         return [KillPoint(f"iter/{i}/vasp/*/done", max(1, int(k * part)), **kw)] if k else []
@@ -387,14 +392,14 @@ def kill_points(ref: Reference, rng: random.Random) -> list[KillPoint]:
     points = [
         rand(0.02, 0.08),                                                # start-up, iter 0
         *labels(0, 1 / 3),                                               # iteration 0 labels
-        KillPoint("iter/0/collect/done", delay=(0.1, 0.6)),              # first fit
+        fit(0),                                                          # first fit
         KillPoint("iter/0/train/done"),                                  # before summary
         KillPoint("iter/1/explore/*/done", 1, sig=signal.SIGINT),        # Ctrl-C in explore
         KillPoint("iter/1/explore/done", delay=(0.0, 0.005)),            # select
         KillPoint("iter/1/select/done"),                                 # label prepare
         *labels(1, 1 / 2),                                               # labels
         *labels(1, 1, delay=(0.0, 0.0)),                                 # collect / train
-        KillPoint("iter/1/collect/done", delay=(0.1, 0.6)),              # warm-start fit
+        fit(1),                                                          # warm-start fit
     ]
     if 2 in n:
         points += [
