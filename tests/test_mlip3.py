@@ -440,6 +440,183 @@ def test_train_configuration_errors(m3: Path, gen: Path, tmp_path: Path) -> None
     assert not list((tmp_path / "a").glob(".mlp.*"))
 
 
+# --------------------------------------------------------------------------- train: restarts
+
+
+def _radial(pot: Path) -> list[str]:
+    """The radial coefficient lines of a trained .almtp (its text part)."""
+    head = pot.read_bytes().split(b"\n#", 1)[0].decode()
+    return [x for x in head.splitlines() if x.startswith("\t\t\t{")]
+
+
+def _calls(argv_log: Path) -> list[list[str]]:
+    return [x.split("\t") for x in argv_log.read_text().splitlines()]
+
+
+@pytest.mark.usefixtures("standin_env")
+def test_train_restarts_screen_then_continue(m3: Path, gen: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """restarts=2: the template and two random-initialised templates run 100 iterations
+    each; the lowest loss continues from its own pot.almtp for the other 200."""
+    plain = tmp_path / "plain"  # the same fit without restarts (no random initialisation)
+    train(_images(gen), SPECIES, plain, _settings(m3, iteration_limit=100), None)
+    argv_log = _argv_log(tmp_path, monkeypatch)
+    out = tmp_path / "train"
+    res = train(_images(gen), SPECIES, out, _settings(m3, iteration_limit=300, restarts=2),
+                None)
+    calls = _calls(argv_log)
+    assert len(calls) == 4 and all(c[0] == "train" for c in calls)
+    for k, c in enumerate(calls[:3]):
+        assert c[1].endswith("template.almtp") and "--iteration_limit=100" in c
+        assert "--al_mode=cfg" in c
+        assert ("--init_random=true" in c) == (k > 0)
+    attempts = res.extra["attempts"]
+    assert isinstance(attempts, list) and len(attempts) == 3
+    losses = [a["loss"] for a in attempts]
+    assert len(set(losses)) == 3  # a random initialisation ends elsewhere
+    kept = losses.index(min(losses))
+    assert [a["start"] for a in attempts] == [
+        "template", "template, random initialisation 1", "template, random initialisation 2"]
+    assert res.message == ("iteration limit reached; best of 3 fits: "
+                           f"{attempts[kept]['start']}")
+    cont = calls[3]  # a warm start from the kept attempt's potential
+    assert cont[1].endswith(f"attempt{kept}/{POT}") and "--iteration_limit=200" in cont
+    assert not any(a.startswith(("--al_mode", "--init_random")) for a in cont)
+    assert res.extra["continued"] is True and res.extra["screen_iterations"] == 100
+    assert res.iterations == 300 and len(res.loss_history) == 300
+    assert res.loss_history[99] == losses[kept] and not res.converged
+    assert res.extra["start"] == "template"
+    # train.log: every attempt under its header, the continuation after the kept one
+    log = (out / "train.log").read_text()
+    heads = [x for x in log.splitlines() if x.startswith("# ")]
+    assert len(heads) == 4 and heads[kept + 1] == "# continued"
+    for k, a in enumerate(attempts):
+        line = heads[k if k <= kept else k + 1]
+        assert line == (f"# attempt {k}: {a['start']}: loss {a['loss']:.6g} after 100 "
+                        "iterations" + (" (kept)" if k == kept else ""))
+    assert log.count("Random initialization of radial coefficients") == 2
+    assert log.count("training complete") == 4
+    assert sorted(p.name for p in out.iterdir()) == [POT, "train.err", "train.log"]
+    # the potential is the kept fit's (continued): its radial coefficients are the random
+    # initialisation's when a random start won, the plain fit's otherwise
+    assert (_radial(out / POT) == _radial(plain / POT)) == (kept == 0)
+
+
+@pytest.mark.usefixtures("standin_env")
+def test_train_restarts_warm_start_and_short_limit(m3: Path, gen: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A warm start is attempt 0; the restarts fit the template. An iteration limit below
+    100 screens at that limit and continues nothing; the kept potential is renamed in."""
+    first = tmp_path / "iter0"
+    train(_images(gen), SPECIES, first, _settings(m3), None)
+    argv_log = _argv_log(tmp_path, monkeypatch)
+    out = tmp_path / "iter1"
+    res = train(_images(gen), SPECIES, out, _settings(m3, iteration_limit=50, restarts=1),
+                first / POT)
+    calls = _calls(argv_log)
+    assert len(calls) == 2
+    assert calls[0][1] == str((first / POT).resolve())
+    assert not any(a.startswith(("--al_mode", "--init_random")) for a in calls[0])
+    assert calls[1][1].endswith("template.almtp")
+    assert calls[1][-2:] == ["--al_mode=cfg", "--init_random=true"]
+    assert all("--iteration_limit=50" in c for c in calls)
+    attempts = res.extra["attempts"]
+    assert isinstance(attempts, list)
+    assert [a["start"] for a in attempts] == ["warm start", "template, random initialisation 1"]
+    assert res.extra["screen_iterations"] == 50 and res.extra["continued"] is False
+    assert res.iterations == 50
+    kept = 0 if attempts[0]["loss"] < attempts[1]["loss"] else 1
+    assert res.extra["start"] == ("warm", "template")[kept]
+    assert res.message.endswith(f"best of 2 fits: {attempts[kept]['start']}")
+    assert "# continued" not in (out / "train.log").read_text()
+    h = read_almtp_header(out / POT)
+    assert h.trained and h.al_mode == "cfg"
+    assert (_radial(out / POT) == _radial(first / POT)) == (kept == 0)
+
+
+@pytest.mark.usefixtures("standin_env")
+def test_train_restart_failures(m3: Path, gen: Path, tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed attempt loses and the others go on; when every attempt fails, the first
+    error is raised with the log of all of them kept beside the stage; a failed
+    continuation fails the fit and leaves the previous potential in place."""
+    out = tmp_path / "train"
+    out.mkdir()
+    (out / POT).write_text("previous potential")
+    fail_in = 'case "$PWD" in */{}) echo "no licence here" >&2; exit 3;; esac'
+    res = train(_images(gen), SPECIES, out,
+                _settings(m3, iteration_limit=100, restarts=2,
+                          setup=[fail_in.format("attempt1")]), None)
+    attempts = res.extra["attempts"]
+    assert isinstance(attempts, list) and len(attempts) == 3
+    assert attempts[1]["loss"] is None and "exit status 3: no licence here" in str(
+        attempts[1]["error"])
+    assert attempts[0]["loss"] is not None and attempts[2]["loss"] is not None
+    assert read_almtp_header(out / POT).trained
+    log = (out / "train.log").read_text()
+    assert "# attempt 1: template, random initialisation 1: failed: exit status 3" in log
+    assert "no licence here" in (out / "train.err").read_text()
+    assert not list(out.glob(".mlp.*"))
+    # the continuation fails: the fit fails, the previous potential stays
+    (out / POT).write_text("previous potential")
+    with pytest.raises(Mlip3Error) as err:
+        train(_images(gen), SPECIES, out,
+              _settings(m3, iteration_limit=300, restarts=1,
+                        setup=[fail_in.format("continued")]), None)
+    assert err.value.reason.startswith("exit status 3") and "continued" in str(err.value.cwd)
+    assert err.value.log == out / "train.err" and "# continued" in err.value.log.read_text()
+    assert (out / POT).read_text() == "previous potential"
+    # every attempt fails: the first error, as without restarts
+    monkeypatch.setenv("SMALLCELL_MLP_FAIL", "train:exception")
+    with pytest.raises(Mlip3Error) as err:
+        train(_images(gen), SPECIES, out, _settings(m3, restarts=2), None)
+    assert err.value.reason.startswith("MLIP-3 error (exit status 9): ERROR: injected")
+    assert str(err.value.cwd).endswith("attempt0")
+    assert err.value.log is not None and err.value.log.parent == out
+    text = err.value.log.read_text()
+    assert [x.split(":")[0] for x in text.splitlines() if x.startswith("# attempt")] == [
+        "# attempt 0", "# attempt 1", "# attempt 2"] and text.count("Thrown by function") == 3
+    assert (out / POT).read_text() == "previous potential"
+    assert not list(out.glob(".mlp.*"))
+
+
+def test_restarts_settings_and_config(tmp_path: Path) -> None:
+    """Mlip3Settings.restarts is validated, taken from the stage's TrainSettings and from
+    the config's trainer.restarts."""
+    from smallcell.config import Config, defaults
+    from smallcell.engines.base import trainer_for
+
+    assert Mlip3Settings().restarts == 0
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="restarts"):
+            Mlip3Settings(restarts=bad)  # type: ignore[arg-type]
+    assert Mlip3Settings(mlp=MLP).with_fit(TrainSettings(restarts=3)).restarts == 3
+    assert Mlip3Settings(restarts=2).with_fit(TrainSettings()).restarts == 0
+    cfg = Config(defaults())
+    cfg.data["engines"]["trainer"] = "mlip3"
+    cfg.data["trainer"]["restarts"] = 4
+    trainer = trainer_for(cfg)
+    assert isinstance(trainer, Mlip3Trainer) and trainer.settings.restarts == 4
+
+
+@pytest.mark.usefixtures("standin_env")
+def test_train_restarts_zero_is_one_call(m3: Path, gen: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage's TrainSettings with restarts 0: one mlp call, argv as ever, no attempt
+    headers."""
+    argv_log = _argv_log(tmp_path, monkeypatch)
+    trainer = Mlip3Trainer(_settings(m3))
+    res = trainer.train(_images(gen), SPECIES, tmp_path / "t",
+                        TrainSettings(level=8, max_dist=6.5, max_iter=150, al_mode="cfg"),
+                        None)
+    (call,) = _calls(argv_log)
+    assert call[3:] == ["--save_to=pot.almtp", "--iteration_limit=150", "--tolerance=0.001",
+                        "--energy_weight=1", "--force_weight=0.01", "--stress_weight=0.001",
+                        "--al_mode=cfg"]
+    assert "attempts" not in res.extra and res.message == "iteration limit reached"
+    assert "# attempt" not in (tmp_path / "t" / "train.log").read_text()
+
+
 # --------------------------------------------------------------------------- adapter: grade
 
 
@@ -687,3 +864,42 @@ def test_standin_runs_by_its_shebang(tmp_path: Path) -> None:
     res = subprocess.run([str(STANDIN), "calc-grade"], capture_output=True, text=True,
                          cwd=tmp_path, check=False)
     assert (res.returncode, res.stdout) == (0, "Error: command calc-grade does not exist.\n")
+
+
+@pytest.mark.usefixtures("standin_env")
+def test_standin_init_random(m3: Path, gen: Path, tmp_path: Path) -> None:
+    """--init_random=true on a template: mlp's message before the rescaling, the setting
+    echoed, another final loss (repeatable in the same folder, different in another);
+    on a trained input it changes nothing; a bad value is mlp's ApplySettings error."""
+    tpl = m3 / "smallcell/untrained_maxdist7_08.almtp"
+    cfgs = gen / "train30.cfg"
+
+    def fit(folder: str, src: Path, *opts: str) -> str:  # --save_to: never over the input
+        run = call_mlp(MLP, ["train", str(src), str(cfgs), "--save_to=pot.almtp",
+                             "--iteration_limit=100", *opts],
+                       tmp_path / folder, expect="training complete")
+        return run.stdout
+
+    plain = fit("a", tpl)
+    rand = fit("a", tpl, "--init_random=true")
+    again = fit("a", tpl, "--init_random=True")
+    other = fit("b", tpl, "--init_random=true")
+    assert fit("a", tpl, "--init_random=false") == plain
+    assert "\tinit_random = false" in plain and "\tinit_random = true" in rand
+    assert "Random initialization" not in plain
+    lines = rand.splitlines()
+    k = lines.index("Random initialization of radial coefficients")
+    assert lines[k - 1].startswith("Minimal interatomic distance")
+    assert lines[k + 1] == "Rescaling..."
+
+    def last(text: str) -> float:
+        return parse_train_log(text).loss_history[-1]
+
+    assert last(rand) == last(again) and len({last(plain), last(rand), last(other)}) == 3
+    assert len(parse_train_log(rand).loss_history) == 100
+    trained = gen / "trained_cfg.almtp"
+    assert fit("c", trained, "--init_random=true").replace("init_random = true",
+                                                            "init_random = false") == (
+        fit("c", trained))
+    with pytest.raises(Mlip3Error, match=r'settings\["init_random"\]="yes" but it is not'):
+        fit("d", tpl, "--init_random=yes")

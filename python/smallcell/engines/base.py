@@ -125,7 +125,8 @@ def trainer_for(cfg: Config) -> Trainer:
             tolerance=m["tolerance"], energy_weight=tr["energy_weight"],
             force_weight=tr["force_weight"], stress_weight=tr["stress_weight"],
             weight_scaling=m["weight_scaling"], al_mode=tr["al_mode"],
-            start="warm" if tr["warm_start"] else "template", timeout=m["timeout"]))
+            start="warm" if tr["warm_start"] else "template", timeout=m["timeout"],
+            restarts=tr["restarts"]))
     raise ValueError(f"engines.trainer: unknown trainer {name!r}")
 
 

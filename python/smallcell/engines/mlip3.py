@@ -46,6 +46,8 @@ from smallcell.engines.motep_mtp import TrainResult, TrainSettings
 from smallcell.engines.process import ProgramNotFound, run_logged, with_setup
 from smallcell.errors import SmallcellError
 from smallcell.formats.almtp import (
+    AlmtpHeader,
+    SelectionState,
     read_almtp_header,
     read_selection_state,
     set_template_fields,
@@ -116,6 +118,9 @@ class Mlip3Settings:
     iteration (the report's choice, there with a fixed 100-iteration limit).
     ``weight_scaling`` None leaves mlp's default (1). ``setup`` lines (module loads) run
     in ``bash -c '<lines>; exec "$@"'`` before every mlp call, with the mlp argv as "$@".
+    ``restarts``: this many more fits from the template with MLIP-3's random initialisation
+    of the radial coefficients besides the usual start; see :func:`train`. ``timeout``
+    applies to every mlp call.
     """
 
     mlp: list[str] = field(default_factory=lambda: ["mlp"])
@@ -135,6 +140,7 @@ class Mlip3Settings:
     al_mode: str = "nbh"
     start: str = "warm"
     timeout: float | None = None
+    restarts: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.mlp, str):
@@ -149,6 +155,10 @@ class Mlip3Settings:
             raise ValueError(f"al_mode must be 'cfg' or 'nbh', got {self.al_mode!r}")
         if self.start not in ("warm", "template"):
             raise ValueError(f"start must be 'warm' or 'template', got {self.start!r}")
+        if isinstance(self.restarts, bool) or int(self.restarts) != self.restarts \
+                or self.restarts < 0:
+            raise ValueError(f"restarts must be an integer >= 0, got {self.restarts!r}")
+        self.restarts = int(self.restarts)
         if self.template is not None:
             self.template = Path(self.template)
         if self.templates_dir is not None:
@@ -157,12 +167,13 @@ class Mlip3Settings:
     def with_fit(self, ts: TrainSettings) -> Mlip3Settings:
         """These settings with the fit parameters the train stage passes (motep's
         TrainSettings, shared by both trainers): level, cutoffs, basis, weights, al_mode,
-        and max_iter as the iteration limit."""
+        restarts, and max_iter as the iteration limit."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(level=ts.level, min_dist=ts.min_dist, max_dist=ts.max_dist,
                       radial_basis_size=ts.radial_basis_size, iteration_limit=ts.max_iter,
                       energy_weight=ts.energy_weight, force_weight=ts.force_weight,
-                      stress_weight=ts.stress_weight, al_mode=ts.al_mode)
+                      stress_weight=ts.stress_weight, al_mode=ts.al_mode,
+                      restarts=ts.restarts)
         return Mlip3Settings(**values)
 
     def template_path(self) -> Path:
@@ -545,6 +556,9 @@ def _as_settings(settings: Mlip3Settings | TrainSettings | None,
     raise TypeError(f"settings must be Mlip3Settings or TrainSettings, got {type(settings)}")
 
 
+SCREEN = 100  # with restarts, every start runs this many iterations; the lowest loss goes on
+
+
 def train(images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
           settings: Mlip3Settings, start: Path | None) -> TrainResult:
     """Fit with ``mlp train`` on `images`; write pot.almtp, train.log (mlp's stdout) and
@@ -553,6 +567,18 @@ def train(images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
     Runs in a scratch folder inside `out_dir` (mlp writes where it runs), renames
     pot.almtp into place last, so a killed fit leaves the previous state untouched. Starts
     from `start` (warm) unless settings.start is "template" or there is none.
+
+    With ``settings.restarts`` = k, k more fits start from the template with
+    ``--init_random=true`` (MLIP-3 draws the radial coefficients at random); every start
+    (the usual one included) runs SCREEN iterations, each in its own scratch subfolder,
+    and the lowest final loss goes on alone, from the potential it saved (a warm start),
+    for the rest of the iteration limit unless it converged. A failed start loses; when
+    every start fails, the first error is raised. train.log then holds every attempt's
+    output under a "# attempt k: <label>: loss <x> after <n> iterations" line ("(kept)"
+    for the winner, whose continuation follows "# continued"), as the motep trainer writes
+    it. Why: MTP fits have local minima and a warm start stays in its basin.
+    Restarts are NOT reproducible: MLIP-3 seeds its random initialisation from
+    std::random_device (src/mtpr_trainer.cpp), and mlp has no seed option.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -571,6 +597,82 @@ def train(images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
             if (work / name).exists():
                 os.replace(work / name, out_dir / name)
         shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclass
+class _Fit:
+    """One successful ``mlp train``: its run, parsed output, training errors and the
+    potential it wrote (in run.cwd)."""
+
+    run: MlpRun
+    parsed: TrainLog
+    errors: dict[str, float]
+    header: AlmtpHeader
+    state: SelectionState
+
+    @property
+    def loss(self) -> float:
+        """The last loss of the final optimisation (the last BFGS f; nan without one)."""
+        h = self.parsed.loss_history
+        return h[-1] if h else math.nan
+
+    @property
+    def rank(self) -> float:
+        """The loss to compare: a missing or non-finite loss loses to any other."""
+        return self.loss if math.isfinite(self.loss) else math.inf
+
+
+def _mlp_train(settings: Mlip3Settings, cwd: Path, src: Path, train_cfg: str, limit: int,
+               out_dir: Path, *, al_mode: bool, init_random: bool = False) -> _Fit:
+    """Run ``mlp train src train_cfg`` in `cwd` (pot.almtp written there) and check what
+    it printed and wrote; Mlip3Error names the log as it will be in `out_dir`."""
+    args = ["train", str(src), train_cfg, f"--save_to={POT}",
+            f"--iteration_limit={int(limit)}",
+            f"--tolerance={_num(settings.tolerance)}",
+            f"--energy_weight={_num(settings.energy_weight)}",
+            f"--force_weight={_num(settings.force_weight)}",
+            f"--stress_weight={_num(settings.stress_weight)}"]
+    if settings.weight_scaling is not None:
+        args.append(f"--weight_scaling={int(settings.weight_scaling)}")
+    if al_mode:  # only an untrained template takes it; a trained file keeps its mode
+        args.append(f"--al_mode={settings.al_mode}")
+    if init_random:
+        args.append("--init_random=true")
+    try:
+        run = _run(settings.mlp, args, cwd, "train", settings.timeout, settings.setup)
+    except Mlip3Error as exc:  # timed out: its log will be beside the stage
+        if exc.log is None or exc.log.parent != cwd:
+            raise
+        raise Mlip3Error(exc.command, exc.reason, argv=exc.argv, cwd=exc.cwd,
+                         log=out_dir / exc.log.name, returncode=exc.returncode) from None
+    log_at = out_dir / "train.log"  # where the log will be when the error is read
+
+    def fail(reason: str) -> Mlip3Error:
+        return Mlip3Error("train", reason, argv=run.argv, cwd=cwd, log=log_at,
+                          returncode=run.returncode)
+
+    _judge(run, expect="training complete", outputs=[cwd / POT], log_dir=out_dir)
+    parsed = parse_train_log(run.stdout)
+    if parsed.report is None:
+        raise fail("no errors report in its output")
+    errors = errors_from_report(parsed.report)
+    for key in ("energy_rmse", "force_rmse"):
+        if key not in errors:
+            raise fail(f"errors report has no {key.split('_')[0]} block with data "
+                       "(no energies/forces in the training set?)")
+    if not all(math.isfinite(v) for v in errors.values()):
+        raise fail(f"training diverged: non-finite training errors {errors}")
+    try:
+        header = read_almtp_header(cwd / POT)
+        state = read_selection_state(cwd / POT)
+    except FormatError as exc:
+        raise fail(f"wrote an unreadable potential ({exc})") from None
+    if not header.trained or state is None:
+        raise fail("the potential it wrote has no coefficients or no active-learning state")
+    if al_mode and header.al_mode != settings.al_mode:
+        raise fail(f"asked for --al_mode={settings.al_mode}, the potential it wrote selects "
+                   f"in {header.al_mode} mode")
+    return _Fit(run, parsed, errors, header, state)
 
 
 def _train_in(work: Path, images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
@@ -592,69 +694,128 @@ def _train_in(work: Path, images: Sequence[Atoms], species: Sequence[str], out_d
         src = Path(start).resolve()
     else:
         src = _prepare_template(settings, species, work / "template.almtp")
-    args = ["train", str(src), TRAIN_CFG, f"--save_to={POT}",
-            f"--iteration_limit={int(settings.iteration_limit)}",
-            f"--tolerance={_num(settings.tolerance)}",
-            f"--energy_weight={_num(settings.energy_weight)}",
-            f"--force_weight={_num(settings.force_weight)}",
-            f"--stress_weight={_num(settings.stress_weight)}"]
-    if settings.weight_scaling is not None:
-        args.append(f"--weight_scaling={int(settings.weight_scaling)}")
-    if from_template:
-        args.append(f"--al_mode={settings.al_mode}")
-    run = _run(settings.mlp, args, work, "train", settings.timeout, settings.setup)
-    log_at = out_dir / "train.log"  # where the log will be when the error is read
-
-    def fail(reason: str) -> Mlip3Error:
-        return Mlip3Error("train", reason, argv=run.argv, cwd=work, log=log_at,
-                          returncode=run.returncode)
-
-    _judge(run, expect="training complete", outputs=[work / POT], log_dir=out_dir)
-    parsed = parse_train_log(run.stdout)
-    if parsed.report is None:
-        raise fail("no errors report in its output")
-    errors = errors_from_report(parsed.report)
-    for key in ("energy_rmse", "force_rmse"):
-        if key not in errors:
-            raise fail(f"errors report has no {key.split('_')[0]} block with data "
-                       "(no energies/forces in the training set?)")
-    if not all(math.isfinite(v) for v in errors.values()):
-        raise fail(f"training diverged: non-finite training errors {errors}")
-    try:
-        header = read_almtp_header(work / POT)
-        state = read_selection_state(work / POT)
-    except FormatError as exc:
-        raise fail(f"wrote an unreadable potential ({exc})") from None
-    if not header.trained or state is None:
-        raise fail("the potential it wrote has no coefficients or no active-learning state")
-    if from_template and header.al_mode != settings.al_mode:
-        raise fail(f"asked for --al_mode={settings.al_mode}, the potential it wrote selects "
-                   f"in {header.al_mode} mode")
+    if settings.restarts:
+        return _train_restarts(work, species, out_dir, settings, src, from_template)
+    fit = _mlp_train(settings, work, src, TRAIN_CFG, settings.iteration_limit, out_dir,
+                     al_mode=from_template)
     os.replace(work / POT, out_dir / POT)
-    message = ("iteration limit reached" if parsed.phases and parsed.hit_limit[-1]
-               else "converged (tolerance reached)" if parsed.phases else "")
+    return _result(settings, [fit], fit.run.seconds, from_template, src, "")
+
+
+def _result(settings: Mlip3Settings, phases: list[_Fit], seconds: float,
+            from_template: bool, src: Path, note: str,
+            extra: dict[str, object] | None = None) -> TrainResult:
+    """The TrainResult of a fit run as `phases` (a screened start, then its continuation
+    if any); the last phase wrote the potential."""
+    first, last = phases[0], phases[-1]
+    message = ("iteration limit reached" if last.parsed.phases and last.parsed.hit_limit[-1]
+               else "converged (tolerance reached)" if last.parsed.phases else "")
     return TrainResult(
-        seconds=run.seconds,
-        iterations=parsed.iterations,
-        converged=parsed.converged,
-        loss_history=parsed.loss_history,
-        errors=errors,
-        active_set_size=state.size,
-        active_set_configs=state.n_configs,
-        message=message,
+        seconds=seconds,
+        iterations=sum(p.parsed.iterations for p in phases),
+        converged=last.parsed.converged,
+        loss_history=[x for p in phases for x in p.parsed.loss_history],
+        errors=last.errors,
+        active_set_size=last.state.size,
+        active_set_configs=last.state.n_configs,
+        message=message + note,
         extra={
             "engine": "mlip3",
             "start": "template" if from_template else "warm",
             "start_file": str(src) if not from_template else str(settings.template_path()),
-            "al_mode": header.al_mode,
-            "level": header.level,
-            "min_dist": header.min_dist,
-            "max_dist": header.max_dist,
-            "pretrain_history": [x for p in parsed.phases[:-1] for x in p],
-            "report": parsed.report,
-            "argv": run.argv,
+            "al_mode": last.header.al_mode,
+            "level": last.header.level,
+            "min_dist": last.header.min_dist,
+            "max_dist": last.header.max_dist,
+            "pretrain_history": [x for p in first.parsed.phases[:-1] for x in p],
+            "report": last.parsed.report,
+            "argv": last.run.argv,
+            **(extra or {}),
         },
     )
+
+
+def _train_restarts(work: Path, species: Sequence[str], out_dir: Path,
+                    settings: Mlip3Settings, src: Path, from_template: bool) -> TrainResult:
+    """The usual start and settings.restarts random-initialised ones, SCREEN iterations
+    each in work/attempt<k>/; the lowest loss continues in work/continued/ (see train)."""
+    template = src if from_template else _prepare_template(settings, species,
+                                                           work / "template.almtp")
+    plan = [(src.resolve(), from_template, False, "template" if from_template
+             else "warm start")]
+    plan += [(template.resolve(), True, True, f"template, random initialisation {k}")
+             for k in range(1, settings.restarts + 1)]
+    screen = min(SCREEN, int(settings.iteration_limit))
+    train_cfg = str((work / TRAIN_CFG).resolve())
+    outcomes: list[_Fit | Mlip3Error] = []
+    best: int | None = None
+    t0 = time.perf_counter()
+    try:
+        for k, (path, al_mode, init_random, _label) in enumerate(plan):
+            folder = work / f"attempt{k}"
+            folder.mkdir()
+            try:
+                outcomes.append(_mlp_train(settings, folder, path, train_cfg, screen, out_dir,
+                                           al_mode=al_mode, init_random=init_random))
+            except Mlip3Error as exc:
+                outcomes.append(exc)
+        fits = {k: o for k, o in enumerate(outcomes) if isinstance(o, _Fit)}
+        if not fits:
+            raise next(o for o in outcomes if isinstance(o, Mlip3Error))
+        best = min(fits, key=lambda k: fits[k].rank)  # the first of equals
+        kept = fits[best]
+        phases = [kept]
+        if kept.parsed.phases and not kept.parsed.converged \
+                and settings.iteration_limit > screen:
+            folder = work / "continued"
+            folder.mkdir()
+            phases.append(_mlp_train(settings, folder, (work / f"attempt{best}" / POT).resolve(),
+                                     train_cfg, int(settings.iteration_limit) - screen,
+                                     out_dir, al_mode=False))
+        os.replace(phases[-1].run.cwd / POT, out_dir / POT)
+    finally:
+        _write_attempt_logs(work, [p[3] for p in plan], outcomes, best)
+    attempts: list[dict[str, object]] = []
+    for (_p, _a, _r, name), o in zip(plan, outcomes, strict=True):
+        if isinstance(o, _Fit):
+            attempts.append({"start": name, "loss": o.loss, "converged": o.parsed.converged})
+        else:
+            attempts.append({"start": name, "loss": None, "converged": False,
+                             "error": str(o)})
+    return _result(settings, phases, time.perf_counter() - t0, from_template or best > 0, src,
+                   f"; best of {len(plan)} fits: {plan[best][3]}",
+                   {"attempts": attempts, "screen_iterations": screen,
+                    "continued": len(phases) > 1})
+
+
+def _write_attempt_logs(work: Path, labels: Sequence[str],
+                        outcomes: Sequence[_Fit | Mlip3Error], best: int | None) -> None:
+    """work/train.log and train.err: every attempt's output under its header line, the
+    continuation after the kept one's (the motep trainer's layout)."""
+    bar = "#" * 72
+
+    def text(path: Path) -> str:
+        t = path.read_text(errors="replace") if path.is_file() else ""
+        return t if not t or t.endswith("\n") else t + "\n"
+
+    for name in ("train.log", "train.err"):
+        parts = []
+        for k, label in enumerate(labels):
+            o = outcomes[k] if k < len(outcomes) else None
+            if o is None and not (work / f"attempt{k}").is_dir():
+                break
+            if o is None:  # interrupted while it ran
+                head = f"# attempt {k}: {label}: interrupted"
+            elif isinstance(o, _Fit):
+                head = (f"# attempt {k}: {label}: loss {o.loss:.6g} after "
+                        f"{o.parsed.iterations} iterations"
+                        + (" (kept)" if k == best else ""))
+            else:
+                head = f"# attempt {k}: {label}: failed: {o.reason}"
+            parts.append(f"{bar}\n{head}\n{text(work / f'attempt{k}' / name)}")
+            if k == best and (work / "continued").is_dir():
+                parts.append(f"{bar}\n# continued\n{text(work / 'continued' / name)}")
+        (work / name).write_text("".join(parts), encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- grading
