@@ -79,3 +79,6 @@ bench: $(STAMP)  ## run the benchmarks and rewrite their tables in BENCHMARKS.md
 
 bench-labels: $(STAMP)  ## selection policies to convergence: labels, errors, figures (~30 min)
 	$(VENV)/bin/python bench/label_efficiency.py
+
+bench-anomaly: $(STAMP)  ## the report's force-error anomaly: its protocol and one-factor variants, moving vs fixed test set (~30 min)
+	$(VENV)/bin/python bench/anomaly.py
