@@ -112,12 +112,28 @@ def test_no_run_is_a_clear_error(tmp_path: Path, capsys) -> None:
 
 
 def _it(i: int, e: float, f: float, converged: bool, warm: bool = True,
-        sample: tuple[float, float] | None = None) -> IterationData:
+        sample: tuple[float, float] | None = None, *, n_train: int = 50,
+        test_f: float | None = None, skipped: bool = False, steps: int | None = None,
+        sample_f: list[float] | None = None) -> IterationData:
+    """An iteration's records: training errors and fit (converged, warm start, carried
+    over), the error sample's means (and its configurations' force errors), the held-out
+    test set's force RMSE, the MD's graded steps."""
     s = {"iteration": i, "train_errors": {"energy_rmse": e, "force_rmse": f},
-         "train_converged": converged, "train_iterations": 100}
+         "train_converged": converged, "train_iterations": 100, "n_train": n_train}
     if sample:
         s["sample_energy_per_atom_error_mean"], s["sample_force_error_mean"] = sample
-    return IterationData(s, train_info={"warm_start": warm})
+    if test_f is not None:
+        s["test_errors"] = {"energy_rmse": e, "force_rmse": test_f}
+    if steps is not None:
+        s["gamma_count"] = steps
+    info = {"warm_start": warm}
+    if skipped:
+        info["skipped"] = f"no new data: potential carried over from iteration {i - 1}"
+    configs = [{"force_error": x} for x in sample_f or []]
+    return IterationData(s, train_info=info, sample={"configs": configs} if configs else None)
+
+
+BENCH = '(BENCHMARKS.md, "The report\'s force-error anomaly")'
 
 
 def test_rising_force_error_is_flagged_with_its_cause() -> None:
@@ -126,8 +142,9 @@ def test_rising_force_error_is_flagged_with_its_cause() -> None:
     assert len(flags) == 2
     assert flags[0].startswith("potential of iteration 1: training-set force error rose "
                                "from 30.0 to 40.0 meV/Å")
-    assert "iteration limit (100 iterations)" in flags[0]
+    assert "iteration limit (100 iterations)" in flags[0] and "trainer.max_iter" in flags[0]
     assert flags[1].startswith("potential of iteration 2:") and "untrained template" in flags[1]
+    assert all(f.endswith(BENCH) for f in flags)
     # the MD sample of iteration i measures potential i-1: its rise is blamed on that fit
     flags = diagnose([_it(0, 3e-3, 0.05, True), _it(1, 2e-3, 0.04, False),
                       _it(2, 1e-3, 0.03, True, sample=(2e-3, 0.030)),
@@ -137,9 +154,74 @@ def test_rising_force_error_is_flagged_with_its_cause() -> None:
                                "30.0 to 45.0 meV/Å while the energy error fell from 2.00 "
                                "to 1.00 meV/atom")
     assert "converged from a warm start" in flags[0]
+    # without a held-out test set the records cannot tell a moved sample from a worse fit
+    assert "no held-out test set (initial.test_fraction)" in flags[0]
     # both falling, or both rising: nothing to flag
     assert diagnose([_it(0, 3e-3, 0.05, True), _it(1, 2e-3, 0.04, False)]) == []
     assert diagnose([_it(0, 1e-3, 0.03, True), _it(1, 2e-3, 0.04, False)]) == []
+
+
+def test_diagnosis_the_training_set_changed() -> None:
+    [flag] = diagnose([_it(0, 3e-3, 0.030, True, n_train=8),
+                       _it(1, 2e-3, 0.040, True, n_train=120)])
+    assert "the training set itself changed (8 -> 120 configurations)" in flag
+    [flag] = diagnose([_it(0, 3e-3, 0.030, True, n_train=8),
+                       _it(1, 2e-3, 0.040, True, n_train=8)])
+    assert "training set itself changed" not in flag
+
+
+def test_diagnosis_template_fits_at_their_limit_are_the_reports_scatter() -> None:
+    """The report's protocol: every fit from the untrained template, stopped at 100."""
+    [flag] = diagnose([_it(0, 3e-3, 0.030, False, warm=False),
+                       _it(1, 2e-3, 0.040, False, warm=False)])
+    assert "refitted from the untrained template and stopped at its iteration limit (100 " \
+        "iterations, not converged)" in flag
+    assert "typical factor of 1.8" in flag and "cut that factor to 1.17" in flag
+    assert "trainer.warm_start: true" in flag and flag.endswith(BENCH)
+
+
+def _md(i: int, e: float, f: float, **kw) -> IterationData:
+    """An iteration whose sample measured potential i-1 at (e, f); its own fit converged
+    from a warm start."""
+    return _it(i, 1e-3, 0.02, True, sample=(e, f), **kw)
+
+
+def test_diagnosis_the_potential_did_not_change() -> None:
+    """Iteration 2 carried iteration 1's potential over: only the MD sample moved."""
+    [flag] = diagnose([_it(0, 3e-3, 0.05, True), _md(1, 3e-3, 0.040),
+                       _md(2, 2e-3, 0.030, skipped=True), _md(3, 1e-3, 0.045)])
+    assert flag.startswith("potential of iteration 2: MD-sample force error rose")
+    assert "the potential did not change (iteration 2 carried over iteration 1's" in flag
+    assert "the test set moved, not the potential" in flag
+    assert "converged from a warm start" not in flag  # its fit records are iteration 1's
+
+
+def test_diagnosis_held_out_test_set_did_or_did_not_rise() -> None:
+    flags = diagnose([_it(0, 3e-3, 0.05, True, test_f=0.030),
+                      _md(1, 2e-3, 0.030, test_f=0.029), _md(2, 1e-3, 0.045)])
+    assert len(flags) == 1
+    assert "on the held-out test set the force RMSE did not rise (30.0 -> 29.0 meV/Å): " \
+        "the MD sample moved" in flags[0]
+    assert "no held-out test set" not in flags[0]
+    [flag] = diagnose([_it(0, 3e-3, 0.05, True, test_f=0.030),
+                       _md(1, 2e-3, 0.030, test_f=0.040), _md(2, 1e-3, 0.045)])
+    assert "the held-out test set's force RMSE rose too (30.0 -> 40.0 meV/Å): the " \
+        "potential got worse on forces" in flag
+
+
+def test_diagnosis_sampling_noise_and_md_length() -> None:
+    wide = [0.005, 0.055] * 10  # 20 configurations, standard error ~5.7 meV/Å each
+    [flag] = diagnose([_it(0, 3e-3, 0.05, True),
+                       _md(1, 2e-3, 0.030, sample_f=wide, steps=300),
+                       _md(2, 1e-3, 0.033, sample_f=wide, steps=5001)])
+    assert "the rise (3.0 meV/Å) is within twice the standard error of the two samples' " \
+        "means (16.2 meV/Å)" in flag
+    assert "MD of very different lengths (300 and 5001 graded steps)" in flag
+    narrow = [0.030, 0.031] * 100
+    [flag] = diagnose([_it(0, 3e-3, 0.05, True),
+                       _md(1, 2e-3, 0.0305, sample_f=narrow, steps=5001),
+                       _md(2, 1e-3, 0.040, sample_f=[x + 0.01 for x in narrow], steps=4000)])
+    assert "standard error" not in flag and "different lengths" not in flag
 
 
 def test_question_one_without_a_sample_says_why() -> None:
