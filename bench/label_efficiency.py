@@ -9,13 +9,15 @@ max/mean gamma, and the energy and force errors of that iteration's potential on
 held-out set. The held-out set is drawn once from long NPT MD with the reference EAM at
 the grid's (T, P) points and is never trained on.
 
-Equal accuracy is judged on potentials trained to convergence: every fit of the loop
-stops when 50 L-BFGS iterations lower the loss by less than 1% (trainer.tolerance), and
-each policy's final training set is then fitted again by one protocol for all (FINAL_FIT):
-from its last potential and from fresh templates, the lowest loss after screening
-continued to a tighter tolerance; whether each final fit converged is recorded.
+Accuracy is judged on the potential each run delivers (the summary's `potential`: the
+one that passed the last converged MD itself), fitted by the loop's default protocol
+(config.yaml's trainer section: restarts with screening, converged fits). Issue 16: it
+must be within 5% of the best refit of the same training set, which is fitted here by a
+more thorough protocol (FINAL_FIT: more fresh templates, a tighter tolerance, a longer
+limit), from the delivered potential; whether each refit converged is recorded.
 
-    .venv/bin/python bench/label_efficiency.py [--seeds 3] [--jobs 2] [--quick]
+    .venv/bin/python bench/label_efficiency.py [--seeds 3] [--jobs 2] [--policies all]
+        [--variants] [--quick]
 
 Run folders live under /tmp/smallcell-bench/labels/ (reused when complete: delete it to
 start over); results.json there; the section `labels` of BENCHMARKS.md and the PNGs in
@@ -57,7 +59,8 @@ BASE: dict[str, Any] = {
     # fewer configurations than the active set has rows: the first MD breaks at once,
     # as with a small initial set in MLIP-3 practice; the same for every policy
     "initial": {"source": "generate", "n_configs": 4, "strain": 0.04, "displacement": 0.15},
-    "trainer": {"level": 8, "max_iter": 300, "warm_start": True, "al_mode": "nbh"},
+    # the loop's own fits: config.yaml's defaults (restarts, tolerance, max_iter)
+    "trainer": {"level": 8, "warm_start": True, "al_mode": "nbh"},
     "engines": {"explorer": "embedded", "labeler": "eam", "trainer": "motep",
                 "scheduler": "local"},
     "run": {"jobs": 1, "converged_iterations": 2},
@@ -75,9 +78,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gamma_save_5": {"extrapolation": {"gamma_save": 5.0}},
 }
 VARIANT_POLICIES = ("threshold", "dopt_batch")
-# every policy's final training set: warm start plus 3 fresh templates, 100 iterations
-# each, the lowest loss continued to convergence (motep_mtp.train with restarts)
-FINAL_FIT = {"max_iter": 1000, "tolerance": 0.005, "restarts": 3}
+# the best refit of a delivered potential's training set: from it and 7 fresh templates,
+# 100 iterations each, the lowest loss continued to a tight tolerance (motep_mtp.train);
+# bench/fit_protocols.py's reference protocol
+FINAL_FIT = {"max_iter": 3000, "tolerance": 0.001, "restarts": 7}
+DEFAULT_POLICIES = ("threshold", "dopt")  # the issue's comparison; --policies all adds more
 HELDOUT = {"steps": 3000, "skip": 500, "every": 25}  # per (T, P): 100 frames, 50 fs apart
 
 
@@ -212,21 +217,25 @@ def run_case(name: str, policy: str, seed: int, over: dict[str, Any]) -> dict[st
                       "train_converged": s["train_converged"],
                       "seconds": s["seconds"], **errors_on(train_dir / "pot.mtp", frames)})
     last = iters[-1]
-    converged = (last["converged"] and len(iters) > 2 and iters[-2]["converged"])
+    summary = json.loads((folder / "iter" / str(last["iteration"]) / "summary.json").read_text())
+    converged = summary.get("stage_end") == "converged"
     out = {"name": name, "policy": policy, "seed": seed, "over": over, "wall": wall,
            "converged": converged, "labels": last["labels"],
            "initial_labels": iters[0]["labels"], "iterations": iters, "final": None}
     if over:  # the variants measure labels only
         done.write_text(json.dumps(out, indent=1))
         return out
-    # the final training set fitted to convergence, from the run's last potential
-    last_dir = folder / "iter" / str(last["iteration"])
-    images = [cfg_to_atoms(c, ["Pb"]) for c in read_cfgs(last_dir / "collect" / "train.cfg")]
+    # the delivered potential, and the best refit of the training set it was fitted on
+    pot = folder / summary["potential"]
+    fit_dir = folder / "iter" / str(summary["potential_fit"])
+    out["delivered"] = {"potential": summary["potential"], "fit": summary["potential_fit"],
+                        "checked": summary["potential_checked"], **errors_on(pot, frames)}
+    images = [cfg_to_atoms(c, ["Pb"]) for c in read_cfgs(fit_dir / "collect" / "train.cfg")]
     ts = TrainSettings(level=cfg["trainer"]["level"], max_iter=FINAL_FIT["max_iter"],
                        tolerance=FINAL_FIT["tolerance"], restarts=FINAL_FIT["restarts"],
                        seed=seed)
     t0 = time.perf_counter()
-    fit = train(images, ["Pb"], folder / "final_fit", ts, last_dir / "train" / "pot.mtp")
+    fit = train(images, ["Pb"], folder / "final_fit", ts, pot)
     out["final"] = {"iterations": fit.iterations, "converged": fit.converged,
                     "seconds": time.perf_counter() - t0, "message": fit.message,
                     "n_train": len(images), "attempts": fit.extra.get("attempts"),
@@ -235,10 +244,12 @@ def run_case(name: str, policy: str, seed: int, over: dict[str, Any]) -> dict[st
     return out
 
 
-def cases(seeds: int) -> list[tuple[str, str, int, dict[str, Any]]]:
-    out = [(f"{pol}-s{s}", pol, s, {}) for s in range(1, seeds + 1) for pol in POLICIES]
-    out += [(f"{pol}-{var}-s1", pol, 1, over) for var, over in VARIANTS.items()
-            for pol in VARIANT_POLICIES]
+def cases(seeds: int, policies: tuple[str, ...], variants: bool
+          ) -> list[tuple[str, str, int, dict[str, Any]]]:
+    out = [(f"{pol}-s{s}", pol, s, {}) for s in range(1, seeds + 1) for pol in policies]
+    if variants:
+        out += [(f"{pol}-{var}-s1", pol, 1, over) for var, over in VARIANTS.items()
+                for pol in VARIANT_POLICIES]
     return out
 
 
@@ -247,7 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2, help="runs side by side (1 core each)")
-    ap.add_argument("--no-variants", action="store_true")
+    ap.add_argument("--variants", action="store_true",
+                    help="also the one-seed variants of what moves the label ratio")
+    ap.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
+                    help=f"comma-separated, or 'all' ({', '.join(POLICIES)})")
     ap.add_argument("--quick", action="store_true",
                     help="a minutes-long smoke run of the whole pipeline (1 seed, short MD) "
                          "into labels-quick/; BENCHMARKS.md is left alone")
@@ -271,9 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         VARIANTS["grade_every_10"] = {"md": {"grade_every": 10}}
     ROOT.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    todo = cases(args.seeds)
-    if args.no_variants:
-        todo = [c for c in todo if not c[3]]
+    policies = tuple(POLICIES) if args.policies == "all" else tuple(args.policies.split(","))
+    todo = cases(args.seeds, policies, args.variants or args.quick)
     # the threshold runs are the longest: start them first
     todo.sort(key=lambda c: c[1] != "threshold")
     results = []

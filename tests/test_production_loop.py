@@ -89,6 +89,9 @@ def test_production_loop_with_standins(tmp_path: Path, fixtures: Path) -> None:
         sel = json.loads((it / str(i) / "select" / "selection.json").read_text())
         in_range = [c for c in sel["candidates"] if 2.1 < c["gamma"] < 10.0]
         assert summary["broke"] is True and summary["n_selected"] == min(len(in_range), 3) > 0
+        # the potential it hands on, named as MLIP-3 writes it; a broken MD checks nothing
+        assert summary["potential"] == f"iter/{i}/train/pot.almtp"
+        assert summary["potential_fit"] == i and summary["potential_checked"] is False
         assert summary["n_labeled"] == summary["n_selected"] and summary["n_failed"] == 0
         for run in sorted(p for p in (it / str(i) / "explore").iterdir() if p.is_dir()):
             files = {p.name for p in run.iterdir()}
@@ -114,6 +117,8 @@ def test_production_loop_with_standins(tmp_path: Path, fixtures: Path) -> None:
     status = subprocess.run([str(REPO / "bin" / "smallcell"), "--run-dir", str(tmp_path),
                              "status"], capture_output=True, text=True, env=env, check=True)
     assert len(status.stdout.strip().splitlines()) == 4
+    assert ("potential: iter/2/train/pot.almtp (fitted in iteration 2; not yet checked by "
+            "MD)") in res.stdout
 
 
 @pytest.mark.slow

@@ -136,13 +136,18 @@ def _summaries(root: Path) -> list[dict]:
             if paths.summary(i).exists()]
 
 
-def _fake(root: Path, cfg, conv: list[bool]) -> list[dict]:
+def _fake(root: Path, cfg, conv: list[bool], new: list[int] | None = None,
+          errors: list[float | None] | None = None) -> list[dict]:
     """Summaries of iterations 0..len(conv)-1 by the protocol's rules, without running
-    anything: open each iteration with its stage's config, record its protocol fields."""
+    anything: open each iteration with its stage's config, record its protocol fields
+    (`new`: labels each iteration added, default none; `errors`: the stop rule's force
+    error of each)."""
     out = []
     for i, c in enumerate(conv):
         it = protocol.open_iteration(root, i, cfg)
-        s = {"iteration": i, "converged": c and i > 0, **protocol.summary_fields(it, c and i > 0)}
+        fields = protocol.summary_fields(it, c and i > 0, (new or [0] * len(conv))[i],
+                                         (errors or [None] * len(conv))[i])
+        s = {"iteration": i, "converged": c and i > 0, **fields}
         atomic_write_json(it.paths.summary(i), s)
         out.append(s)
     return out
@@ -169,6 +174,62 @@ def test_stage_ends_by_convergence_or_cap(tmp_path: Path) -> None:
     assert [x["stage"] for x in s] == [0, 0, 0, 1, 1] and finished(s[-1])
     assert verdict(s[-1]) == ("converged: no MD run broke in 2 consecutive iterations (the "
                               "last of 2 stages, 1x1x2)")
+
+
+def test_a_refit_must_pass_its_own_md_before_the_stage_ends(tmp_path: Path) -> None:
+    """The stop rule met by an iteration that added labels: its refitted potential has not
+    run the stage's MD, so the next iteration checks it; passing ends the stage."""
+    cfg = parse_config("{}")
+    #                               0      1     2     3
+    s = _fake(tmp_path, cfg, [False, True, False, True], new=[24, 5, 3, 0])
+    assert [x["check_due"] for x in s] == [False, True, False, False]
+    assert [x["check"] for x in s] == [False, False, True, False]
+    # the check broke (iteration 2): the stage goes on; iteration 3 met the rule with
+    # nothing added (its MD ran the potential it hands on): the stage ends there
+    assert [x["stage_end"] for x in s] == [None, None, None, "converged"]
+    assert "check MD broke" in s[2]["stop_note"]
+    s = _fake(tmp_path / "b", cfg, [False, True, True], new=[24, 5, 0])
+    assert s[2]["check"] and s[2]["stage_end"] == "converged" and finished(s[2])
+    assert verdict(s[2]) == ("converged: no MD run broke (the refitted potential passed its "
+                             "check MD)")
+
+
+def test_a_check_due_at_the_cap_still_runs(tmp_path: Path) -> None:
+    cfg = parse_config("stages:\n  - {cell: [1, 1, 1], max_iterations: 2}\n")
+    s = _fake(tmp_path, cfg, [False, False, True, True], new=[24, 4, 2, 0])
+    assert [x["stage_end"] for x in s] == [None, None, None, "converged"]
+    assert s[2]["check_due"] and s[3]["stage_iteration"] == 3  # one past the cap of 2
+    s = _fake(tmp_path / "b", cfg, [False, False, True, False], new=[24, 4, 2, 3])
+    assert s[3]["stage_end"] == "iteration cap"  # the check broke past the cap: capped
+
+
+def test_the_accuracy_rule_waits_for_the_force_error_to_stop_falling(tmp_path: Path) -> None:
+    cfg = parse_config("stop: {rule: accuracy, window: 2}\n")
+    errs = [None, 0.060, 0.040, 0.030, 0.0295, 0.0301]
+    s = _fake(tmp_path, cfg, [False, True, True, True, True, True], errors=errs)
+    # 1-2: not enough history; 3: 30 < 0.95 x 40 (still falling); 4: 29.5 > 0.95 x 30
+    assert [x["stage_end"] for x in s] == [None, None, None, None, "converged", None]
+    assert "still falling" in s[3]["stop_note"] and "stopped falling" in s[4]["stop_note"]
+    assert "2 earlier measurements" in s[2]["stop_note"]
+    assert verdict(s[4]).startswith("converged: no MD run broke (accuracy rule: MD-sample "
+                                    "mean force error 29.5 meV/Å has stopped falling")
+    # a target reached ends it at once; a broken MD never does
+    cfg = parse_config("stop: {rule: accuracy, force_target: 0.05}\n")
+    s = _fake(tmp_path / "b", cfg, [False, False, True], errors=[None, 0.04, 0.045])
+    assert [x["stage_end"] for x in s] == [None, None, "converged"]
+    assert "at or below the target 50.0" in s[2]["stop_note"]
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("stop: {rule: accuracy}\nsample: {size: 0}\n", "sample.size > 0"),
+    ("stop: {rule: accuracy, metric: test}\n", "initial.test_fraction > 0"),
+    ("stop: {rule: accurate}\n", "stop.rule"),
+    ("stop: {rule: accuracy, window: 0}\n", "stop.window"),
+    ("stop: {min_improvement: 2}\n", "stop.min_improvement"),
+])
+def test_stop_rule_settings_are_checked(text: str, key: str) -> None:
+    with pytest.raises(SmallcellError, match=key.replace(".", r"\.").replace("+", r"\+")):
+        parse_config(text)
 
 
 def test_a_frozen_iteration_keeps_its_stage(tmp_path: Path) -> None:

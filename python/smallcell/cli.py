@@ -24,7 +24,13 @@ def cmd_iter(args: argparse.Namespace) -> int:
     from smallcell.engines.base import check_engines
     from smallcell.sched.local import LocalRunner
     from smallcell.state import RunLock, RunPaths
-    from smallcell.status import HEADER, line_for_summary, transition_line, validation_line
+    from smallcell.status import (
+        HEADER,
+        line_for_summary,
+        potential_text,
+        transition_line,
+        validation_line,
+    )
 
     cfg = load_config(args.config)
     check_engines(cfg)
@@ -53,8 +59,7 @@ def cmd_iter(args: argparse.Namespace) -> int:
     last = summaries[-1]
     verdict = (loop.verdict(last) if loop.finished(last)
                else f"not converged yet (run `make iter N={last['iteration'] + 1}` or more)")
-    print(f"\n{verdict}; potential: {RunPaths(root).stage(last['iteration'], 'train')}/pot.mtp; "
-          f"{time.perf_counter() - t0:.1f} s")
+    print(f"\n{verdict}; {potential_text(last)}; {time.perf_counter() - t0:.1f} s")
     checked = validation_line(root)
     if checked:
         print(checked)

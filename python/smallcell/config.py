@@ -505,6 +505,41 @@ SCHEMA = Section(
                     "N / --upto is not given.", low=0),
             },
         ),
+        "stop": Section(
+            "When a stage (a run without `stages`) ends. Both rules need "
+            "run.converged_iterations consecutive iterations in which no MD run broke "
+            "(max gamma < gamma_break). The stage then ends with a potential that passed "
+            "such an MD itself: when the iteration that met the rule added labels, its "
+            "refitted potential runs one more explore (a check iteration, which labels "
+            "nothing for training when it passes) before it is handed on.",
+            {
+                "rule": Key("str", "gamma",
+                            "gamma: the report's rule, no MD run broke; accuracy: also the "
+                            "force error of the potential that ran the MD has stopped "
+                            "falling (at or below force_target, or not min_improvement "
+                            "below the best of the stage's last `window` measured "
+                            "iterations).",
+                            choices=("gamma", "accuracy")),
+                "metric": Key("str", "sample",
+                              "accuracy rule: the force error it reads. sample: the mean "
+                              "per-configuration force error on the iteration's labeled MD "
+                              "sample (needs sample.size > 0); test: the force RMSE on the "
+                              "held-out set (needs initial.test_fraction > 0).",
+                              choices=("sample", "test")),
+                "force_target": Key("float", None,
+                                    "accuracy rule: a force error at or below this is good "
+                                    "enough whatever the trend; null = the trend decides.",
+                                    nullable=True, low=0, low_open=True, unit="eV/Å"),
+                "window": Key("int", 2,
+                              "accuracy rule: how many of the stage's earlier measured "
+                              "iterations the error is compared with (their best).", low=1),
+                "min_improvement": Key("float", 0.05,
+                                       "accuracy rule: the error is still falling while it "
+                                       "is more than this fraction below the best of the "
+                                       "window (the error sample's mean scatters by a few "
+                                       "% between iterations).", low=0, high=1),
+            },
+        ),
         "validation": Section(
             "After the last stage: the final potential on a larger cell (e.g. 3x3x3 = 108 "
             "atoms), MD at the last stage's temperatures and pressures, its gamma "
@@ -879,6 +914,15 @@ def _cross_checks(cfg: Config, lines: _Lines, source: str) -> None:
         if cfg["engines"]["trainer"] == "mlip3" and st["policy"] == "dopt_batch":
             raise fail(f"stages.[{k}].policy", f"stages[{k}].policy dopt_batch needs the "
                        "embedded grader (engines.trainer: motep)")
+    stop = cfg["stop"]
+    if stop["rule"] == "accuracy" and stop["metric"] == "sample" and not cfg["sample"]["size"]:
+        raise fail("stop.metric", "stop.rule accuracy with stop.metric sample needs an error "
+                   "sample: set sample.size > 0 (or stop.metric: test with "
+                   "initial.test_fraction > 0)")
+    if stop["rule"] == "accuracy" and stop["metric"] == "test" \
+            and not cfg["initial"]["test_fraction"]:
+        raise fail("stop.metric", "stop.rule accuracy with stop.metric test needs a held-out "
+                   "set: set initial.test_fraction > 0 (or stop.metric: sample)")
     _engine_checks(cfg, fail)
     _slurm_checks(cfg, fail)
     if cfg["engines"]["labeler"] == "eam" and cfg["species"] != ["Pb"]:

@@ -353,6 +353,7 @@ def _select(it: Iteration, chain: slurm.Chain) -> int:
 def _collect_train(it: Iteration, chain: slurm.Chain, cfg: Config) -> int:
     from smallcell import loop
     from smallcell.stages import collect, label, sample, train
+    from smallcell.status import potential_text
 
     n = label.n_tasks(it)
     missing = label.missing(it, n) if n else []
@@ -379,7 +380,7 @@ def _collect_train(it: Iteration, chain: slurm.Chain, cfg: Config) -> int:
     summary = loop.finish_iteration(it, timings, total)
     reason = loop.stop_reason(summary, chain.upto)
     if reason:
-        progress(it, "done", f"{reason}; potential: {it.stage('train')}; the chain ends here")
+        progress(it, "done", f"{reason}; {potential_text(summary)}; the chain ends here")
         j, _ = pilot_work(it.paths, chain.upto, cfg)
         if j is not None:
             rec = chain.submit_pilot(j, cfg["slurm"]["pilot"]["cpus_per_task"])

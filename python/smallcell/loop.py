@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from smallcell import protocol
+from smallcell import protocol, stopping
 from smallcell.config import Config
+from smallcell.engines.base import trainer_for
 from smallcell.errors import SmallcellError
 from smallcell.stages import collect, explore, label, sample, select, train, validate
 from smallcell.stages.common import Iteration, Runner, progress
@@ -29,14 +30,9 @@ from smallcell.state import (
     read_json,
     sweep_debris,
 )
-from smallcell.status import CAPPED, finished, stage_ended
+from smallcell.status import finished, stage_ended, verdict
 
 STAGES = ("explore", "select", "label", "sample", "collect", "train")
-
-
-def converged(rep: explore.ExploreReport, gamma_break: float) -> bool:
-    """DESIGN.md section 1: no run breaks and max gamma < gamma_break, or nothing saved."""
-    return (rep.n_broke == 0 and rep.gamma_max < gamma_break) or rep.n_preselected == 0
 
 
 def run_iteration(it: Iteration, runner: Runner) -> dict[str, Any]:
@@ -88,7 +84,12 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
     errors = read_json(it.stage("train") / "errors.json")
     gb = it.cfg["extrapolation"]["gamma_break"]
     coll = read_json(it.stage("collect") / "done")
-    conv = converged(rep, gb) if rep else False
+    conv = rep.converged(gb) if rep else False
+    sampled = sample.summary_fields(it)
+    prev = read_json(it.paths.summary(it.i - 1)) if it.i > 0 else {}
+    force_error = stopping.force_error(it.cfg["stop"], sampled["sample_force_error_mean"],
+                                       prev.get("test_errors"))
+    stage = protocol.summary_fields(it, conv, int(coll["n_new"]), force_error)
     summary: dict[str, Any] = {
         "iteration": it.i,
         "cell": it.cfg["structure"]["cell"],
@@ -107,7 +108,8 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
         "gamma_count": rep.gamma_count if rep else 0,
         "broke": (rep.n_broke > 0) if rep else None,
         "converged": conv,
-        **protocol.summary_fields(it, conv),
+        **stage,
+        **delivered(it, prev, errors, checked=conv and int(coll["n_new"]) == 0),
         "policy": it.cfg["select"]["policy"],
         "train_seconds": errors.get("seconds"),
         "train_iterations": errors.get("iterations"),
@@ -117,7 +119,7 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
         "active_set_configs": errors.get("active_set_configs"),
         "train_errors": errors.get("errors", {}),
         "test_errors": errors.get("test_errors"),
-        **sample.summary_fields(it),
+        **sampled,
         "stage_seconds": timings,
         "seconds": seconds,
     }
@@ -125,16 +127,15 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
     return summary
 
 
-def verdict(summary: dict[str, Any]) -> str:
-    """How a finished run ended, in words."""
-    n = summary.get("converged_needed", 1)
-    of = (f" (the last of {summary['n_stages']} stages, {summary.get('stage_name')})"
-          if summary.get("n_stages", 1) > 1 else "")
-    if summary.get("stage_end") == CAPPED:
-        return (f"stopped: the iteration cap of {summary.get('stage_max_iterations')} was "
-                f"reached{of} without convergence")
-    return ("converged: no MD run broke" if n == 1 else
-            f"converged: no MD run broke in {n} consecutive iterations") + of
+def delivered(it: Iteration, prev: dict[str, Any], train_info: dict[str, Any], *,
+              checked: bool) -> dict[str, Any]:
+    """The potential the iteration hands on: its file (named per trainer), the iteration
+    whose fit made it (an unchanged potential is carried over), and whether it passed
+    this iteration's MD itself (it explored here, no run broke, and nothing was added)."""
+    name = trainer_for(it.cfg).files[0]
+    fit = prev.get("potential_fit", it.i - 1) if train_info.get("skipped") else it.i
+    return {"potential": str((it.stage("train") / name).relative_to(it.paths.root)),
+            "potential_fit": fit, "potential_checked": bool(it.i > 0 and checked)}
 
 
 def transition(summary: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from smallcell import stopping
 from smallcell.config import Config
 from smallcell.stages.common import CONFIG, Iteration
 from smallcell.state import RunPaths, read_json
@@ -91,10 +92,55 @@ def open_iteration(root: Path, i: int, cfg: Config) -> Iteration:
     return Iteration.open(root, i, effective(cfg, stage_of(paths, i, cfg)))
 
 
-def summary_fields(it: Iteration, converged: bool) -> dict[str, Any]:
+def is_check(it: Iteration) -> bool:
+    """Iteration `it` checks a refitted potential: the iteration before it, in the same
+    stage, met the stop rule but added labels, so the potential it hands on has not run
+    the stage's MD yet. A check iteration whose MD passes labels nothing for training and
+    ends the stage with that potential."""
+    prev_path = it.paths.summary(it.i - 1)
+    if it.i == 0 or not prev_path.exists():
+        return False
+    prev = read_json(prev_path)
+    return bool(prev.get("check_due")) and int(prev.get("stage", 0)) == int(it.cfg["stage"])
+
+
+def _stage_history(it: Iteration, k: int) -> list[float]:
+    """The stop rule's force errors of the stage's earlier iterations, oldest first."""
+    out: list[float] = []
+    i = it.i - 1
+    while i > 0 and it.paths.summary(i).exists():
+        s = read_json(it.paths.summary(i))
+        if int(s.get("stage", 0)) != k or s.get("stage_end"):
+            break
+        if s.get("stop_force_error") is not None:
+            out.append(float(s["stop_force_error"]))
+        i -= 1
+    return out[::-1]
+
+
+def _note(cfg: Config, prev: dict[str, Any] | None, check: bool, converged: bool,
+          why: str | None) -> str | None:
+    """Why the stop rule holds or not, in words (None for the gamma rule's plain case,
+    which the verdict already says)."""
+    if check:
+        prior = prev.get("stop_note") if prev and prev.get("stop_rule") == "accuracy" else None
+        done = "the refitted potential passed its check MD" if converged else \
+            "the refitted potential's check MD broke: the stage goes on"
+        return "; ".join(x for x in (prior, done) if x)
+    return why if cfg["stop"]["rule"] == "accuracy" else None
+
+
+def summary_fields(it: Iteration, converged: bool, n_new: int,
+                   force_error: float | None) -> dict[str, Any]:
     """What summary.json records of the protocol: the stage, the iteration's rank among
     the stage's explore iterations (iteration 0, the initial fit, is 0), the converged
-    streak within the stage, and whether (and why) the stage ends here."""
+    streak within the stage, the stop rule's verdict, and whether (and why) the stage
+    ends here.
+
+    The stage ends (converged) when the stop rule is met and the iteration added no
+    labels, so the potential it hands on is the one that ran its MD. When the rule is met
+    but labels were added, the refit must first pass one more explore (`check_due`; the
+    next iteration is a check, see is_check), even past the stage's cap."""
     cfg, k = it.cfg, int(it.cfg["stage"])
     prev_path = it.paths.summary(it.i - 1)
     prev = read_json(prev_path) if it.i > 0 and prev_path.exists() else None
@@ -102,9 +148,16 @@ def summary_fields(it: Iteration, converged: bool) -> dict[str, Any]:
     j = 0 if it.i == 0 else int(prev.get("stage_iteration", it.i - 1)) + 1 if same else 1
     streak = int(prev.get("converged_streak", 0)) + 1 if converged and same else int(converged)
     needed = cfg["run"]["converged_iterations"]
+    check = it.i > 0 and is_check(it)
+    verdict = stopping.judge(cfg["stop"], force_error, _stage_history(it, k))
+    met = it.i > 0 and converged and (check or (streak >= needed and verdict.ok))
     limit = cap(cfg, k)
-    end = (CONVERGED if streak >= needed else
-           CAPPED if limit and j >= limit else None)
+    end = (CONVERGED if met and n_new == 0 else
+           CAPPED if limit and j >= limit and not met else None)
     return {"stage": k, "stage_name": name(cfg, k), "n_stages": n_stages(cfg),
             "stage_iteration": j, "stage_max_iterations": limit, "stage_end": end,
-            "converged_streak": streak, "converged_needed": needed}
+            "converged_streak": streak, "converged_needed": needed,
+            "stop_rule": cfg["stop"]["rule"], "stop_force_error": force_error,
+            "stop_note": _note(cfg, prev, check, converged, verdict.why
+                               if converged and streak >= needed else None),
+            "check": check, "check_due": bool(met and n_new > 0)}

@@ -83,6 +83,36 @@ def stage_ended(s: dict[str, Any]) -> str:
             f"{how} after {s.get('stage_iteration')} iteration(s)")
 
 
+def verdict(summary: dict[str, Any]) -> str:
+    """How a finished run ended, in words."""
+    n = summary.get("converged_needed", 1)
+    of = (f" (the last of {summary['n_stages']} stages, {summary.get('stage_name')})"
+          if summary.get("n_stages", 1) > 1 else "")
+    if summary.get("stage_end") == CAPPED:
+        return (f"stopped: the iteration cap of {summary.get('stage_max_iterations')} was "
+                f"reached{of} without convergence")
+    how = ("converged: no MD run broke" if n == 1 else
+           f"converged: no MD run broke in {n} consecutive iterations")
+    if summary.get("stop_note"):
+        how += f" ({summary['stop_note']})"
+    return how + of
+
+
+def potential_text(s: dict[str, Any]) -> str:
+    """The potential an iteration hands on, in words: its file, the fit that made it, and
+    whether it passed an MD of the stage itself (summary.json's potential* keys; older
+    summaries name the train folder)."""
+    path = s.get("potential") or f"iter/{s['iteration']}/train"
+    fit = s.get("potential_fit")
+    if s.get("potential_checked"):
+        how = f"passed the MD of iteration {s['iteration']}"
+    elif s.get("stage_end") == CAPPED:
+        how = "not checked by MD: the stage stopped at its cap"
+    else:
+        how = "not yet checked by MD"
+    return f"potential: {path} ({'' if fit is None else f'fitted in iteration {fit}; '}{how})"
+
+
 def transition_line(s: dict[str, Any]) -> str | None:
     """Under an iteration that ended a stage of the protocol (not the last): how, and
     which stage comes next."""
@@ -98,6 +128,7 @@ def line_for_summary(s: dict[str, Any]) -> str:
     cell = "x".join(str(n) for n in s.get("cell", [])) or "-"
     stage = (("capped" if s.get("stage_end") == CAPPED else "converged")
              if finished(s) else
+             "refit" if s.get("check_due") else
              f"conv {s.get('converged_streak', 1)}/{s.get('converged_needed', 1)}"
              if s.get("converged") else "complete")
     broke = "-" if s.get("broke") is None else ("yes" if s["broke"] else "no")
@@ -205,6 +236,9 @@ def status_lines(root: Path) -> list[str]:
             lines.append(f"{'':>6}STOPPED: {first}")
             lines += [f"{'':>8}{line}" for line in rest[:12]]
             lines.append(f"{'':>8}(from {paths.it(i) / STOPPED}; `make submit` continues)")
+    last = summaries[its[-1]] if its else None
+    if last and finished(last):
+        lines.append(f"{verdict(last)}; {potential_text(last)}")
     checked = validation_line(root)
     if checked:
         lines.append(checked)

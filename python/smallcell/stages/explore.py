@@ -141,6 +141,10 @@ class ExploreReport:
     gamma_std: float
     hist: list[int]
 
+    def converged(self, gamma_break: float) -> bool:
+        """DESIGN.md section 1: no run breaks and max gamma < gamma_break, or nothing saved."""
+        return (self.n_broke == 0 and self.gamma_max < gamma_break) or self.n_preselected == 0
+
     def as_dict(self) -> dict[str, object]:
         return {"n_runs": self.n_runs, "n_broke": self.n_broke,
                 "n_preselected": self.n_preselected, "gamma_count": self.gamma_count,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from smallcell import protocol
 from smallcell.engines.base import trainer_for
 from smallcell.engines.exploration import QUERIED
 from smallcell.engines.maxvol import Selection
@@ -168,7 +169,13 @@ def run(it: Iteration) -> int:
         return n
     cands, broke = candidates(it)
     policy = it.cfg["select"]["policy"]
-    if policy in ("dopt", "dopt_batch") and cands:
+    check = protocol.is_check(it) and explore.report_of(it).converged(
+        it.cfg["extrapolation"]["gamma_break"])
+    if check:  # the refit passed its MD: the stage ends with it (protocol.summary_fields)
+        for c in cands:
+            c.reason = ("not labeled: this iteration checked the refitted potential and its "
+                        "MD passed, so the stage ends with that potential")
+    elif policy in ("dopt", "dopt_batch") and cands:
         _dopt(it, cands)
     else:
         _threshold(it, cands, broke)
@@ -182,13 +189,16 @@ def run(it: Iteration) -> int:
         write_cfgs(tmp, sample)
     gam = np.array([c.gamma for c in cands]) if cands else np.zeros(0)
     atomic_write_json(folder / "selection.json", {
-        "policy": policy, "n_candidates": len(cands), "n_selected": len(chosen),
+        "policy": policy, "check_passed": check, "n_candidates": len(cands),
+        "n_selected": len(chosen),
         "broken_runs": sorted(broke),
         "candidate_gamma_max": float(gam.max()) if gam.size else None,
         "candidates": [{"run": c.run, "index": c.index, "gamma": c.gamma,
                         "selected": c.selected, "reason": c.reason} for c in cands],
         "sample": sample_record})
-    progress(it, STAGE, f"{policy}: {len(chosen)} of {len(cands)} candidates selected"
+    progress(it, STAGE, ("check of the refitted potential passed: none of "
+                         f"{len(cands)} candidates labeled" if check else
+                         f"{policy}: {len(chosen)} of {len(cands)} candidates selected")
              + (f"; error sample: {len(sample)} of {sample_record['n_eligible']} queries"
                 if sample else ""))
     mark_done(folder, {"n_selected": len(chosen), "n_sample": len(sample)})

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from smallcell.state import atomic_write_text
-from smallcell.status import CAPPED, CONVERGED, finished
+from smallcell.status import CAPPED, CONVERGED, finished, potential_text
 from smallcell.study import figures
 from smallcell.study.rundata import IterationData, load, load_validation
 
@@ -292,10 +292,17 @@ def verdict(data: Sequence[IterationData]) -> str:
     last = data[-1].summary
     if finished(last) and last.get("stage_end") == CAPPED:
         return (f"Stopped at iteration {last['iteration']}: the last stage reached its cap "
-                f"of {last.get('stage_max_iterations')} iterations without converging.")
+                f"of {last.get('stage_max_iterations')} iterations without converging. The "
+                f"delivered {potential_text(last)}.")
     if finished(last):
-        return (f"Converged at iteration {last['iteration']}: no MD run broke "
-                f"({last.get('converged_needed', 1)} consecutive iteration(s) needed).")
+        rule = ("the accuracy rule (no MD run broke and the force error stopped falling)"
+                if last.get("stop_rule") == "accuracy" else
+                "the gamma rule (no MD run broke)")
+        why = f" {last['stop_note'][0].upper()}{last['stop_note'][1:]}." \
+            if last.get("stop_note") else ""
+        return (f"Converged at iteration {last['iteration']} by {rule}, "
+                f"{last.get('converged_needed', 1)} consecutive iteration(s) needed.{why} "
+                f"The delivered {potential_text(last)}.")
     return (f"Not converged after iteration {last['iteration']}: "
             f"{last.get('n_broke', 0)} of {last.get('n_runs', 0)} MD runs broke, "
             f"max gamma {_f(last.get('gamma_max'), '.3g')}.")
