@@ -474,7 +474,8 @@ def test_kill_at_random_points_then_resume(reference: Reference, tmp_path: Path)
     assert_consistent(root)
     reference.compare(root)
 
-    assert kills >= 8 and sigints == 1, report
+    # iteration 2 checks the refit and labels nothing: one kill point fewer than before
+    assert kills >= 7 and sigints == 1, report
     hit_stages = {line.rsplit("killed in ", 1)[1] for line in record if "killed in" in line}
     must = must_cover(reference.root)
     assert must <= hit_stages, f"stages not covered: {sorted(must - hit_stages)}\n{report}"

@@ -33,7 +33,7 @@ from smallcell.state import (
     mark_failed,
     read_json,
 )
-from smallcell.status import HEADER, status_lines
+from smallcell.status import HEADER, finished, status_lines
 from smallcell.structures import displace, md_runs, supercell
 
 REPO = Path(__file__).resolve().parents[1]
@@ -554,12 +554,14 @@ def test_collect_of_the_tiny_run(tiny_run: Path) -> None:
 
 def test_status_of_complete_iterations(tiny_run: Path) -> None:
     lines = status_lines(tiny_run)
-    assert lines[0] == HEADER and len(lines) == 3
-    for i, line in enumerate(lines[1:]):
+    last = read_json(tiny_run / "iter" / "1" / "summary.json")
+    assert lines[0] == HEADER and len(lines) == (4 if finished(last) else 3)
+    for i, line in enumerate(lines[1:3]):
         s = read_json(tiny_run / "iter" / str(i) / "summary.json")
         words = line.split()
         assert words[0] == str(i) and words[1] == "1/1" and words[2] == "1x1x1"
-        assert words[3] == ("converged" if s["converged"] else "complete")
+        assert words[3] == ("converged" if finished(s) else "refit" if s.get("check_due")
+                            else "complete")
         assert words[-1] == str(s["n_train"])
         assert "in progress" not in line
     assert lines[1].split()[4:7] == ["0", "6", "6"]  # presel, select, label of iteration 0

@@ -233,7 +233,7 @@ SCHEMA = Section(
             "Which preselected configurations are labeled.",
             {
                 "policy": Key(
-                    "str", "threshold",
+                    "str", "dopt",
                     "threshold: every preselected configuration with gamma_save < gamma < "
                     "gamma_max (the report's rule); dopt: D-optimal MaxVol selection, only "
                     "configurations that enlarge the active set (like mlp select_add); "
@@ -315,12 +315,16 @@ SCHEMA = Section(
                 "min_dist": Key("float", 2.0, "Smallest distance of the radial basis.", low=0,
                                 low_open=True, unit="Å"),
                 "radial_basis_size": Key("int", 8, "Chebyshev radial basis functions.", low=2),
-                "max_iter": Key("int", 300, "Iteration limit of the L-BFGS fit.", low=1),
-                "restarts": Key("int", 0,
-                                "Embedded trainer: this many more fits from fresh random "
-                                "templates (other seeds) besides the warm start; each "
-                                "start runs 100 L-BFGS iterations and the lowest loss goes "
-                                "on to convergence. MTP fits have local minima: see README.",
+                "max_iter": Key("int", 1000, "Iteration limit of the L-BFGS fit (a limit, not "
+                                "a budget: fits stop at `tolerance`; BENCHMARKS.md "
+                                "\"Fit protocols\").", low=1),
+                "restarts": Key("int", 2,
+                                "This many more fits from fresh random templates (motep: "
+                                "other seeds; MLIP-3: --init_random=true) besides the warm "
+                                "start; each start runs 100 L-BFGS iterations and the "
+                                "lowest loss goes on to convergence. MTP fits have local "
+                                "minima: 2 came within 2% of an 8-start reference fit "
+                                "(BENCHMARKS.md \"Fit protocols\").",
                                 low=0),
                 "tolerance": Key("float", 0.01,
                                  "Embedded trainer: the fit has converged when 50 L-BFGS "
