@@ -16,8 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_quick_label_efficiency_run(tmp_path: Path) -> None:
     res = subprocess.run([str(REPO / ".venv" / "bin" / "python"),
-                          str(REPO / "bench" / "label_efficiency.py"), "--quick", "--root",
-                          str(tmp_path)], capture_output=True, text=True, timeout=900,
+                          str(REPO / "bench" / "label_efficiency.py"), "--quick",
+                          "--policies", "all", "--root", str(tmp_path)],
+                         capture_output=True, text=True, timeout=900,
                          check=False, stdin=subprocess.DEVNULL)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
@@ -37,6 +38,9 @@ def test_quick_label_efficiency_run(tmp_path: Path) -> None:
             assert 0 < it["force_rmse"] < 1000 and 0 < it["energy_rmse"] < 100
         if not r["over"]:
             assert r["final"]["force_rmse"] > 0 and r["final"]["iterations"] >= 1
+            # the delivered potential (the summary's) is measured beside its best refit
+            assert r["delivered"]["potential"].endswith("/train/pot.mtp")
+            assert r["delivered"]["force_rmse"] > 0
     # the cap holds in every iteration
     capped = by["dopt_cap4-s1"]["iterations"]
     assert all(b["labels"] - a["labels"] <= 4 for a, b in itertools.pairwise(capped))

@@ -44,7 +44,7 @@ species: [Pb]
 grid: {temperatures: [300.0, 600.0], pressures: [1.0], seeds_per_point: 1}
 md: {steps: 20, ensemble: nvt}
 extrapolation: {gamma_save: 1.05, gamma_break: 3.0}
-select: {max_selected: 4}
+select: {policy: threshold, max_selected: 4}
 initial: {n_configs: 6}
 trainer: {level: 4, max_iter: 20, radial_basis_size: 4}
 run: {seed: 7, jobs: 1}
@@ -105,7 +105,7 @@ def _cfg(seed: int, energy: float | None = None, gamma: float | None = None) -> 
 # ---------------------------------------------------------------- select: threshold
 
 SELECT_CFG = ("extrapolation: {gamma_save: 2.0, gamma_break: 10.0}\n"
-              "select: {gamma_max: 6.0, max_selected: %s}\n"
+              "select: {policy: threshold, gamma_max: 6.0, max_selected: %s}\n"
               "grid: {temperatures: [100, 200, 300], pressures: [1.0]}\n")
 
 
