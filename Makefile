@@ -18,7 +18,7 @@ SC      := bin/smallcell --run-dir $(RUN_DIR)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup iter submit pilot cancel status test lint clean-iter config-doc bench \
-        bench-labels sweep report export validate
+        bench-labels bench-anomaly sweep report export validate
 
 help:  ## list every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
