@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib
-from label_efficiency import heldout_point, merge, read_frames
+from label_efficiency import heldout_point, merge, read_frames, wait_heldout
 
 ROOT = benchlib.CACHE_ROOT / "anomaly"
 FIGURES = benchlib.REPO / "bench" / "figures"
@@ -99,16 +99,6 @@ def write_heldout(futs: list[Future], root: Path) -> None:
     tmp = path.with_suffix(".tmp")
     write_cfgs(tmp, [atoms_to_cfg(a, ["Pb"]) for a in frames])
     tmp.replace(path)
-
-
-def wait_heldout(root: Path, timeout: float = 3600.0) -> Path:
-    path = heldout_path(root)
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear within {timeout:.0f} s")
-        time.sleep(1.0)
-    return path
 
 
 def force_scale(frames: list[Any]) -> float:
@@ -168,7 +158,7 @@ def run_case(root: Path, variant: str, seed: int, n_iter: int) -> dict[str, Any]
          "--config", str(cfg_file)], stdout_path=folder / "iter.log")
     if code != 0:
         raise RuntimeError(f"{name}: smallcell iter failed ({code}); see {folder}/iter.log")
-    frames = read_frames(wait_heldout(root))
+    frames = read_frames(wait_heldout(heldout_path(root)))
     it_dir = folder / "iter"
     iters = []
     labels = 0

@@ -154,8 +154,9 @@ def write_heldout(futs: list[Future]) -> None:
     tmp.replace(path)
 
 
-def wait_heldout(timeout: float = 3600.0) -> Path:
-    path = heldout_path()
+def wait_heldout(path: Path | None = None, timeout: float = 3600.0) -> Path:
+    """The held-out file (this benchmark's, or `path`) once another worker has written it."""
+    path = path or heldout_path()
     deadline = time.monotonic() + timeout
     while not path.exists():
         if time.monotonic() > deadline:

@@ -97,11 +97,18 @@ def is_check(it: Iteration) -> bool:
     stage, met the stop rule but added labels, so the potential it hands on has not run
     the stage's MD yet. A check iteration whose MD passes labels nothing for training and
     ends the stage with that potential."""
-    prev_path = it.paths.summary(it.i - 1)
-    if it.i == 0 or not prev_path.exists():
-        return False
-    prev = read_json(prev_path)
-    return bool(prev.get("check_due")) and int(prev.get("stage", 0)) == int(it.cfg["stage"])
+    return _checks(_previous(it), int(it.cfg["stage"]))
+
+
+def _previous(it: Iteration) -> dict[str, Any] | None:
+    """The summary of the iteration before `it` (None for iteration 0)."""
+    path = it.paths.summary(it.i - 1)
+    return read_json(path) if it.i > 0 and path.exists() else None
+
+
+def _checks(prev: dict[str, Any] | None, k: int) -> bool:
+    """Whether an iteration of stage `k` after `prev` checks a refit (see is_check)."""
+    return prev is not None and bool(prev.get("check_due")) and int(prev.get("stage", 0)) == k
 
 
 def _stage_history(it: Iteration, k: int) -> list[float]:
@@ -142,13 +149,12 @@ def summary_fields(it: Iteration, converged: bool, n_new: int,
     but labels were added, the refit must first pass one more explore (`check_due`; the
     next iteration is a check, see is_check), even past the stage's cap."""
     cfg, k = it.cfg, int(it.cfg["stage"])
-    prev_path = it.paths.summary(it.i - 1)
-    prev = read_json(prev_path) if it.i > 0 and prev_path.exists() else None
+    prev = _previous(it)
     same = prev is not None and int(prev.get("stage", 0)) == k and not prev.get("stage_end")
     j = 0 if it.i == 0 else int(prev.get("stage_iteration", it.i - 1)) + 1 if same else 1
     streak = int(prev.get("converged_streak", 0)) + 1 if converged and same else int(converged)
     needed = cfg["run"]["converged_iterations"]
-    check = it.i > 0 and is_check(it)
+    check = _checks(prev, k)
     verdict = stopping.judge(cfg["stop"], force_error, _stage_history(it, k))
     met = it.i > 0 and converged and (check or (streak >= needed and verdict.ok))
     limit = cap(cfg, k)
