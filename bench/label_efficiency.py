@@ -12,9 +12,9 @@ the grid's (T, P) points and is never trained on.
 Accuracy is judged on the potential each run delivers (the summary's `potential`: the
 one that passed the last converged MD itself), fitted by the loop's default protocol
 (config.yaml's trainer section: restarts with screening, converged fits). Issue 16: it
-must be within 5% of the best refit of the same training set, which is fitted here by a
-more thorough protocol (FINAL_FIT: more fresh templates, a tighter tolerance, a longer
-limit), from the delivered potential; whether each refit converged is recorded.
+must be within 5% of the best refit of the same training set: independent fits to a tight
+tolerance from the delivered potential and from fresh templates (FINAL_FIT), the lowest
+training loss winning; every start's loss and held-out errors are recorded.
 
     .venv/bin/python bench/label_efficiency.py [--seeds 3] [--jobs 2] [--policies all]
         [--variants] [--quick]
@@ -78,10 +78,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gamma_save_5": {"extrapolation": {"gamma_save": 5.0}},
 }
 VARIANT_POLICIES = ("threshold", "dopt_batch")
-# the best refit of a delivered potential's training set: from it and 7 fresh templates,
-# 100 iterations each, the lowest loss continued to a tight tolerance (motep_mtp.train);
-# bench/fit_protocols.py's reference protocol
-FINAL_FIT = {"max_iter": 3000, "tolerance": 0.001, "restarts": 7}
+# the best refit of a delivered potential's training set: independent fits, each to a
+# tight tolerance, from the delivered potential and from `fresh` fresh templates; the
+# lowest training loss wins. Not screened after 100 iterations as the loop's restarts are:
+# a screen favours the warm start, which is ahead at that point, so it cannot tell
+# whether a fresh template would end lower.
+FINAL_FIT = {"max_iter": 3000, "tolerance": 0.001, "fresh": 3}
 DEFAULT_POLICIES = ("threshold", "dopt")  # the issue's comparison; --policies all adds more
 HELDOUT = {"steps": 3000, "skip": 500, "every": 25}  # per (T, P): 100 frames, 50 fs apart
 
@@ -184,13 +186,32 @@ def read_frames(path: Path) -> list[Any]:
 
 def run_case(name: str, policy: str, seed: int, over: dict[str, Any]) -> dict[str, Any]:
     """One policy with one seed to convergence, then its held-out numbers."""
-    from smallcell.engines.motep_mtp import TrainSettings, train
-    from smallcell.formats.cfg import cfg_to_atoms, read_cfgs
 
     folder = ROOT / name
     done = folder / "case.json"
     if done.exists():
-        return json.loads(done.read_text())
+        out = json.loads(done.read_text())
+    else:
+        out = _loop(folder, name, policy, seed, over)
+        done.write_text(json.dumps(out, indent=1))
+    if over or out.get("final"):  # the variants measure labels only
+        return out
+    # the delivered potential, and the best refit of the training set it was fitted on
+    frames = read_frames(wait_heldout())
+    summary = json.loads((folder / "iter" / str(out["iterations"][-1]["iteration"])
+                          / "summary.json").read_text())
+    pot = folder / summary["potential"]
+    out["delivered"] = {"potential": summary["potential"], "fit": summary["potential_fit"],
+                        "checked": summary["potential_checked"], **errors_on(pot, frames)}
+    out["final"] = best_refit(folder / "final_fit", pot,
+                              folder / "iter" / str(summary["potential_fit"]), seed, frames)
+    done.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def _loop(folder: Path, name: str, policy: str, seed: int,
+          over: dict[str, Any]) -> dict[str, Any]:
+    """`smallcell iter` to convergence (or MAX_ITER) and every iteration's numbers."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     cfg = merge(merge(BASE, POLICIES[policy]), over)
@@ -217,32 +238,39 @@ def run_case(name: str, policy: str, seed: int, over: dict[str, Any]) -> dict[st
                       "train_iterations": s["train_iterations"],
                       "train_converged": s["train_converged"],
                       "seconds": s["seconds"], **errors_on(train_dir / "pot.mtp", frames)})
-    last = iters[-1]
-    summary = json.loads((folder / "iter" / str(last["iteration"]) / "summary.json").read_text())
-    converged = summary.get("stage_end") == "converged"
-    out = {"name": name, "policy": policy, "seed": seed, "over": over, "wall": wall,
-           "converged": converged, "labels": last["labels"],
-           "initial_labels": iters[0]["labels"], "iterations": iters, "final": None}
-    if over:  # the variants measure labels only
-        done.write_text(json.dumps(out, indent=1))
-        return out
-    # the delivered potential, and the best refit of the training set it was fitted on
-    pot = folder / summary["potential"]
-    fit_dir = folder / "iter" / str(summary["potential_fit"])
-    out["delivered"] = {"potential": summary["potential"], "fit": summary["potential_fit"],
-                        "checked": summary["potential_checked"], **errors_on(pot, frames)}
-    images = [cfg_to_atoms(c, ["Pb"]) for c in read_cfgs(fit_dir / "collect" / "train.cfg")]
-    ts = TrainSettings(level=cfg["trainer"]["level"], max_iter=FINAL_FIT["max_iter"],
-                       tolerance=FINAL_FIT["tolerance"], restarts=FINAL_FIT["restarts"],
-                       seed=seed)
-    t0 = time.perf_counter()
-    fit = train(images, ["Pb"], folder / "final_fit", ts, pot)
-    out["final"] = {"iterations": fit.iterations, "converged": fit.converged,
-                    "seconds": time.perf_counter() - t0, "message": fit.message,
-                    "n_train": len(images), "attempts": fit.extra.get("attempts"),
-                    **errors_on(folder / "final_fit" / "pot.mtp", frames)}
-    done.write_text(json.dumps(out, indent=1))
-    return out
+    summary = json.loads((folder / "iter" / str(iters[-1]["iteration"])
+                          / "summary.json").read_text())
+    return {"name": name, "policy": policy, "seed": seed, "over": over, "wall": wall,
+            "converged": summary.get("stage_end") == "converged",
+            "labels": iters[-1]["labels"], "initial_labels": iters[0]["labels"],
+            "iterations": iters, "final": None}
+
+
+def best_refit(out_dir: Path, pot: Path, fit_iter: Path, seed: int,
+               frames: list[Any]) -> dict[str, Any]:
+    """The training set of iteration `fit_iter` fitted independently from `pot` and from
+    FINAL_FIT["fresh"] fresh templates, each to FINAL_FIT's tolerance; the lowest training
+    loss is the best refit. Every start's loss and held-out errors are kept."""
+    from smallcell.engines.motep_mtp import TrainSettings, train
+    from smallcell.formats.cfg import cfg_to_atoms, read_cfgs
+
+    cfg = yaml.safe_load((fit_iter / "config.yaml").read_text())  # the frozen config
+    images = [cfg_to_atoms(c, ["Pb"]) for c in read_cfgs(fit_iter / "collect" / "train.cfg")]
+    starts = [("warm start", pot)] + [(f"fresh template {k}", None)
+                                      for k in range(1, FINAL_FIT["fresh"] + 1)]
+    attempts = []
+    for k, (label, start) in enumerate(starts):
+        ts = TrainSettings(level=cfg["trainer"]["level"], max_iter=FINAL_FIT["max_iter"],
+                           tolerance=FINAL_FIT["tolerance"], restarts=0,
+                           seed=1000 * seed + k)
+        t0 = time.perf_counter()
+        fit = train(images, ["Pb"], out_dir / str(k), ts, start)
+        attempts.append({"start": label, "loss": fit.loss_history[-1], "iterations": fit.iterations,
+                         "converged": fit.converged, "seconds": time.perf_counter() - t0,
+                         **errors_on(out_dir / str(k) / "pot.mtp", frames)})
+    best = min(attempts, key=lambda a: a["loss"])
+    return {**best, "n_train": len(images), "attempts": attempts,
+            "seconds": sum(a["seconds"] for a in attempts)}
 
 
 def cases(seeds: int, policies: tuple[str, ...], variants: bool

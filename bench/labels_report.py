@@ -142,10 +142,10 @@ def report(results: list[dict[str, Any]], *, wall: float, jobs: int,
         f"- Training: every fit of the loop uses config.yaml's trainer defaults "
         f"({_fit_text(defaults)}). The delivered potential is the run's product (summary "
         "`potential`: it ran the last converged MD itself). Best refit, one protocol for "
-        "every policy: the delivered potential's training set fitted from it and from "
-        f"{final_fit['restarts']} fresh templates, 100 L-BFGS iterations each, the lowest "
-        "loss continued until 50 iterations lower it by less than "
-        f"{100 * final_fit['tolerance']:g}% (at most {final_fit['max_iter']} iterations).",
+        "every policy: the delivered potential's training set fitted independently from it "
+        f"and from {final_fit['fresh']} fresh templates, each until 50 L-BFGS iterations "
+        f"lower the loss by less than {100 * final_fit['tolerance']:g}% (at most "
+        f"{final_fit['max_iter']} iterations); the lowest training loss is the best refit.",
         "- Cells: median [min-max] over seeds.",
         "",
         "| policy | seeds converged | labels to convergence | of which initial | iterations "
@@ -227,6 +227,17 @@ def report(results: list[dict[str, Any]], *, wall: float, jobs: int,
                   f"| {d['labels']} | {d['labels'] / t['labels']:.3f} "
                   f"| {'yes' if t['converged'] else 'no'} / "
                   f"{'yes' if d['converged'] else 'no'} |", *var_rows]
+
+    refits = []
+    for pol in MAIN:
+        for r in _main_runs(results, pol):
+            cells = ", ".join(f"{a['start']}: loss {a['loss']:.3g}, F {a['force_rmse']:.1f}"
+                              f"{'' if a['converged'] else ' (not converged)'}"
+                              for a in r["final"]["attempts"])
+            refits.append(f"- `{pol}` seed {r['seed']} (delivered F "
+                          f"{r['delivered']['force_rmse']:.1f}): {cells}")
+    lines += ["", "Every start of the best refits (training loss, held-out force RMSE in "
+              "meV/Å; the lowest loss is the best refit):", "", *refits]
 
     lines += ["", "Per iteration, seed 1 (labels so far, active set rows/configurations, "
               "gamma of the iteration's MD, held-out errors of the iteration's potential):", ""]

@@ -38,6 +38,13 @@ def test_quick_label_efficiency_run(tmp_path: Path) -> None:
             assert 0 < it["force_rmse"] < 1000 and 0 < it["energy_rmse"] < 100
         if not r["over"]:
             assert r["final"]["force_rmse"] > 0 and r["final"]["iterations"] >= 1
+            # the best refit: independent fits from the delivered potential and fresh
+            # templates, the lowest training loss winning
+            starts = r["final"]["attempts"]
+            assert [a["start"] for a in starts] == ["warm start", "fresh template 1",
+                                                    "fresh template 2", "fresh template 3"]
+            assert r["final"]["loss"] == min(a["loss"] for a in starts)
+            assert len({a["loss"] for a in starts}) == len(starts)  # other starts, other fits
             # the delivered potential (the summary's) is measured beside its best refit
             assert r["delivered"]["potential"].endswith("/train/pot.mtp")
             assert r["delivered"]["force_rmse"] > 0

@@ -6,9 +6,9 @@ folders alone (rundata.py).
 The three questions: (1) how gamma correlates with the true error; (2) how many
 iterations and labels per iteration were needed; (3) whether max/mean gamma and the
 errors fall as the data set grows, and how fast. The report also flags a force error
-that rises over iterations while the energy error falls, with the likely cause from the
-recorded training convergence (a fit stopped by its iteration limit, or refitted from
-the untrained template each time).
+that rises over iterations while the energy error falls, with the diagnosis the run's
+own records support (see `diagnose`): the moving error sample, a changed training set,
+a fit stopped by its iteration limit or refitted from the untrained template.
 """
 
 from __future__ import annotations
