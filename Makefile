@@ -4,7 +4,8 @@ SHELL   := /bin/bash
 PYTHON  ?= python3
 VENV    := .venv
 STAMP   := $(VENV)/.installed
-CONFIG  ?= config.yaml
+CONFIG  ?=
+CHANGE_CONFIG ?=
 N       ?=
 I       ?=
 FORCE   ?=
@@ -15,6 +16,8 @@ SWEEP   ?= sweep
 RUN_DIR ?= $(or $(SMALLCELL_RUN_DIR),.)
 EXTRAS  ?=
 SC      := bin/smallcell --run-dir $(RUN_DIR)
+# a run remembers its config: CONFIG= only to start one (or with CHANGE_CONFIG=1 to change it)
+RUNCFG  = $(if $(CONFIG),--config $(CONFIG)) $(if $(CHANGE_CONFIG),--change-config)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup iter submit pilot cancel status test lint clean-iter config-doc bench \
@@ -32,14 +35,14 @@ $(STAMP): requirements.txt
 setup: $(STAMP)  ## create .venv (idempotent); EXTRAS=gpaw adds GPAW (Debian's gpaw, gpaw-data)
 	$(if $(filter gpaw,$(EXTRAS)),bin/install-debian-packages gpaw gpaw-data)
 
-iter: $(STAMP)  ## run iterations 0..N of CONFIG locally, resuming from RUN_DIR/iter/ (N: run.max_iterations)
-	$(SC) iter $(if $(N),--upto $(N)) --config $(CONFIG)
+iter: $(STAMP)  ## run iterations 0..N locally, resuming RUN_DIR/iter/ with its own config (CONFIG= starts a run)
+	$(SC) iter $(if $(N),--upto $(N)) $(RUNCFG)
 
 submit: $(STAMP)  ## submit iterations 0..N of CONFIG to SLURM as chained job arrays and return
-	$(SC) submit $(if $(N),--upto $(N)) --config $(CONFIG)
+	$(SC) submit $(if $(N),--upto $(N)) $(RUNCFG)
 
 pilot: $(STAMP)  ## submit one SLURM job running the whole loop, resubmitting itself
-	$(SC) pilot $(if $(N),--upto $(N)) --config $(CONFIG)
+	$(SC) pilot $(if $(N),--upto $(N)) $(RUNCFG)
 
 cancel: $(STAMP)  ## cancel this run's SLURM jobs (finished tasks are kept)
 	$(SC) cancel
@@ -59,14 +62,14 @@ report: $(STAMP)  ## write RUN_DIR/report/index.html and report.md (figures, tab
 	$(SC) report
 
 validate: $(STAMP)  ## the final potential on validation.cell: gamma and errors (validation/)
-	$(SC) validate --config $(CONFIG)
+	$(SC) validate $(RUNCFG)
 
 export: $(STAMP)  ## write RUN_DIR/export/{train,test,sample}.extxyz (data for other MLIPs)
 	$(SC) export $(if $(I),--upto $(I))
 
 sweep: $(STAMP)  ## train LEVELS on DATA (.cfg), test on TEST (.cfg files): SWEEP/sweep.md
 	@test -n "$(DATA)" -a -n "$(TEST)" || { echo "usage: make sweep DATA=train.cfg TEST='a.cfg b.cfg' [LEVELS='6 8 10 12'] [SWEEP=sweep]"; exit 2; }
-	$(SC) sweep --levels $(LEVELS) --data $(DATA) --test $(TEST) --out $(SWEEP) --config $(CONFIG)
+	$(SC) sweep --levels $(LEVELS) --data $(DATA) --test $(TEST) --out $(SWEEP) --config $(or $(CONFIG),config.yaml)
 
 lint: $(STAMP)  ## ruff over the code, tests and benchmarks
 	$(VENV)/bin/ruff check python tests bench

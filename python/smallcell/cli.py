@@ -18,9 +18,30 @@ def _root(args: argparse.Namespace) -> Path:
     return Path(args.run_dir).resolve()
 
 
+def _run_config(args: argparse.Namespace) -> Any:
+    """The config of a command that works on a run: --config, else the run's own
+    (runconfig.resolve); `args.config` is set to the file used."""
+    from smallcell import runconfig
+    from smallcell.config import load_config
+
+    args.config = runconfig.resolve(_root(args), args.config)
+    return load_config(args.config)
+
+
+def _pin(args: argparse.Namespace, cfg: Any) -> None:
+    """Hold the run to its config (runconfig.pin); say so when a change was accepted."""
+    from smallcell import runconfig
+    from smallcell.state import RunPaths
+
+    entry = runconfig.pin(_root(args), cfg, change=args.change_config)
+    if entry:
+        print(f"smallcell: config change accepted: from iteration {entry['from_iteration']} "
+              f"on, {', '.join(entry['changed'])} as in {args.config} (recorded in "
+              f"{runconfig.changes_path(RunPaths(_root(args)))})", flush=True)
+
+
 def cmd_iter(args: argparse.Namespace) -> int:
     from smallcell import loop
-    from smallcell.config import load_config
     from smallcell.engines.base import check_engines
     from smallcell.sched.local import LocalRunner
     from smallcell.state import RunLock, RunPaths
@@ -32,14 +53,15 @@ def cmd_iter(args: argparse.Namespace) -> int:
         validation_line,
     )
 
-    cfg = load_config(args.config)
+    root = _root(args)
+    cfg = _run_config(args)
     check_engines(cfg)
     args.upto = _upto(args, cfg)
-    root = _root(args)
     t0 = time.perf_counter()
     jobs = args.jobs if args.jobs is not None else cfg["run"]["jobs"]
     with RunLock(RunPaths(root), f"smallcell iter --upto {args.upto}"), \
             LocalRunner(jobs) as runner:
+        _pin(args, cfg)
         print(f"smallcell: iterations 0..{args.upto} of {args.config} in {root / 'iter'} "
               f"({runner.jobs} workers)", flush=True)
         summaries = loop.run(root, cfg, args.upto, runner)
@@ -57,8 +79,12 @@ def cmd_iter(args: argparse.Namespace) -> int:
     print(f"\n{len(summaries)} iterations, {labels} labels ({failed} failed), "
           f"{summaries[-1].get('n_train', 0)} configurations in the training set")
     last = summaries[-1]
-    verdict = (loop.verdict(last) if loop.finished(last)
-               else f"not converged yet (run `make iter N={last['iteration'] + 1}` or more)")
+    later = [i for i in RunPaths(root).iterations() if i > last["iteration"]]
+    verdict = (loop.verdict(last) if loop.finished(last) else
+               f"iterations 0..{last['iteration']} are complete; the run goes on to iteration "
+               f"{later[-1]} already (`make status`; `make iter N={later[-1]}` or more "
+               "resumes it)" if later else
+               f"not converged yet (run `make iter N={last['iteration'] + 1}` or more)")
     print(f"\n{verdict}; {potential_text(last)}; {time.perf_counter() - t0:.1f} s")
     checked = validation_line(root)
     if checked:
@@ -74,6 +100,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_clean_iter(args: argparse.Namespace) -> int:
+    from smallcell import runconfig
     from smallcell.state import RunLock, RunPaths
 
     paths = RunPaths(_root(args))
@@ -95,6 +122,8 @@ def cmd_clean_iter(args: argparse.Namespace) -> int:
             trash = paths.iter_root / f".trash.{i}.{os.getpid()}"
             os.replace(paths.it(i), trash)
             shutil.rmtree(trash)
+        if not paths.iterations():  # nothing left: the next `iter` starts a new run
+            runconfig.forget(paths)
     print(f"removed {names}")
     return 0
 
@@ -120,11 +149,12 @@ def _upto(args: argparse.Namespace, cfg: Any = None) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from smallcell import jobs
+    from smallcell import jobs, runconfig
 
+    args.config = runconfig.resolve(_root(args), args.config)
     args.upto = _upto(args)
     root = _root(args)
-    records = jobs.submit(root, args.config, args.upto)
+    records = jobs.submit(root, args.config, args.upto, args.change_config)
     if records:
         print(f"smallcell: submitted the chain of iterations up to {args.upto} of {args.config} "
               f"({root / 'iter'}):")
@@ -135,10 +165,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_pilot(args: argparse.Namespace) -> int:
-    from smallcell import jobs
+    from smallcell import jobs, runconfig
 
+    args.config = runconfig.resolve(_root(args), args.config)
     args.upto = _upto(args)
-    rec = jobs.pilot(_root(args), args.config, args.upto)
+    rec = jobs.pilot(_root(args), args.config, args.upto, args.change_config)
     if rec:
         print(f"smallcell: submitted the pilot job {rec['job_id']} (iterations up to "
               f"{args.upto} in one allocation; it resubmits itself before its walltime)")
@@ -160,9 +191,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_job(args: argparse.Namespace) -> int:
-    from smallcell import jobs
+    from smallcell import jobs, runconfig
 
     root = _root(args)
+    args.config = runconfig.resolve(root, args.config)
     if args.stage in ("explore", "label"):
         if args.list is None or args.element is None:
             raise SmallcellError(f"job {args.stage} needs --list and --element")
@@ -216,14 +248,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from smallcell.config import load_config
     from smallcell.engines.base import check_engines
     from smallcell.sched.local import LocalRunner
     from smallcell.stages import validate
     from smallcell.state import RunLock, RunPaths
     from smallcell.status import validation_line
 
-    cfg = load_config(args.config)
+    cfg = _run_config(args)
     if not validate.wanted(cfg):
         raise SmallcellError(f"{args.config}: validation.cell is not set: nothing to validate "
                              "(e.g. validation: {cell: [3, 3, 3]})")
@@ -231,6 +262,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     root = _root(args)
     jobs = args.jobs if args.jobs is not None else cfg["run"]["jobs"]
     with RunLock(RunPaths(root), "smallcell validate"), LocalRunner(jobs) as runner:
+        _pin(args, cfg)
         validate.run(root, cfg, runner)
     print(validation_line(root))
     return 0
@@ -262,18 +294,29 @@ def parser() -> argparse.ArgumentParser:
                    help="folder holding iter/ (default: current folder)")
     sub = p.add_subparsers(dest="command", required=True)
     upto_help = "the last iteration (default: the config's run.max_iterations)"
+    config_help = ("the run's config file (default: the one the run was started with, "
+                   "recorded in iter/config.yaml; else config.yaml)")
     s = sub.add_parser("iter", help="run the loop locally up to iteration N")
     s.add_argument("--upto", type=int, default=None, metavar="N", help=upto_help)
-    s.add_argument("--config", default="config.yaml")
+    s.add_argument("--config", default=None, help=config_help)
+    s.add_argument("--change-config", action="store_true",
+                   help="accept a config whose results-bearing keys differ from the run's "
+                        "(recorded in iter/config-changes.json and the report)")
     s.add_argument("--jobs", type=int, default=None, help="worker processes (default: run.jobs)")
     s.set_defaults(fn=cmd_iter)
     s = sub.add_parser("submit", help="submit the SLURM chain up to iteration N and return")
     s.add_argument("--upto", type=int, default=None, metavar="N", help=upto_help)
-    s.add_argument("--config", default="config.yaml")
+    s.add_argument("--config", default=None, help=config_help)
+    s.add_argument("--change-config", action="store_true",
+                   help="accept a config whose results-bearing keys differ from the run's "
+                        "(recorded in iter/config-changes.json and the report)")
     s.set_defaults(fn=cmd_submit)
     s = sub.add_parser("pilot", help="submit one SLURM job that runs the whole loop")
     s.add_argument("--upto", type=int, default=None, metavar="N", help=upto_help)
-    s.add_argument("--config", default="config.yaml")
+    s.add_argument("--config", default=None, help=config_help)
+    s.add_argument("--change-config", action="store_true",
+                   help="accept a config whose results-bearing keys differ from the run's "
+                        "(recorded in iter/config-changes.json and the report)")
     s.set_defaults(fn=cmd_pilot)
     s = sub.add_parser("cancel", help="cancel this run's SLURM jobs")
     s.set_defaults(fn=cmd_cancel)
@@ -283,18 +326,21 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--list", help="task list name (array jobs)")
     s.add_argument("--element", type=int, help="array element (SLURM_ARRAY_TASK_ID)")
     s.add_argument("--upto", type=int, default=0, metavar="N")
-    s.add_argument("--config", default="config.yaml")
+    s.add_argument("--config", default=None, help=config_help)
     s.add_argument("--jobs", type=int, default=1, help="worker processes (pilot)")
     s.set_defaults(fn=cmd_job)
     s = sub.add_parser("status", help="one line per iteration")
     s.set_defaults(fn=cmd_status)
     s = sub.add_parser("clean-iter", help="remove iteration I and later")
-    s.add_argument("i", type=int, metavar="I")
-    s.add_argument("--force", action="store_true")
+    s.add_argument("i", type=int, metavar="I", help="the first iteration to remove")
+    s.add_argument("--force", action="store_true", help="do not ask (FORCE=1)")
     s.set_defaults(fn=cmd_clean_iter)
     s = sub.add_parser("validate", help="the final potential on validation.cell: gamma and "
                        "errors on a larger cell (also run by iter after the last stage)")
-    s.add_argument("--config", default="config.yaml")
+    s.add_argument("--config", default=None, help=config_help)
+    s.add_argument("--change-config", action="store_true",
+                   help="accept a config whose results-bearing keys differ from the run's "
+                        "(recorded in iter/config-changes.json and the report)")
     s.add_argument("--jobs", type=int, default=None, help="worker processes (default: run.jobs)")
     s.set_defaults(fn=cmd_validate)
     s = sub.add_parser("export", help="the training, test and error-sample sets as extended "

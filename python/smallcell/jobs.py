@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from smallcell import protocol
+from smallcell import protocol, runconfig
 from smallcell.config import Config, load_config
 from smallcell.errors import DiskFull, SmallcellError
 from smallcell.sched import slurm
@@ -136,10 +136,12 @@ def start_iteration(it: Iteration, chain: slurm.Chain) -> list[dict[str, Any]]:
     return records
 
 
-def submit(root: Path, config: str | os.PathLike, upto: int) -> list[dict[str, Any]]:
+def submit(root: Path, config: str | os.PathLike, upto: int,
+           change: bool = False) -> list[dict[str, Any]]:
     """`smallcell submit`: submit the chain from the first iteration without a summary and
     return at once. Refuses while jobs of this run are still queued (two chains on one
-    folder would run the same tasks twice)."""
+    folder would run the same tasks twice), and a config other than the run's unless
+    `change` (runconfig.pin)."""
     from smallcell.engines.base import check_engines
 
     chain, cfg = _chain(root, config, upto, "submit")
@@ -151,6 +153,7 @@ def submit(root: Path, config: str | os.PathLike, upto: int) -> list[dict[str, A
     _check_queue(paths)  # first: the clearer message when the chain is still running
     with RunLock(paths, f"smallcell submit --upto {upto}"):
         _check_queue(paths)  # again under the lock: nothing can submit while we hold it
+        runconfig.pin(root, cfg, change=change)
         (paths.iter_root / slurm.CANCELLED).unlink(missing_ok=True)
         i, why = first_incomplete(paths, upto)
         if i is None:
@@ -165,14 +168,16 @@ def submit(root: Path, config: str | os.PathLike, upto: int) -> list[dict[str, A
         return start_iteration(it, chain)
 
 
-def pilot(root: Path, config: str | os.PathLike, upto: int) -> dict[str, Any] | None:
+def pilot(root: Path, config: str | os.PathLike, upto: int,
+          change: bool = False) -> dict[str, Any] | None:
     """`smallcell pilot`: submit one job that runs the whole local loop (None: nothing to
-    do)."""
+    do); a config other than the run's only with `change` (runconfig.pin)."""
     chain, cfg = _chain(root, config, upto, "pilot")
     paths = RunPaths(root)
     _check_queue(paths)
     with RunLock(paths, f"smallcell pilot --upto {upto}"):
         _check_queue(paths)
+        runconfig.pin(root, cfg, change=change)
         (paths.iter_root / slurm.CANCELLED).unlink(missing_ok=True)
         i, why = pilot_work(paths, upto, cfg)
         if i is None:
@@ -412,6 +417,7 @@ def run_checker(root: Path, stage: str, i: int, upto: int, config: str) -> int:
 
         def body() -> int:
             chain, cfg = _chain(root, config, upto, f"job {job_id()} ({stage} {i})")
+            runconfig.pin(root, cfg)  # the config file edited under a running chain
             it = Iteration.open(root, i)
             return _select(it, chain) if key == "select" else _collect_train(it, chain, cfg)
 

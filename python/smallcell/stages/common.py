@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from smallcell import runconfig
 from smallcell.config import Config, load_config
 from smallcell.errors import SmallcellError
 from smallcell.formats.cfg import Cfg
@@ -68,7 +69,8 @@ class Iteration:
         if not frozen.exists():
             if cfg is None:
                 raise SmallcellError(f"{frozen}: missing (iteration {i} was never started)")
-            atomic_write_text(frozen, cfg.dump())
+            head, _, body = cfg.dump().partition("\n")  # the first line names the source
+            atomic_write_text(frozen, f"{head}\n{runconfig.frozen_note(paths, i)}{body}")
         loaded = load_frozen(frozen)
         # Paths inside the frozen copy stay relative to the user's config file.
         if cfg is not None and cfg.source is not None:

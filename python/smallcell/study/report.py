@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from smallcell.state import atomic_write_text
+from smallcell import runconfig
+from smallcell.state import RunPaths, atomic_write_text
 from smallcell.status import CAPPED, CONVERGED, finished, potential_text
 from smallcell.study import figures
 from smallcell.study.rundata import IterationData, load, load_validation
@@ -336,19 +337,30 @@ def validation(checked: dict[str, Any] | None) -> list[str]:
     return out
 
 
-def _sections(data: Sequence[IterationData], checked: dict[str, Any] | None
-              ) -> list[tuple[str, list[str]]]:
+def config_changes(changes: Sequence[dict[str, Any]]) -> list[str]:
+    """The config changes the user accepted mid-run (runconfig.py), one line each."""
+    return [f"from iteration {c['from_iteration']} ({c['time']}, {c['config']} instead of "
+            f"{c['previous']}): " + "; ".join(f"{k}: {runconfig.show(a)} -> "
+                                             f"{runconfig.show(b)}"
+                                             for k, (a, b) in c["changed"].items())
+            for c in changes] or ["none: every iteration ran with the config the run "
+                                  "started with"]
+
+
+def _sections(data: Sequence[IterationData], checked: dict[str, Any] | None,
+              changes: Sequence[dict[str, Any]]) -> list[tuple[str, list[str]]]:
     flags = diagnose(data) or ["none found"]
     return [("Stages", stages(data)), ("Large-cell validation", validation(checked)),
-            ("Anomalies", flags)]
+            ("Anomalies", flags), ("Config changes", config_changes(changes))]
 
 
 def markdown(data: Sequence[IterationData], pngs: Sequence[Path],
-             checked: dict[str, Any] | None = None) -> str:
+             checked: dict[str, Any] | None = None,
+             changes: Sequence[dict[str, Any]] = ()) -> str:
     lines = ["# smallcell report", "", f"**{verdict(data)}**", "", "## Answers", ""]
     for q, a in answers(data).items():
         lines += [f"- **{q}** {a}"]
-    for title, items in _sections(data, checked):
+    for title, items in _sections(data, checked, changes):
         lines += ["", f"## {title}", ""] + [f"- {x}" for x in items]
     lines += ["", "## Per iteration", "", "| " + " | ".join(COLUMNS) + " |",
               "| " + " | ".join(["---:"] * len(COLUMNS)) + " |"]
@@ -358,12 +370,13 @@ def markdown(data: Sequence[IterationData], pngs: Sequence[Path],
 
 
 def page(data: Sequence[IterationData], pngs: Sequence[Path],
-         checked: dict[str, Any] | None = None) -> str:
+         checked: dict[str, Any] | None = None,
+         changes: Sequence[dict[str, Any]] = ()) -> str:
     """index.html: everything inline (figures as data URIs), no external file."""
     e = html.escape
     qa = "".join(f"<dt>{e(q)}</dt><dd>{e(a)}</dd>" for q, a in answers(data).items())
     lists = "".join(f"<h2>{e(title)}</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in items)
-                    + "</ul>" for title, items in _sections(data, checked))
+                    + "</ul>" for title, items in _sections(data, checked, changes))
     head = "".join(f"<th>{e(c)}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row(d)) + "</tr>"
                    for d in data)
@@ -390,5 +403,6 @@ def build(root: Path, out: Path | None = None) -> Path:
     checked = load_validation(root)
     out = out or root / "report"
     pngs = figures.draw_all(data, out)
-    atomic_write_text(out / "report.md", markdown(data, pngs, checked))
-    return atomic_write_text(out / "index.html", page(data, pngs, checked))
+    changes = runconfig.changes(RunPaths(root))
+    atomic_write_text(out / "report.md", markdown(data, pngs, checked, changes))
+    return atomic_write_text(out / "index.html", page(data, pngs, checked, changes))
