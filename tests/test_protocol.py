@@ -363,6 +363,38 @@ def test_validation_after_the_last_stage(three: tuple[Path, str]) -> None:
     md = (root / "report" / "report.md").read_text()
     assert f"iteration {last}'s potential on the 3x3x3 cell (108 atoms)" in md
     assert f"force {1000 * v['sample_force_error_mean']:.1f} meV/Å" in md
+    # the headline says what the validation found, beside the loop's verdict
+    headline = md.split("\n")[2]
+    assert headline.startswith("**Converged at iteration")
+    assert (f"FAILED: {v['n_broke']} of 3 MD runs on the 3x3x3 cell broke" if v["n_broke"]
+            else "The large-cell validation passed: none of 3 MD runs") in headline
+
+
+def test_a_broken_validation_is_in_the_headline(three: tuple[Path, str],
+                                                tmp_path: Path) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(three[0], root)
+    v = read_json(root / "validation" / "summary.json")
+    atomic_write_json(root / "validation" / "summary.json", {**v, "n_broke": 2})
+    assert cli.main(["--run-dir", str(root), "report"]) == 0
+    headline = (root / "report" / "report.md").read_text().split("\n")[2]
+    assert "But the large-cell validation FAILED: 2 of 3 MD runs on the 3x3x3 cell broke" \
+        in headline
+
+
+def test_clean_iter_retires_the_validation_of_a_removed_iteration(
+        three: tuple[Path, str], tmp_path: Path) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(three[0], root)
+    last = _summaries(root)[-1]["iteration"]
+    before = (root / "validation" / "summary.json").read_bytes()
+    assert cli.main(["--run-dir", str(root), "clean-iter", str(last), "--force"]) == 0
+    assert not (root / "validation").exists()
+    assert (root / f"validation.iter{last}" / "summary.json").read_bytes() == before  # kept
+    assert not any(ln.startswith("validation ") for ln in status_lines(root))
+    assert cli.main(["--run-dir", str(root), "report"]) == 0
+    md = (root / "report" / "report.md").read_text()
+    assert "3x3x3" not in md.split("## Large-cell validation")[1].split("##")[0]
 
 
 def test_validation_reruns_nothing_and_keeps_an_older_one(three: tuple[Path, str],

@@ -77,8 +77,21 @@ def test_table_numbers_are_the_summaries(run: Path) -> None:
         else:
             assert got == ["-", "-", "-"]
         assert "<td>" + "</td><td>".join(r) + "</td>" in page  # the page shows the same row
-    total = sum(s["n_labeled"] for s in _summaries(run))
-    assert f"{total} labels in all" in md and f"{total} labels in all" in page
+    # the cost: every reference calculation, by purpose, counted from the task folders
+    sums = _summaries(run)
+    train = sum(s["n_labeled"] for s in sums)
+    sample = sum(len(list((run / "iter" / str(s["iteration"]) / "sample").glob("[0-9]*")))
+                 for s in sums)
+    assert sample > 0
+    for s in sums:
+        assert s["n_reference"] == s["n_labeled"] + s["n_failed"] + s["sample_n"] \
+            + s["sample_failed"]
+    text = (f"{train + sample} reference calculations in all: {train} training labels "
+            f"(0 more failed), {sample} for the error sample")
+    assert text in md and text in page
+    from smallcell.status import status_lines
+
+    assert any(line.startswith("cost: " + text) for line in status_lines(run))  # make status says it too
     assert "Converged at iteration 2" in md
 
 

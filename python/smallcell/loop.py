@@ -120,6 +120,9 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
         "train_errors": errors.get("errors", {}),
         "test_errors": errors.get("test_errors"),
         **sampled,
+        # every reference calculation of the iteration (training labels, failed ones, the
+        # error sample's): the run's cost in DFT calls
+        "n_reference": labeled + failed + sampled["sample_n"] + sampled["sample_failed"],
         "stage_seconds": timings,
         "seconds": seconds,
     }

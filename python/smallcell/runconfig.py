@@ -11,7 +11,8 @@ first iteration not yet started (a started iteration keeps its frozen config), i
 at the top of that iteration's frozen config.yaml, and is listed by the report.
 
 Resources never change results and may differ freely: the `slurm` section (read at every
-submission by design), `run.jobs`, `run.max_iterations` and the engines' timeouts.
+submission by design), `run.jobs`, `run.max_iterations` and the engines' timeouts; so may
+the `validation` section, whose folder keeps its own settings.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from smallcell.state import RunPaths, atomic_write_json, atomic_write_text
 
 RECORD = "config.yaml"
 CHANGES = "config-changes.json"
-FREE_SECTIONS = ("slurm",)
+# slurm: resources; validation: its folder records its own settings and a validation with
+# other ones is moved aside (stages/validate.py), so the loop's results never depend on it
+FREE_SECTIONS = ("slurm", "validation")
 FREE_KEYS = ("run.jobs", "run.max_iterations")
 DEFAULT = "config.yaml"
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from smallcell.state import DONE, FAILED, STOPPED, RunPaths
+from smallcell.state import DONE, FAILED, STOPPED, SUMMARY, RunPaths
 
 _ORDER = ("explore", "select", "label", "collect", "train")
 # How a stage of the protocol ends (summary.json stage_end; protocol.py decides)
@@ -120,6 +120,28 @@ def transition_line(s: dict[str, Any]) -> str | None:
     if not s.get("stage_end") or k + 1 >= n:
         return None
     return f"{'':>6}{stage_ended(s)} -> stage {k + 2}/{n}"
+
+
+def reference_calls(summaries: list[dict[str, Any]],
+                    validation: dict[str, Any] | None = None) -> dict[str, int]:
+    """Every reference (DFT) calculation the run made, by purpose: training labels, the
+    failed ones (they cost core-hours too), the error sample's (failed included) and the
+    large-cell validation's. Why: with VASP these are the run's cost, and the training
+    labels alone were a fraction of it (the error sample adds sample.size per iteration)."""
+    train = sum(int(s.get("n_labeled", 0)) for s in summaries)
+    failed = sum(int(s.get("n_failed", 0)) for s in summaries)
+    sample = sum(int(s.get("sample_n", 0)) + int(s.get("sample_failed", 0)) for s in summaries)
+    v = validation or {}
+    checked = int(v.get("sample_n", 0)) + int(v.get("sample_failed", 0))
+    return {"train": train, "failed": failed, "sample": sample, "validation": checked,
+            "total": train + failed + sample + checked}
+
+
+def cost_text(c: dict[str, int]) -> str:
+    """reference_calls in words."""
+    return (f"{c['total']} reference calculations in all: {c['train']} training labels "
+            f"({c['failed']} more failed), {c['sample']} for the error sample, "
+            f"{c['validation']} for the large-cell validation")
 
 
 def line_for_summary(s: dict[str, Any]) -> str:
@@ -239,6 +261,10 @@ def status_lines(root: Path) -> list[str]:
     last = summaries[its[-1]] if its else None
     if last and finished(last):
         lines.append(f"{verdict(last)}; {potential_text(last)}")
+    if complete:
+        lines.append("cost: " + cost_text(reference_calls(
+            [summaries[i] for i in sorted(complete)],
+            _load(Path(root) / "validation" / SUMMARY))))
     checked = validation_line(root)
     if checked:
         lines.append(checked)

@@ -107,12 +107,31 @@ def _fresh(root: Path, last: int, want: Config) -> None:
     was = read_json(meta)["iteration"] if meta.exists() else None
     if was == last and _config(root).data == parse_config(want.dump()).data:
         return
+    _aside(vdir, was)
+
+
+def _aside(vdir: Path, was: int | None) -> Path:
+    """Rename validation/ to validation.iter<was>[.n]/ (the first free name)."""
     aside = vdir.with_name(f"{FOLDER}.iter{was}")
     n = 1
     while aside.exists():
         aside = vdir.with_name(f"{FOLDER}.iter{was}.{n}")
         n += 1
     os.replace(vdir, aside)
+    return aside
+
+
+def retire_removed(root: Path, first_removed: int) -> Path | None:
+    """After `clean-iter I`: a validation of a removed iteration's potential no longer
+    describes the run; move it aside (kept, never deleted) and return where to."""
+    vdir = folder(root)
+    meta = vdir / "potential.json"
+    if not vdir.is_dir():
+        return None
+    was = read_json(meta)["iteration"] if meta.exists() else None
+    if was is not None and int(was) < first_removed:
+        return None
+    return _aside(vdir, was)
 
 
 def run(root: Path, cfg: Config, runner: Runner) -> dict[str, Any]:

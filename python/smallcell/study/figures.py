@@ -63,25 +63,34 @@ def _explored(data: Sequence[IterationData]) -> list[IterationData]:
 
 
 def labels_per_iteration(data: Sequence[IterationData], out: Path) -> Path:
+    """Every reference calculation per iteration, by purpose (training labels, failed
+    ones, the error sample), and their running total: the run's cost in DFT calls."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
     its = [d.i for d in data]
-    lab = [d.summary.get("n_labeled", 0) for d in data]
-    fail = [d.summary.get("n_failed", 0) for d in data]
-    ax.bar(its, lab, color="tab:blue", label="labeled")
-    ax.bar(its, fail, bottom=lab, color="tab:red", label="failed")
-    ax.set_ylim(0, 1.3 * max(max(a + b for a, b in zip(lab, fail, strict=True)), 1))
+    parts = [("training labels", "n_labeled", "tab:blue"), ("failed", "n_failed", "tab:red"),
+             ("error sample", "sample_n", "tab:green"),
+             ("error sample, failed", "sample_failed", "tab:olive")]
+    bottom = np.zeros(len(data))
+    for name, key, color in parts:
+        n = np.array([d.summary.get(key, 0) or 0 for d in data], dtype=float)
+        if n.any() or key == "n_labeled":
+            ax.bar(its, n, bottom=bottom, color=color, label=name)
+        bottom += n
+    ax.set_ylim(0, 1.3 * max(float(bottom.max(initial=0)), 1.0))
     ax.set_xlabel("iteration")
     ax.set_ylabel("reference calculations in the iteration")
     ax.set_xticks(its)
     ax2 = ax.twinx()
-    ax2.plot(its, np.cumsum(lab), "k-o", ms=4, label="cumulative labeled")
-    ax2.set_ylabel("cumulative labeled")
-    ax2.set_ylim(0, 1.3 * max(float(np.sum(lab)), 1.0))
+    ax2.plot(its, np.cumsum(bottom), "k-o", ms=4, label="cumulative, all purposes")
+    ax2.plot(its, np.cumsum([d.summary.get("n_labeled", 0) for d in data]), "k:", ms=4,
+             label="cumulative training labels")
+    ax2.set_ylabel("cumulative reference calculations")
+    ax2.set_ylim(0, 1.3 * max(float(bottom.sum()), 1.0))
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=9)
-    ax.set_title("Labels per iteration")
+    ax.legend(h1 + h2, l1 + l2, loc="upper left", fontsize=8)
+    ax.set_title("Reference calculations per iteration")
     return save(fig, out / "labels_per_iteration.png")
 
 

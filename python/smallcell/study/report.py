@@ -22,7 +22,14 @@ from typing import Any
 
 from smallcell import runconfig
 from smallcell.state import RunPaths, atomic_write_text
-from smallcell.status import CAPPED, CONVERGED, finished, potential_text
+from smallcell.status import (
+    CAPPED,
+    CONVERGED,
+    cost_text,
+    finished,
+    potential_text,
+    reference_calls,
+)
 from smallcell.study import figures
 from smallcell.study.rundata import IterationData, load, load_validation
 
@@ -189,14 +196,19 @@ def diagnose(data: Sequence[IterationData]) -> list[str]:
     return out
 
 
-def answers(data: Sequence[IterationData]) -> dict[str, str]:
+def answers(data: Sequence[IterationData],
+            checked: dict[str, Any] | None = None) -> dict[str, str]:
     """The three questions, answered with this run's numbers."""
     ex = [d for d in data if d.explored]
     labels = [d.summary.get("n_labeled", 0) for d in data]
+    calls = [_calls(d.summary) for d in data]
     q1 = gamma_vs_error(data)
-    q2 = (f"{len(data)} iterations ({len(ex)} with MD), {sum(labels)} labels in all; per "
-          "iteration: " + ", ".join(f"{d.i}: {n}" for d, n in zip(data, labels, strict=True))
-          + f". Largest: {max(labels)} (iteration {data[labels.index(max(labels))].i}).")
+    q2 = (f"{len(data)} iterations ({len(ex)} with MD); "
+          f"{cost_text(reference_calls([d.summary for d in data], checked))}. Training "
+          "labels (all reference calculations) per iteration: "
+          + ", ".join(f"{d.i}: {n} ({c})" for d, n, c in zip(data, labels, calls, strict=True))
+          + f". Largest: {max(labels)} training labels (iteration "
+          f"{data[labels.index(max(labels))].i}).")
     if len(ex) >= 2:
         f, last = ex[0].summary, ex[-1].summary
         q3 = (f"Max gamma went from {f['gamma_max']:.3g} (iteration {ex[0].i}) to "
@@ -222,6 +234,13 @@ def answers(data: Sequence[IterationData]) -> dict[str, str]:
     return {"How does gamma correlate with the true error?": q1,
             "How many iterations and labels per iteration were needed?": q2,
             "Do max/mean gamma and the errors decrease as the data set grows?": q3}
+
+
+def _calls(s: dict[str, Any]) -> int:
+    """An iteration's reference calculations (summary `n_reference`; older summaries: from
+    their counts)."""
+    return int(s.get("n_reference", s.get("n_labeled", 0) + s.get("n_failed", 0)
+                     + s.get("sample_n", 0) + s.get("sample_failed", 0)))
 
 
 def _strength(rho: float | None) -> str:
@@ -289,7 +308,27 @@ def stages(data: Sequence[IterationData]) -> list[str]:
     return out
 
 
-def verdict(data: Sequence[IterationData]) -> str:
+def verdict(data: Sequence[IterationData], checked: dict[str, Any] | None = None) -> str:
+    """The headline: how the small-cell loop ended, and what the large-cell validation of
+    its potential found (a loop that converged on small cells but whose potential breaks
+    on the large cell has not delivered what the protocol promises)."""
+    return _loop_verdict(data) + _validation_verdict(data, checked)
+
+
+def _validation_verdict(data: Sequence[IterationData], checked: dict[str, Any] | None) -> str:
+    if not checked or not finished(data[-1].summary):
+        return ""
+    cell = "x".join(map(str, checked.get("cell", [])))
+    broke, runs = int(checked.get("n_broke", 0)), int(checked.get("n_runs", 0))
+    if broke:
+        return (f" But the large-cell validation FAILED: {broke} of {runs} MD runs on the "
+                f"{cell} cell broke (gamma max {_f(checked.get('gamma_max'), '.3g')}): the "
+                "potential is not validated for that cell.")
+    return (f" The large-cell validation passed: none of {runs} MD runs on the {cell} cell "
+            f"broke (gamma max {_f(checked.get('gamma_max'), '.3g')}).")
+
+
+def _loop_verdict(data: Sequence[IterationData]) -> str:
     last = data[-1].summary
     if finished(last) and last.get("stage_end") == CAPPED:
         return (f"Stopped at iteration {last['iteration']}: the last stage reached its cap "
@@ -357,8 +396,8 @@ def _sections(data: Sequence[IterationData], checked: dict[str, Any] | None,
 def markdown(data: Sequence[IterationData], pngs: Sequence[Path],
              checked: dict[str, Any] | None = None,
              changes: Sequence[dict[str, Any]] = ()) -> str:
-    lines = ["# smallcell report", "", f"**{verdict(data)}**", "", "## Answers", ""]
-    for q, a in answers(data).items():
+    lines = ["# smallcell report", "", f"**{verdict(data, checked)}**", "", "## Answers", ""]
+    for q, a in answers(data, checked).items():
         lines += [f"- **{q}** {a}"]
     for title, items in _sections(data, checked, changes):
         lines += ["", f"## {title}", ""] + [f"- {x}" for x in items]
@@ -374,7 +413,8 @@ def page(data: Sequence[IterationData], pngs: Sequence[Path],
          changes: Sequence[dict[str, Any]] = ()) -> str:
     """index.html: everything inline (figures as data URIs), no external file."""
     e = html.escape
-    qa = "".join(f"<dt>{e(q)}</dt><dd>{e(a)}</dd>" for q, a in answers(data).items())
+    qa = "".join(f"<dt>{e(q)}</dt><dd>{e(a)}</dd>"
+                 for q, a in answers(data, checked).items())
     lists = "".join(f"<h2>{e(title)}</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in items)
                     + "</ul>" for title, items in _sections(data, checked, changes))
     head = "".join(f"<th>{e(c)}</th>" for c in COLUMNS)
@@ -390,7 +430,7 @@ def page(data: Sequence[IterationData], pngs: Sequence[Path],
              "img{max-width:100%}figure{margin:1.5em 0}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>smallcell report"
             f"</title><style>{style}</style></head><body><h1>smallcell report</h1>"
-            f"<p><strong>{e(verdict(data))}</strong></p><h2>Answers</h2><dl>{qa}</dl>"
+            f"<p><strong>{e(verdict(data, checked))}</strong></p><h2>Answers</h2><dl>{qa}</dl>"
             f"{lists}<h2>Per iteration</h2><table><tr>{head}</tr>"
             f"{body}</table><h2>Figures</h2>{imgs}</body></html>\n")
 
