@@ -20,7 +20,7 @@ SC      := bin/smallcell --run-dir $(RUN_DIR)
 RUNCFG  = $(if $(CONFIG),--config $(CONFIG)) $(if $(CHANGE_CONFIG),--change-config)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup iter submit pilot cancel status test lint clean-iter config-doc bench \
+.PHONY: help setup iter submit pilot cancel retry status test lint clean-iter config-doc bench \
         bench-labels bench-anomaly sweep report export validate
 
 help:  ## list every target with one line each
@@ -46,6 +46,9 @@ pilot: $(STAMP)  ## submit one SLURM job running the whole loop, resubmitting it
 
 cancel: $(STAMP)  ## cancel this run's SLURM jobs (finished tasks are kept)
 	$(SC) cancel
+
+retry: $(STAMP)  ## re-run iteration I's failed tasks, locally or on SLURM (earlier attempts kept in attempts/)
+	$(SC) retry $(if $(I),--iter $(I)) $(if $(CONFIG),--config $(CONFIG))
 
 status: $(STAMP)  ## one line per iteration: stage, tasks, gamma, errors (and SLURM jobs)
 	@$(SC) status

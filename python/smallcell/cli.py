@@ -288,6 +288,15 @@ def cmd_config_doc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retry(args: argparse.Namespace) -> int:
+    """`smallcell retry`: re-queue an iteration's failed tasks and run them (retry.py)."""
+    from smallcell import retry
+
+    root = _root(args)
+    return retry.retry(root, args.iter, retry.config_file(root, args.config),
+                       args.stage or retry.STAGES, scheduler=args.scheduler, jobs=args.jobs)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smallcell", description=__doc__)
     p.add_argument("--run-dir", default=os.environ.get("SMALLCELL_RUN_DIR", "."),
@@ -367,6 +376,19 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_report)
     s = sub.add_parser("config-doc", help="print the config reference (docs/config.md)")
     s.set_defaults(fn=cmd_config_doc)
+    s = sub.add_parser("retry", help="re-queue iteration I's failed tasks (earlier attempts "
+                       "kept in attempts/) and run them, locally or on SLURM")
+    s.add_argument("--iter", type=int, required=True, metavar="I")
+    s.add_argument("--stage", action="append", choices=("explore", "label", "sample"),
+                   help="only this stage's failed tasks (repeatable; default: all)")
+    s.add_argument("--config", default=None,
+                   help="the run's config (default: the one the run was started with, "
+                        "else config.yaml)")
+    s.add_argument("--scheduler", choices=("local", "slurm"), default=None,
+                   help="where to run them (default: the config's engines.scheduler)")
+    s.add_argument("--jobs", type=int, default=None, help="worker processes (local; "
+                   "default: run.jobs)")
+    s.set_defaults(fn=cmd_retry)
     return p
 
 
