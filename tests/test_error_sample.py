@@ -174,7 +174,7 @@ def test_status_counts_the_sample_tasks(run: Path, tmp_path: Path) -> None:
     for j in range(10):
         os.remove(d / "sample" / str(j) / "done")
     [line] = [x for x in status_lines(root) if x.split()[:1] == ["2"]]
-    assert "label" in line and "error sample 15/25" in line and "(in progress)" in line
+    assert "label" in line and "error sample 15/25" in line and "(stopped)" in line
 
 
 def test_config_errors_agree_with_the_aggregate_errors(run: Path) -> None:

@@ -91,7 +91,7 @@ def test_table_numbers_are_the_summaries(run: Path) -> None:
     assert text in md and text in page
     from smallcell.status import status_lines
 
-    assert any(line.startswith("cost: " + text) for line in status_lines(run))  # make status says it too
+    assert any(line.startswith("cost: " + text) for line in status_lines(run))  # make status
     assert "Converged at iteration 2" in md
 
 

@@ -7,6 +7,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -25,12 +26,14 @@ from smallcell.sched.local import LocalRunner
 from smallcell.stages import collect, explore, label, select
 from smallcell.stages.common import Iteration
 from smallcell.state import (
+    RunLock,
     RunPaths,
     atomic_write_json,
     is_done,
     is_failed,
     mark_done,
     mark_failed,
+    mark_stopped,
     read_json,
 )
 from smallcell.status import HEADER, finished, status_lines
@@ -555,7 +558,8 @@ def test_collect_of_the_tiny_run(tiny_run: Path) -> None:
 def test_status_of_complete_iterations(tiny_run: Path) -> None:
     lines = status_lines(tiny_run)
     last = read_json(tiny_run / "iter" / "1" / "summary.json")
-    assert lines[0] == HEADER and len(lines) == (4 if finished(last) else 3)
+    assert lines[0] == HEADER and len(lines) == (5 if finished(last) else 4)
+    assert lines[-1].startswith("cost: ") and "reference calculations in all" in lines[-1]
     for i, line in enumerate(lines[1:3]):
         s = read_json(tiny_run / "iter" / str(i) / "summary.json")
         words = line.split()
@@ -571,9 +575,32 @@ def test_status_of_complete_iterations(tiny_run: Path) -> None:
 
 def _stage_of(root: Path, i: int) -> str:
     line = status_lines(root)[1 + i]
-    assert line.endswith("(in progress)"), line
+    assert line.endswith("(stopped)"), line  # nobody holds the lock, no SLURM job
     assert line.split()[1] == "1"  # the protocol stage, from the frozen config
     return line.split()[2]
+
+
+def test_status_tells_running_from_stopped(run_copy: Path) -> None:
+    """An unfinished iteration is `running` only while a process holds the run lock (or a
+    SLURM job of it is queued); otherwise `stopped`, with the reason its stop left."""
+    paths = RunPaths(run_copy)
+    d = run_copy / "iter" / "1"
+    (d / "summary.json").unlink()
+    (d / "train" / "done").unlink()
+    lines = status_lines(run_copy)
+    assert lines[2].endswith("(stopped)")
+    assert "STOPPED: no process holds the run lock" in lines[3]
+    with RunLock(paths, "smallcell iter --upto 3"):
+        lines = status_lines(run_copy)
+        assert lines[2].endswith(f"(running: pid {os.getpid()} on {socket.gethostname()} "
+                                 "(smallcell iter --upto 3))"), lines[2]
+        assert not any("STOPPED" in line for line in lines)
+    mark_stopped(d, "`smallcell iter` stopped with an error: every label task failed",
+                 stage="iter")
+    lines = status_lines(run_copy)
+    assert lines[3].endswith("STOPPED: `smallcell iter` stopped with an error: every label "
+                             "task failed")
+    assert "`make iter` continues" in lines[4]
 
 
 def test_status_of_an_iteration_in_progress(run_copy: Path) -> None:

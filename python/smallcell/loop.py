@@ -20,6 +20,7 @@ from smallcell import protocol, stopping
 from smallcell.config import Config
 from smallcell.engines.base import trainer_for
 from smallcell.errors import SmallcellError
+from smallcell.formats.errors import FormatError
 from smallcell.stages import collect, explore, label, sample, select, train, validate
 from smallcell.stages.common import Iteration, Runner, progress
 from smallcell.state import (
@@ -27,6 +28,7 @@ from smallcell.state import (
     atomic_write_json,
     clear_stopped,
     is_done,
+    mark_stopped,
     read_json,
     sweep_debris,
 )
@@ -63,6 +65,19 @@ def run_iteration(it: Iteration, runner: Runner) -> dict[str, Any]:
     if not is_done(it.stage("train")):
         timed("train", train.run, it)
     return finish_iteration(it, timings, time.perf_counter() - t0)
+
+
+def _recording_stops(it: Iteration, runner: Runner) -> dict[str, Any]:
+    """run_iteration, leaving the reason in `iter/<i>/stopped` when it stops short (Ctrl-C,
+    an error), so that `make status` can say why the iteration is not going on."""
+    try:
+        return run_iteration(it, runner)
+    except (KeyboardInterrupt, SmallcellError, FormatError) as exc:
+        if not it.paths.summary(it.i).exists():  # complete after all: nothing to explain
+            mark_stopped(it.dir, "interrupted (Ctrl-C or SIGINT) during `smallcell iter`; "
+                         "finished tasks are kept" if isinstance(exc, KeyboardInterrupt) else
+                         f"`smallcell iter` stopped with an error: {exc}", stage="iter")
+        raise
 
 
 def explore_progress(it: Iteration, rep: explore.ExploreReport) -> None:
@@ -174,7 +189,7 @@ def run(root: Path, cfg: Config, upto: int, runner: Runner) -> list[dict[str, An
             raise SmallcellError(f"{paths.summary(i - 1)}: missing; iteration {i - 1} must "
                                  "finish first")
         it = protocol.open_iteration(root, i, cfg)
-        s = run_iteration(it, runner)
+        s = _recording_stops(it, runner)
         summaries.append(s)
         reason = stop_reason(s, upto)
         if reason and finished(s):

@@ -216,6 +216,21 @@ class RunPaths:
         return sorted(int(n) for n in names if n.isascii() and n.isdigit())
 
 
+def lock_holder(paths: RunPaths) -> str | None:
+    """Who holds the run lock exclusively right now (`make iter`, a SLURM select or
+    collect+train job), as its lock file names it; None when nobody does. A shared probe:
+    it never blocks a holder, and a writer that starts meanwhile waits microseconds."""
+    if not (paths.iter_root / LOCK).exists():
+        return None
+    with open(paths.iter_root / LOCK, encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return fh.read().strip() or "another process"
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return None
+
+
 class RunLock:
     """One writer per run folder: an flock on `iter/.lock`, released by the kernel when the
     holder dies (kill -9 included), so a stale lock never blocks a resume.

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from smallcell.state import DONE, FAILED, STOPPED, SUMMARY, RunPaths
+from smallcell.state import DONE, FAILED, STOPPED, SUMMARY, RunPaths, lock_holder
 
 _ORDER = ("explore", "select", "label", "collect", "train")
 # How a stage of the protocol ends (summary.json stage_end; protocol.py decides)
@@ -176,7 +176,19 @@ def _stage_of_frozen(d: Path) -> str:
     return "-"
 
 
-def line_in_progress(paths: RunPaths, i: int) -> str:
+def activity(holder: str | None, slurm_active: bool | None) -> str:
+    """Whether an unfinished iteration is being worked on: a live holder of the run lock,
+    a SLURM job of the iteration still pending or running, or nobody (stopped)."""
+    if holder:
+        return f"running: {holder}"
+    if slurm_active:
+        return "queued or running on SLURM"
+    if slurm_active is None:
+        return "state unknown: squeue did not answer"
+    return "stopped"
+
+
+def line_in_progress(paths: RunPaths, i: int, state: str = "in progress") -> str:
     d = paths.it(i)
     # the stage after the last one with a marker (label has none: its tasks have theirs)
     done_at = [k for k, s in enumerate(_ORDER) if os.path.exists(d / s / DONE)]
@@ -195,7 +207,7 @@ def line_in_progress(paths: RunPaths, i: int) -> str:
     frozen = _stage_of_frozen(d)
     return (f"{i:>4} {frozen:>5} {'':>7} {stage:>8} {ex.get('n_preselected', '-'):>7} {total:>6} "
             f"{done:>6} {failed:>5} {_fmt(ex.get('gamma_max'), '.3g', 9)} "
-            f"{_fmt(ex.get('gamma_mean'), '.3g', 7)} {broke:>5}{extra}  (in progress)")
+            f"{_fmt(ex.get('gamma_mean'), '.3g', 7)} {broke:>5}{extra}  ({state})")
 
 
 def validation_text(s: dict[str, Any]) -> str:
@@ -233,6 +245,21 @@ def _scan(folder: Path) -> list[os.DirEntry]:
         return []
 
 
+def _stop_lines(paths: RunPaths, i: int) -> list[str]:
+    """Why the stopped iteration i stopped: its stop record (written by `make iter` on
+    Ctrl-C or an error, and by a SLURM job that could not go on), else what is known."""
+    stopped = _load(paths.it(i) / STOPPED)
+    if not stopped:
+        return [f"{'':>6}STOPPED: no process holds the run lock and no job of this run is "
+                "queued, and the last attempt left no reason (killed, or its machine went "
+                "down?); `make iter` or `make submit` goes on from here"]
+    first, *rest = str(stopped.get("reason", "")).splitlines() or [""]
+    how = "`make iter` continues" if stopped.get("stage") == "iter" else \
+        "`make submit` continues"
+    return [f"{'':>6}STOPPED: {first}", *[f"{'':>8}{line}" for line in rest[:12]],
+            f"{'':>8}(from {paths.it(i) / STOPPED}; {how})"]
+
+
 def status_lines(root: Path) -> list[str]:
     """The status table; under an iteration submitted to SLURM, its jobs (ids and states
     from one squeue call with a short timeout), and why its chain stopped, if it did."""
@@ -243,21 +270,19 @@ def status_lines(root: Path) -> list[str]:
     its = paths.iterations()
     summaries = {i: _load(paths.summary(i)) for i in its}
     complete = {i for i, s in summaries.items() if s}
-    jobs = slurm.job_lines(paths, its, complete)
+    jobs, active = slurm.job_lines(paths, its, complete)
+    holder = lock_holder(paths) if len(complete) < len(its) else None
     for i in its:
         s = summaries[i]
-        lines.append(line_for_summary(s) if s else line_in_progress(paths, i))
+        state = activity(holder, active.get(i, False)) if not s else ""
+        lines.append(line_for_summary(s) if s else line_in_progress(paths, i, state))
         moved = transition_line(s) if s else None
         if moved:
             lines.append(moved)
         if i in jobs:
             lines.append(f"{'':>6}{jobs[i]}")
-        stopped = None if s else _load(paths.it(i) / STOPPED)
-        if stopped:
-            first, *rest = str(stopped.get("reason", "")).splitlines() or [""]
-            lines.append(f"{'':>6}STOPPED: {first}")
-            lines += [f"{'':>8}{line}" for line in rest[:12]]
-            lines.append(f"{'':>8}(from {paths.it(i) / STOPPED}; `make submit` continues)")
+        if state == "stopped":
+            lines += _stop_lines(paths, i)
     last = summaries[its[-1]] if its else None
     if last and finished(last):
         lines.append(f"{verdict(last)}; {potential_text(last)}")

@@ -490,17 +490,23 @@ def task_list(paths: RunPaths, i: int, name: str) -> tuple[list[int], int]:
 # ----------------------------------------------------------------------------- status
 
 
-def job_lines(paths: RunPaths, iterations: Sequence[int], complete: set[int]) -> dict[int, str]:
+def job_lines(paths: RunPaths, iterations: Sequence[int], complete: set[int]
+              ) -> tuple[dict[int, str], dict[int, bool | None]]:
     """One `jobs:` line per iteration with records: each submission's stage, id and array,
     with its states (one squeue call for all iterations in progress; finished iterations
-    show their ids only: their jobs are over)."""
+    show their ids only: their jobs are over); and per iteration in progress with records,
+    whether any of its jobs is still pending or running (None: squeue did not answer)."""
     records = {i: read_jobs(paths, i) for i in iterations}
     live = [str(r["job_id"]) for i, recs in records.items() if i not in complete for r in recs]
     states = query_states(live) if live else {}
     out = {}
+    active: dict[int, bool | None] = {}
     for i, recs in records.items():
         if not recs:
             continue
+        if i not in complete:
+            active[i] = None if states is None else any(
+                is_active(states.get(str(r["job_id"]))) for r in recs)
         parts = []
         for r in recs:
             ident = f"{r['job_id']}" + (f"[{r['array']}]" if r.get("array") else "")
@@ -510,7 +516,7 @@ def job_lines(paths: RunPaths, iterations: Sequence[int], complete: set[int]) ->
                                summarize_states(states.get(str(r["job_id"]))))
             parts.append(text)
         out[i] = "jobs: " + ", ".join(parts)
-    return out
+    return out, active
 
 
 def environment_note() -> str:
