@@ -15,6 +15,8 @@ TEST    ?=
 SWEEP   ?= sweep
 RUN_DIR ?= $(or $(SMALLCELL_RUN_DIR),.)
 EXTRAS  ?=
+GPAW    ?= $(SMALLCELL_INSTALL_GPAW)
+SLURM   ?= $(SMALLCELL_INSTALL_SLURM)
 SC      := bin/smallcell --run-dir $(RUN_DIR)
 # a run remembers its config: CONFIG= only to start one (or with CHANGE_CONFIG=1 to change it)
 RUNCFG  = $(if $(CONFIG),--config $(CONFIG)) $(if $(CHANGE_CONFIG),--change-config)
@@ -57,9 +59,10 @@ clean-iter: $(STAMP)  ## remove iteration I and later (asks first; FORCE=1 to sk
 	@test -n "$(I)" || { echo "usage: make clean-iter I=<iteration> [FORCE=1]"; exit 2; }
 	$(SC) clean-iter $(I) $(if $(FORCE),--force)
 
-test: $(STAMP)  ## run the whole test suite (pytest, slow tests included; installs GPAW if it can)
-	@bin/install-debian-packages gpaw gpaw-data || echo "note: GPAW not installed: its real-DFT tests are skipped"
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+test: $(STAMP)  ## run the test suite, then count the skipped tests by reason; GPAW=1 / SLURM=1 install those programs (asks on a terminal)
+	@bin/install-test-packages "GPAW (~568 MB), for the real-DFT tests," "$(GPAW)" "make test GPAW=1" gpaw gpaw-data
+	@bin/install-test-packages "Slurm, for the local-cluster tests," "$(SLURM)" "make test SLURM=1" slurmctld slurmd slurm-client munge
+	SMALLCELL_INSTALL_SLURM=$(SLURM) $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 report: $(STAMP)  ## write RUN_DIR/report/index.html and report.md (figures, table, answers)
 	$(SC) report
