@@ -93,6 +93,8 @@ def test_table_numbers_are_the_summaries(run: Path) -> None:
 
     assert any(line.startswith("cost: " + text) for line in status_lines(run))  # make status
     assert "Converged at iteration 2" in md
+    # the 23-column table scrolls inside the page instead of being cut off
+    assert "<div class='wide'><table>" in page and ".wide{overflow-x:auto" in page
 
 
 def test_question_one_is_answered_from_the_error_samples(run: Path) -> None:

@@ -50,6 +50,12 @@ def test_resume_uses_the_runs_config_and_refuses_another(tmp_path: Path) -> None
     assert f"of {root / 'c.yaml'}" in res.stdout
     frozen = yaml.safe_load((root / "iter" / "1" / "config.yaml").read_text())
     assert frozen["trainer"]["level"] == 4
+    # asking for less than the run has says so, not "not converged yet (N=1)"
+    res = smallcell(root, "iter", "--upto", "0")
+    assert res.returncode == 0 and "the run goes on to iteration 1 already" in res.stdout
+    # the label tasks' folder says why it is named vasp/ with another labeler
+    about = (root / "iter" / "0" / "vasp" / "ABOUT.txt").read_text()
+    assert "Labeler: eam" in about and "whatever the labeler" in about
     # another config is refused, with the keys that differ, and nothing is started
     res = smallcell(root, "iter", "--upto", "2", "--config", str(root / "config.yaml"))
     assert res.returncode == 2

@@ -86,10 +86,21 @@ def _inputs(it: Iteration) -> Iterator[Cfg]:
         yield from iter_cfgs(folder / SAMPLE)
 
 
+ABOUT = """\
+Label tasks of this iteration: one folder per selected configuration (input.cfg, POSCAR
+-> labeled.cfg, done | failed). Labeler: {labeler}.
+The folder is named vasp/ whatever the labeler (VASP, GPAW, the embedded EAM): scripts and
+the SLURM arrays address tasks as iter/<i>/vasp/<k>/, a public path kept stable.
+"""
+
+
 def prepare(it: Iteration) -> int:
     """Create the task folders with their inputs (idempotent); return the task count."""
     n = 0
     n_sel = n_selected(it)
+    about = it.dir / KIND / "ABOUT.txt"
+    if n_sel and not about.exists():  # why a GPAW or EAM task lives under vasp/
+        atomic_write_text(about, ABOUT.format(labeler=it.cfg["engines"]["labeler"]))
     for k, cfg in enumerate(_inputs(it)):
         n += 1
         write_input(task_dir(it, k, n_sel), cfg, it.species)

@@ -425,14 +425,17 @@ def page(data: Sequence[IterationData], pngs: Sequence[Path],
         f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{e(p.stem)}'
         "</figcaption></figure>" for p in pngs)
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;"
-             "padding:3px 6px;text-align:right}dt{font-weight:bold;margin-top:.6em}"
+             # 23 columns: the table scrolls inside the page, headers wrap, never cut off
+             ".wide{overflow-x:auto;max-width:100%}"
+             "table{border-collapse:collapse;font-size:80%}td,th{border:1px solid #ccc;"
+             "padding:2px 4px;text-align:right}th{max-width:6em;white-space:normal}"
+             "td{white-space:nowrap}dt{font-weight:bold;margin-top:.6em}"
              "img{max-width:100%}figure{margin:1.5em 0}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>smallcell report"
             f"</title><style>{style}</style></head><body><h1>smallcell report</h1>"
             f"<p><strong>{e(verdict(data, checked))}</strong></p><h2>Answers</h2><dl>{qa}</dl>"
-            f"{lists}<h2>Per iteration</h2><table><tr>{head}</tr>"
-            f"{body}</table><h2>Figures</h2>{imgs}</body></html>\n")
+            f"{lists}<h2>Per iteration</h2><div class='wide'><table><tr>{head}</tr>"
+            f"{body}</table></div><h2>Figures</h2>{imgs}</body></html>\n")
 
 
 def build(root: Path, out: Path | None = None) -> Path:
