@@ -35,7 +35,8 @@ def failure_policy(it: Iteration, n: int) -> tuple[int, int]:
         raise SmallcellError(
             f"iteration {it.i}: only {len(labeled)} of {n} label tasks succeeded "
             f"(label.min_success_ratio = {ratio:g}); failed tasks:\n" + "\n".join(lines) + more
-            + "\nFix the cause, delete their `failed` markers and run again.")
+            + f"\nFix the cause, then `make retry I={it.i}` runs them again (their "
+            "earlier attempts are kept).")
     return len(labeled), len(failed)
 
 
