@@ -14,7 +14,9 @@ def _potcars(tmp_path: Path, *names: str) -> Path:
     lib = tmp_path / "potcars"
     for n in names:
         (lib / n).mkdir(parents=True)
-        (lib / n / "POTCAR").write_text(f"  PAW_PBE {n} 06Sep2000\n")
+        (lib / n / "POTCAR").write_text(  # the lines check_engines reads (check_potcar)
+            f"  PAW_PBE {n} 06Sep2000\n 4.0\n parameters from PSCTR are:\n"
+            f"   VRHFIN ={n.split('_')[0]}: s2p2\n   TITEL  = PAW_PBE {n} 06Sep2000\n")
     return lib
 
 
@@ -125,6 +127,7 @@ def test_adapter_settings_are_checked_before_any_task(tmp_path: Path) -> None:
 
     lib = _potcars(tmp_path, "Pb_d")
     (lib / "my vasp;rm").write_text("")
+    (lib / "my vasp;rm").chmod(0o755)  # check_engines refuses a program it cannot execute
     cfg = parse_config(_vasp_yaml(lib, "  incar: {IBRION: 2}\n"), tmp_path / "c.yaml")
     with pytest.raises(SmallcellError, match=r"c.yaml: vasp: .*IBRION"):
         check_engines(cfg)

@@ -55,7 +55,7 @@ def cmd_iter(args: argparse.Namespace) -> int:
 
     root = _root(args)
     cfg = _run_config(args)
-    check_engines(cfg)
+    check_engines(cfg, local_jobs=args.jobs if args.jobs is not None else cfg["run"]["jobs"])
     args.upto = _upto(args, cfg)
     t0 = time.perf_counter()
     jobs = args.jobs if args.jobs is not None else cfg["run"]["jobs"]
@@ -207,11 +207,36 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from smallcell.config import load_config
-    from smallcell.engines.base import check_engines
+    """Every problem of a config in one report, in file order: the loader's (schema, rules
+    between keys, files named) and engines/preflight.py's (FILL IN lines, adapters,
+    programs after the setup lines, POTCAR / template / initial data contents, settings
+    that cannot deliver). Errors: the report on stderr, exit status 1. Otherwise the
+    effective config on stdout (warnings on stderr), exit status 0."""
+    import re
 
-    cfg = load_config(args.config)
-    check_engines(cfg)
+    from smallcell.config import load_config
+    from smallcell.engines.preflight import Problem, problems
+
+    loaded: list[str] = []
+    cfg = load_config(args.config, problems=loaded)
+    local = cfg["run"]["jobs"] if cfg["engines"]["scheduler"] == "local" else None
+    found = {p.text: p for p in [*(Problem(t) for t in loaded),
+                                 *problems(cfg, local_jobs=local)]}
+
+    def line_of(p: Problem) -> int:
+        m = re.match(r"[^\n]*?:(\d+): ", p.text)
+        return int(m.group(1)) if m else 1 << 30
+
+    ordered = sorted(found.values(), key=line_of)
+    errors = [p.text for p in ordered if not p.warning]
+    for p in ordered:
+        if p.warning:
+            print(f"smallcell: warning: {p.text}", file=sys.stderr)
+    if errors:
+        print(f"smallcell: check-config: {len(errors)} problem(s) in {args.config}:",
+              file=sys.stderr)
+        print("\n".join(errors), file=sys.stderr)
+        return 1
     print(cfg.dump(), end="")
     return 0
 
@@ -258,7 +283,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not validate.wanted(cfg):
         raise SmallcellError(f"{args.config}: validation.cell is not set: nothing to validate "
                              "(e.g. validation: {cell: [3, 3, 3]})")
-    check_engines(cfg)
+    check_engines(cfg, local_jobs=args.jobs if args.jobs is not None else cfg["run"]["jobs"])
     root = _root(args)
     jobs = args.jobs if args.jobs is not None else cfg["run"]["jobs"]
     with RunLock(RunPaths(root), "smallcell validate"), LocalRunner(jobs) as runner:

@@ -1,10 +1,12 @@
 """The run configuration: schema, defaults, validation, and the frozen effective config.
 
 The schema is one declarative table (`SCHEMA`): every key has a type, a default, a range or
-a set of choices, and a one-line doc. Validation walks the user's YAML against it and stops
-at the first problem with the file, the line and the key path; unknown keys get a
-"did you mean" suggestion. `docs/config.md` is generated from the same table
-(`smallcell config-doc`), so the reference cannot drift from the code.
+a set of choices, and a one-line doc. Validation walks the user's YAML against it and
+reports every problem, each with the file, the line and the key path (a refused key keeps
+its default so the walk goes on); unknown keys get a "did you mean" suggestion. What costs
+a file read or a subprocess (FILL IN lines, programs after setup lines, file contents) is
+checked once per command by engines/preflight.py. `docs/config.md` is generated from the
+same table (`smallcell config-doc`), so the reference cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from smallcell.commands import parse_command
 from smallcell.errors import SmallcellError
 
 
@@ -675,8 +678,12 @@ class _Lines:
                 self._walk(item, sub)
 
     def get(self, path: tuple[str, ...]) -> int | None:
+        """The line of `path`, else of the nearest enclosing key the file has; None for a
+        key whose whole section the file leaves out (a default: no line to point to)."""
         while path and path not in self.lines:
             path = path[:-1]
+            if not path:
+                return None
         return self.lines.get(path)
 
 
@@ -686,9 +693,21 @@ class Config:
 
     data: dict[str, Any]
     source: Path | None = None
+    lines: _Lines | None = field(default=None, repr=False, compare=False)
+    name: str | None = field(default=None, repr=False, compare=False)  # source as given
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
+
+    def problem(self, dotted: str, msg: str) -> str:
+        """`msg` as the loader words a problem: "<file>:<line of dotted>: msg"."""
+        line = self.lines.get(tuple(dotted.split("."))) if self.lines else None
+        name = self.name or self.source or "<config>"
+        return f"{name}{':' + str(line) if line else ''}: {msg}"
+
+    def given(self, dotted: str) -> bool:
+        """Whether the config file sets `dotted` (a default otherwise)."""
+        return bool(self.lines) and tuple(dotted.split(".")) in self.lines.lines
 
     def get(self, dotted: str) -> Any:
         value: Any = self.data
@@ -848,18 +867,40 @@ def _dotted(path: tuple[str, ...]) -> str:
     return "".join(p if p.startswith("[") or not k else "." + p for k, p in enumerate(path))
 
 
-def _merge(section: Section, user: Any, path: tuple[str, ...], lines: _Lines,
-           source: str) -> dict[str, Any]:
-    def fail(sub: tuple[str, ...], msg: str) -> SmallcellError:
-        line = lines.get(sub)
-        return SmallcellError(f"{source}{':' + str(line) if line else ''}: {msg}")
+class _Report:
+    """Collects every problem of a config instead of stopping at the first: each message
+    is "<file>:<line>: <key and what was expected>". A cross-check that involves a key the
+    schema already refused is left out: it would only repeat that problem with a default."""
 
+    def __init__(self, lines: _Lines, source: str) -> None:
+        self.lines, self.source = lines, source
+        self.messages: list[str] = []
+        self.refused: list[str] = []  # dotted keys the schema refused
+
+    def at(self, path: tuple[str, ...], msg: str) -> str:
+        line = self.lines.get(path)
+        return f"{self.source}{':' + str(line) if line else ''}: {msg}"
+
+    def schema(self, path: tuple[str, ...], msg: str) -> None:
+        self.messages.append(self.at(path, msg))
+        self.refused.append(_dotted(path) or "the top level")
+
+    def cross(self, dotted: str, msg: str) -> None:
+        if any(dotted.startswith(k) or k in msg for k in self.refused):
+            return
+        self.messages.append(self.at(tuple(dotted.split(".")), msg))
+
+
+def _merge(section: Section, user: Any, path: tuple[str, ...], report: _Report) -> dict[str, Any]:
+    """The section's values: the user's where valid, else the defaults (every invalid key
+    is reported)."""
     where = _dotted(path) or "the top level"
+    out = defaults(section)
     if user is None:
         user = {}
     if not isinstance(user, dict):
-        raise fail(path, f"{where} must be a mapping of keys, got {user!r}")
-    out = defaults(section)
+        report.schema(path, f"{where} must be a mapping of keys, got {user!r}")
+        return out
     for name, value in user.items():
         sub = (*path, str(name))
         dotted = _dotted(sub)
@@ -868,90 +909,89 @@ def _merge(section: Section, user: Any, path: tuple[str, ...], lines: _Lines,
             hint = difflib.get_close_matches(str(name), list(section.keys), n=1)
             extra = f"; did you mean {_dotted((*path, hint[0]))!r}?" if hint else ""
             known = ", ".join(section.keys)
-            raise fail(sub, f"unknown key {dotted!r}{extra} (known here: {known})")
-        if isinstance(spec, Section):
-            out[name] = _merge(spec, value, sub, lines, source)
+            report.schema(sub, f"unknown key {dotted!r}{extra} (known here: {known})")
+        elif isinstance(spec, Section):
+            out[name] = _merge(spec, value, sub, report)
         elif isinstance(spec, Seq):
             if value is None:
                 value = []
             if not isinstance(value, list):
-                raise fail(sub, f"{dotted} must be a list of mappings, got {value!r}")
-            out[name] = [_merge(spec.item, v, (*sub, f"[{k}]"), lines, source)
+                report.schema(sub, f"{dotted} must be a list of mappings, got {value!r}")
+                continue
+            out[name] = [_merge(spec.item, v, (*sub, f"[{k}]"), report)
                          for k, v in enumerate(value)]
         else:
             try:
                 out[name] = _check_key(spec, value, dotted)
             except ValueError as exc:
-                raise fail(sub, str(exc)) from None
+                report.schema(sub, str(exc))
     return out
 
 
-def _cross_checks(cfg: Config, lines: _Lines, source: str) -> None:
-    def fail(path: str, msg: str) -> SmallcellError:
-        line = lines.get(tuple(path.split(".")))
-        return SmallcellError(f"{source}{':' + str(line) if line else ''}: {msg}")
+def _cross_checks(cfg: Config, report: _Report) -> None:
+    """Rules between keys and what the files named must be; every broken one reported."""
+    fail = report.cross
 
     ex = cfg["extrapolation"]
     if ex["gamma_break"] <= ex["gamma_save"]:
-        raise fail("extrapolation.gamma_break",
-                   f"extrapolation.gamma_break ({ex['gamma_break']:g}) must be greater than "
-                   f"extrapolation.gamma_save ({ex['gamma_save']:g})")
+        fail("extrapolation.gamma_break",
+             f"extrapolation.gamma_break ({ex['gamma_break']:g}) must be greater than "
+             f"extrapolation.gamma_save ({ex['gamma_save']:g})")
     sm = cfg["sample"]
     if sm["gamma_max"] <= sm["gamma_min"]:
-        raise fail("sample.gamma_max", f"sample.gamma_max ({sm['gamma_max']:g}) must be "
-                   f"greater than sample.gamma_min ({sm['gamma_min']:g})")
+        fail("sample.gamma_max", f"sample.gamma_max ({sm['gamma_max']:g}) must be "
+             f"greater than sample.gamma_min ({sm['gamma_min']:g})")
     if cfg.gamma_max <= ex["gamma_save"]:
-        raise fail("select.gamma_max", "select.gamma_max must be greater than "
-                   "extrapolation.gamma_save")
+        fail("select.gamma_max", "select.gamma_max must be greater than "
+             "extrapolation.gamma_save")
     masses = cfg["masses"]
     if masses is not None and len(masses) != len(cfg["species"]):
-        raise fail("masses", f"masses has {len(masses)} values but species has "
-                   f"{len(cfg['species'])}")
+        fail("masses", f"masses has {len(masses)} values but species has "
+             f"{len(cfg['species'])}")
     from ase.data import atomic_numbers  # lazy: keeps `status` free of ase
 
     for i, sym in enumerate(cfg["species"]):
         if sym not in atomic_numbers:
-            raise fail("species", f"species[{i}] = {sym!r} is not a chemical symbol")
+            fail("species", f"species[{i}] = {sym!r} is not a chemical symbol")
     if len(set(cfg["species"])) != len(cfg["species"]):
-        raise fail("species", "species lists a symbol twice")
+        fail("species", "species lists a symbol twice")
     for k, st in enumerate(cfg["stages"]):
         if cfg["engines"]["trainer"] == "mlip3" and st["policy"] == "dopt_batch":
-            raise fail(f"stages.[{k}].policy", f"stages[{k}].policy dopt_batch needs the "
-                       "embedded grader (engines.trainer: motep)")
+            fail(f"stages.[{k}].policy", f"stages[{k}].policy dopt_batch needs the "
+                 "embedded grader (engines.trainer: motep)")
     stop = cfg["stop"]
     if stop["rule"] == "accuracy" and stop["metric"] == "sample" and not cfg["sample"]["size"]:
-        raise fail("stop.metric", "stop.rule accuracy with stop.metric sample needs an error "
-                   "sample: set sample.size > 0 (or stop.metric: test with "
-                   "initial.test_fraction > 0)")
+        fail("stop.metric", "stop.rule accuracy with stop.metric sample needs an error "
+             "sample: set sample.size > 0 (or stop.metric: test with "
+             "initial.test_fraction > 0)")
     if stop["rule"] == "accuracy" and stop["metric"] == "test" \
             and not cfg["initial"]["test_fraction"]:
-        raise fail("stop.metric", "stop.rule accuracy with stop.metric test needs a held-out "
-                   "set: set initial.test_fraction > 0 (or stop.metric: sample)")
+        fail("stop.metric", "stop.rule accuracy with stop.metric test needs a held-out "
+             "set: set initial.test_fraction > 0 (or stop.metric: sample)")
     _engine_checks(cfg, fail)
     _slurm_checks(cfg, fail)
     if cfg["engines"]["labeler"] == "eam" and cfg["species"] != ["Pb"]:
-        raise fail("engines.labeler", "the eam labeler knows only Pb; set species: [Pb]")
+        fail("engines.labeler", "the eam labeler knows only Pb; set species: [Pb]")
     if cfg["trainer"]["min_dist"] >= cfg["trainer"]["max_dist"]:
-        raise fail("trainer.min_dist", "trainer.min_dist must be smaller than trainer.max_dist")
+        fail("trainer.min_dist", "trainer.min_dist must be smaller than trainer.max_dist")
     init = cfg["initial"]
     if init["source"] == "import":
         if not init["paths"]:
-            raise fail("initial.source", "initial.source is 'import': list the data sets in "
-                       "initial.paths")
+            fail("initial.source", "initial.source is 'import': list the data sets in "
+                 "initial.paths")
         for k, entry in enumerate(init["paths"]):
             where = cfg.resolve(entry)
             if where is None or not where.exists():
-                raise fail("initial.paths", f"initial.paths[{k}]: no such file or folder: "
-                           f"{where}")
+                fail("initial.paths", f"initial.paths[{k}]: no such file or folder: {where}")
     elif init["source"] != "generate":
         path = cfg.resolve(init["path"])
-        if path is None:
-            raise fail("initial.source", f"initial.source is {init['source']!r}: set "
-                       "initial.path to the file or folder to import")
         want_dir = init["source"] == "outcar"
-        if not (path.is_dir() if want_dir else path.is_file()):
+        if path is None:
+            fail("initial.source", f"initial.source is {init['source']!r}: set "
+                 "initial.path to the file or folder to import")
+        elif not (path.is_dir() if want_dir else path.is_file()):
             kind = "folder" if want_dir else "file"
-            raise fail("initial.path", f"initial.path: no such {kind}: {path}")
+            fail("initial.path", f"initial.path: no such {kind}: {path}")
 
 
 _SLURM_TIME = re.compile(r"^(?:(\d+)-(\d+)(?::(\d+)(?::(\d+))?)?|(\d+)(?::(\d+)(?::(\d+))?)?)$")
@@ -996,95 +1036,127 @@ def _slurm_checks(cfg: Config, fail: Any) -> None:
         try:
             secs = slurm_seconds(st["time"])
         except ValueError as exc:
-            raise fail(f"slurm.{stage}.time", f"slurm.{stage}.time: {exc}") from None
+            fail(f"slurm.{stage}.time", f"slurm.{stage}.time: {exc}")
+            continue
         if stage in ("explore", "label", "pilot") and secs <= sl["walltime_margin"]:
-            raise fail("slurm.walltime_margin",
-                       f"slurm.walltime_margin ({sl['walltime_margin']:g} s) must be shorter "
-                       f"than slurm.{stage}.time ({st['time']} = {secs} s): its jobs would "
-                       "stop before doing anything")
+            fail("slurm.walltime_margin",
+                 f"slurm.walltime_margin ({sl['walltime_margin']:g} s) must be shorter "
+                 f"than slurm.{stage}.time ({st['time']} = {secs} s): its jobs would "
+                 "stop before doing anything")
 
 
-def _sbatch_word(value: str | None, where: str, fail: Any) -> None:
+def _sbatch_word(value: str | None, where: str, fail: Any) -> bool:
     if value is not None and (not value or any(c.isspace() for c in value)):
-        raise fail(where, f"{where} must be one word without spaces, got {value!r}")
+        fail(where, f"{where} must be one word without spaces, got {value!r}")
+        return False
+    return True
 
 
 def _sbatch_option(value: str, where: str, fail: Any) -> None:
-    _sbatch_word(value, where, fail)
-    if not value.startswith("-"):
-        raise fail(where, f"{where} must be an sbatch option such as --gres=gpu:1, "
-                   f"got {value!r}")
+    if _sbatch_word(value, where, fail) and not value.startswith("-"):
+        fail(where, f"{where} must be an sbatch option such as --gres=gpu:1, got {value!r}")
+
+
+# the stages (SLURM jobs) in which each engine section's programs run
+ENGINE_STAGES = {"vasp": ("label",), "gpaw": ("label",), "lammps": ("explore",),
+                 "mlip3": ("select", "train")}
+
+
+def job_setups(cfg: Config, section: str) -> list[list[tuple[str, str]]]:
+    """The shell lines that run before `section`'s programs, once per kind of job that runs
+    them, each with its key (e.g. ("vasp.setup[0]", "module load vasp")): with
+    engines.scheduler slurm, slurm.setup and slurm.<stage>.setup (the job script) first;
+    then the section's own setup lines (the task's shell)."""
+    own = [(f"{section}.setup[{k}]", x) for k, x in enumerate(cfg[section].get("setup") or [])]
+    if cfg["engines"]["scheduler"] != "slurm":
+        return [own]
+    sl = cfg["slurm"]
+    first = [(f"slurm.setup[{k}]", x) for k, x in enumerate(sl["setup"])]
+    return [[*first, *((f"slurm.{st}.setup[{k}]", x) for k, x in enumerate(sl[st]["setup"])),
+             *own] for st in ENGINE_STAGES[section]]
 
 
 def _program(cfg: Config, section: str, key: str, fail: Any) -> None:
-    """The program of a command must exist, unless setup lines (module loads) provide it."""
-    words = cfg[section][key]
-    if cfg[section].get("setup"):
+    """Every program of a command (a launcher such as mpirun or srun and the program it
+    starts, commands.parse_command) must exist, unless setup lines (module loads) run
+    first: then `smallcell check-config` resolves them after those lines, in a subshell."""
+    if any(job_setups(cfg, section)):
         return
-    prog = words[0] if words[0] not in ("mpirun", "mpiexec", "srun") else words[-1]
-    if shutil.which(prog) is None and not Path(prog).is_file():
-        raise fail(f"{section}.{key}", f"{section}.{key}: program {prog!r} not found on PATH "
-                   f"(give its full path, or load its module in {section}.setup)")
+    for prog in parse_command(cfg[section][key]).programs:
+        if shutil.which(prog) is None and not Path(prog).is_file():
+            fail(f"{section}.{key}", f"{section}.{key}: program {prog!r} not found on PATH "
+                 f"(give its full path, or load its module in {section}.setup)")
 
 
 def _engine_checks(cfg: Config, fail: Any) -> None:
     """What the production engines need, checked before anything runs."""
     eng = cfg["engines"]
     if (eng["explorer"] == "lammps") != (eng["trainer"] == "mlip3"):
-        raise fail("engines.explorer", "engines.explorer lammps and engines.trainer mlip3 go "
-                   "together: LAMMPS runs MLIP-3 potentials (pot.almtp), the embedded "
-                   "explorer runs motep potentials")
+        fail("engines.explorer", "engines.explorer lammps and engines.trainer mlip3 go "
+             "together: LAMMPS runs MLIP-3 potentials (pot.almtp), the embedded "
+             "explorer runs motep potentials")
     if eng["labeler"] == "vasp":
         v = cfg["vasp"]
         if (v["kspacing"] is None) == (v["kppra"] is None):
-            raise fail("vasp.kspacing", "set exactly one of vasp.kspacing and vasp.kppra")
+            fail("vasp.kspacing", "set exactly one of vasp.kspacing and vasp.kppra")
         lib = cfg.resolve(v["potcar_dir"])
         if lib is None or not lib.is_dir():
-            raise fail("vasp.potcar_dir", f"vasp.potcar_dir: no such folder: {lib} (your "
-                       "POTCAR library, <dir>/<name>/POTCAR)")
-        for sym in cfg["species"]:
-            potcar = lib / str(v["potcars"].get(sym, sym)) / "POTCAR"
-            if not potcar.is_file():
-                raise fail("vasp.potcars", f"vasp.potcars: no POTCAR for {sym}: {potcar}")
+            fail("vasp.potcar_dir", f"vasp.potcar_dir: no such folder: {lib} (your "
+                 "POTCAR library, <dir>/<name>/POTCAR)")
+        else:
+            for sym in cfg["species"]:
+                potcar = lib / str(v["potcars"].get(sym, sym)) / "POTCAR"
+                if not potcar.is_file():
+                    fail("vasp.potcars", f"vasp.potcars: no POTCAR for {sym}: {potcar}")
         _program(cfg, "vasp", "command", fail)
     if eng["labeler"] == "gpaw":
         g = cfg["gpaw"]
         if (g["kspacing"] is None) == (g["kppra"] is None):
-            raise fail("gpaw.kspacing", "set exactly one of gpaw.kspacing and gpaw.kppra")
+            fail("gpaw.kspacing", "set exactly one of gpaw.kspacing and gpaw.kppra")
         known = ("energy", "density", "eigenstates", "forces")  # GPAW's SCF criteria
         bad = sorted(set(g["convergence"]) - set(known))
         if bad:
-            raise fail("gpaw.convergence", f"gpaw.convergence: unknown criterion {bad[0]!r} "
-                       f"(known: {', '.join(known)})")
+            fail("gpaw.convergence", f"gpaw.convergence: unknown criterion {bad[0]!r} "
+                 f"(known: {', '.join(known)})")
         if g["launcher"]:
             _program(cfg, "gpaw", "launcher", fail)
     if eng["trainer"] == "mlip3" and cfg["select"]["policy"] == "dopt_batch":
-        raise fail("select.policy", "select.policy dopt_batch needs the embedded grader "
-                   "(engines.trainer motep): mlp select_add has no per-configuration mode; "
-                   "use dopt with MLIP-3")
+        fail("select.policy", "select.policy dopt_batch needs the embedded grader "
+             "(engines.trainer motep): mlp select_add has no per-configuration mode; "
+             "use dopt with MLIP-3")
     if eng["trainer"] == "mlip3":
-        m = cfg["mlip3"]
-        if m["template"] is not None:
-            template = cfg.resolve(m["template"])
-        elif m["templates_dir"] is not None:
-            template = cfg.resolve(m["templates_dir"]) / f"{cfg['trainer']['level']:02d}.almtp"
-        else:
-            raise fail("mlip3.templates_dir", "engines.trainer mlip3 needs mlip3.templates_dir "
-                       "(MLIP-3's MTP_templates folder) or mlip3.template")
-        if template is None or not template.is_file():
-            raise fail("mlip3.template" if m["template"] else "mlip3.templates_dir",
-                       f"MTP template not found: {template}")
+        template = mlip3_template(cfg)
+        if template is None:
+            fail("mlip3.templates_dir", "engines.trainer mlip3 needs mlip3.templates_dir "
+                 "(MLIP-3's MTP_templates folder) or mlip3.template")
+        elif not template.is_file():
+            key = "mlip3.template" if cfg["mlip3"]["template"] else "mlip3.templates_dir"
+            fail(key, f"{key}: MTP template not found: {template}")
         _program(cfg, "mlip3", "mlp", fail)
     if eng["explorer"] == "lammps":
         _program(cfg, "lammps", "command", fail)
         floor = cfg["lammps"]["grade_floor"]
         if floor is not None and floor >= cfg["extrapolation"]["gamma_save"]:
-            raise fail("lammps.grade_floor", f"lammps.grade_floor ({floor:g}) must be below "
-                       f"extrapolation.gamma_save ({cfg['extrapolation']['gamma_save']:g})")
+            fail("lammps.grade_floor", f"lammps.grade_floor ({floor:g}) must be below "
+                 f"extrapolation.gamma_save ({cfg['extrapolation']['gamma_save']:g})")
 
 
-def load_config(path: str | os.PathLike | None) -> Config:
-    """Load and validate a YAML config; `None` gives the defaults."""
+def mlip3_template(cfg: Config) -> Path | None:
+    """The MTP template the MLIP-3 trainer starts from: mlip3.template, else
+    <mlip3.templates_dir>/<trainer.level>.almtp; None when neither is set."""
+    m = cfg["mlip3"]
+    if m["template"] is not None:
+        return cfg.resolve(m["template"])
+    if m["templates_dir"] is not None:
+        return cfg.resolve(m["templates_dir"]) / f"{cfg['trainer']['level']:02d}.almtp"
+    return None
+
+
+def load_config(path: str | os.PathLike | None, problems: list[str] | None = None) -> Config:
+    """Load and validate a YAML config; `None` gives the defaults. Every problem found is
+    reported in one SmallcellError, one "<file>:<line>: <key> ..." line each; with
+    `problems` (a list) they are appended there instead and the config is returned with
+    defaults in place of the refused values (`smallcell check-config`)."""
     if path is None:
         return Config(defaults())
     path = Path(path)
@@ -1092,11 +1164,13 @@ def load_config(path: str | os.PathLike | None) -> Config:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SmallcellError(f"{path}: config file not found") from None
-    return parse_config(text, path)
+    return parse_config(text, path, problems)
 
 
-def parse_config(text: str, source: Path | None = None) -> Config:
-    """Validate YAML text against the schema (see `load_config`)."""
+def parse_config(text: str, source: Path | None = None,
+                 problems: list[str] | None = None) -> Config:
+    """Validate YAML text against the schema (see `load_config`). Text that is not YAML
+    always raises: there is nothing to check then."""
     name = str(source) if source else "<config>"
     try:
         user = yaml.load(text, Loader=_Loader)
@@ -1106,10 +1180,39 @@ def parse_config(text: str, source: Path | None = None) -> Config:
         problem = getattr(exc, "problem", None) or str(exc)
         raise SmallcellError(f"{where}: not valid YAML: {problem}") from None
     lines = _Lines(text)
-    cfg = Config(_merge(SCHEMA, user, (), lines, name),
-                 source.resolve() if source else None)
-    _cross_checks(cfg, lines, name)
+    report = _Report(lines, name)
+    cfg = Config(_merge(SCHEMA, user, (), report), source.resolve() if source else None,
+                 lines, name)
+    _cross_checks(cfg, report)
+    if problems is not None:
+        problems.extend(report.messages)
+    elif report.messages:
+        raise SmallcellError("\n".join(report.messages))
     return cfg
+
+
+PLACEHOLDER = "FILL IN"
+
+
+def placeholders(text: str, source: str) -> list[str]:
+    """The lines of a config that still carry the examples' FILL IN marker, as problems
+    naming the line and the key: the marker stands for "replace this example value with
+    yours", so a line keeping it has not been filled in, even when its value happens to
+    parse. Whole-line comments (instructions, a commented-out section) are not config."""
+    lines = _Lines(text)
+    keys: dict[int, tuple[str, ...]] = {}
+    for path, n in lines.lines.items():
+        if path and (n not in keys or len(path) < len(keys[n])):
+            keys[n] = path  # the outermost key of a line
+    out = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        if PLACEHOLDER not in raw or raw.lstrip().startswith("#"):
+            continue
+        before = [k for k in keys if k <= n]
+        key = _dotted(keys[max(before)]) if before else "the top level"
+        out.append(f"{source}:{n}: {key}: still marked {PLACEHOLDER}: put your value on "
+                   f"this line and delete the marker")
+    return out
 
 
 NOTES = """

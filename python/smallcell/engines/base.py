@@ -6,6 +6,7 @@ configured, so adding VASP, GPAW or MLIP-3 means adding an adapter and a line he
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -130,20 +131,22 @@ def trainer_for(cfg: Config) -> Trainer:
     raise ValueError(f"engines.trainer: unknown trainer {name!r}")
 
 
-def check_engines(cfg: Config) -> None:
-    """Build every configured adapter once, so that settings an adapter refuses (an INCAR
-    tag that would relax, a missing template) stop the run before any task starts."""
-    eng = cfg["engines"]
-    for section, build in ((eng["labeler"], labeler_for), ("mlip3", trainer_for),
-                           ("lammps", explorer_for)):
-        try:
-            build(cfg)
-            if section == "gpaw":  # GPAW lives outside the venv: is it there, with setups?
-                from smallcell.engines.gpaw import GpawSettings, check_installed
+def check_engines(cfg: Config, local_jobs: int | None = None) -> None:
+    """Everything engines/preflight.py checks before a run (each configured adapter built
+    once, programs found as the tasks would find them, POTCARs, the MTP template and the
+    initial data read, settings that cannot deliver): warnings go to stderr, and all the
+    errors together stop the run in one SmallcellError, one line each, before any task
+    starts. `local_jobs`: the run's worker count when it runs on this machine (compared
+    with its cores); None for SLURM."""
+    from smallcell.engines.preflight import problems
 
-                check_installed(GpawSettings.from_mapping(cfg["gpaw"]), list(cfg["species"]))
-        except ValueError as exc:
-            raise SmallcellError(f"{cfg.source or '<config>'}: {section}: {exc}") from None
+    found = problems(cfg, local_jobs=local_jobs)
+    for p in found:
+        if p.warning:
+            print(f"smallcell: warning: {p.text}", file=sys.stderr)
+    errors = [p.text for p in found if not p.warning]
+    if errors:
+        raise SmallcellError("\n".join(errors))
 
 
 def labeler_for(cfg: Config) -> Labeler:

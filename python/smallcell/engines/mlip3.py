@@ -186,6 +186,20 @@ class Mlip3Settings:
                          "MTP_templates folder (templates_dir) in the config")
 
 
+def check_template(path: Path, level: int | None = None) -> None:
+    """ValueError unless `path` is an .almtp that MLIP-3 can load (formats/almtp.py reads
+    its header as mlp would) and, when `level` is given, of that MTP level when the file
+    says (the template <templates_dir>/<level>.almtp must be that level's)."""
+    try:
+        head = read_almtp_header(path)
+    except FormatError as exc:
+        raise ValueError(f"not an MTP potential or template: {exc}") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read it ({exc.strerror})") from None
+    if level is not None and head.level is not None and head.level != level:
+        raise ValueError(f"{path} is a level-{head.level} MTP, trainer.level is {level}")
+
+
 def _num(x: float) -> str:
     """A number for ``--key=value``: exact (repr), integers without a fraction."""
     x = float(x)

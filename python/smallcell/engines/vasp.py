@@ -289,6 +289,36 @@ def potcar_paths(settings: VaspSettings, species: Sequence[str]) -> list[Path]:
     return paths
 
 
+_TITEL = re.compile(r"^\s*TITEL\s*=\s*(.*?)\s*$", re.M)
+
+
+def check_potcar(path: Path, symbol: str) -> None:
+    """ValueError unless `path` reads as the VASP POTCAR of `symbol`: one data set whose
+    PSCTR header has the ``TITEL =`` and ``VRHFIN =`` lines VASP prints back in every
+    OUTCAR, and whose title names that element (``TITEL = PAW_PBE Pb_d 06Sep2000`` for
+    Pb). An empty file, a placeholder or the POTCAR of another element would otherwise
+    fail every task, or label with the wrong pseudopotential."""
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read(4 << 20).decode("latin-1")
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read it ({exc.strerror})") from None
+    titles = _TITEL.findall(text)
+    if not titles or "VRHFIN" not in text:
+        first = next((x.strip() for x in text.splitlines() if x.strip()), "")
+        got = f"this one with {first[:40]!r}" if first else "this one is empty"
+        raise ValueError(f"{path}: not a VASP POTCAR (no 'TITEL =' and 'VRHFIN =' lines; "
+                         f"a POTCAR of the PAW library starts like 'PAW_PBE Pb_d 06Sep2000', "
+                         f"{got})")
+    if len(titles) > 1:
+        raise ValueError(f"{path}: holds {len(titles)} POTCARs ({', '.join(titles)}); "
+                         f"<potcar_dir>/<name>/POTCAR must be the one of {symbol}")
+    element = _element(titles[0])
+    if element != symbol:
+        raise ValueError(f"{path}: the POTCAR of {element} (TITEL = {titles[0]}), not of "
+                         f"{symbol}")
+
+
 def check_settings(settings: VaspSettings, species: Sequence[str]) -> None:
     """Fail at config time, not in every task: the POTCAR of every species must exist."""
     potcar_paths(settings, species)
