@@ -44,11 +44,13 @@ def cmd_iter(args: argparse.Namespace) -> int:
     from smallcell import loop
     from smallcell.engines.base import check_engines
     from smallcell.sched.local import LocalRunner
-    from smallcell.state import RunLock, RunPaths
+    from smallcell.state import RunLock, RunPaths, read_json
     from smallcell.status import (
         HEADER,
+        cost_text,
         line_for_summary,
         potential_text,
+        reference_calls,
         transition_line,
         validation_line,
     )
@@ -74,10 +76,10 @@ def cmd_iter(args: argparse.Namespace) -> int:
         print(line_for_summary(s))
         if transition_line(s):
             print(transition_line(s))
-    labels = sum(s.get("n_labeled", 0) for s in summaries)
-    failed = sum(s.get("n_failed", 0) for s in summaries)
-    print(f"\n{len(summaries)} iterations, {labels} labels ({failed} failed), "
-          f"{summaries[-1].get('n_train', 0)} configurations in the training set")
+    cost = reference_calls(summaries, read_json(root / "validation" / "summary.json")
+                           if (root / "validation" / "summary.json").exists() else None)
+    print(f"\n{len(summaries)} iterations, {summaries[-1].get('n_train', 0)} configurations "
+          f"in the training set; {cost_text(cost)}")
     last = summaries[-1]
     later = [i for i in RunPaths(root).iterations() if i > last["iteration"]]
     verdict = (loop.verdict(last) if loop.finished(last) else
@@ -101,6 +103,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_clean_iter(args: argparse.Namespace) -> int:
     from smallcell import runconfig
+    from smallcell.stages import validate
     from smallcell.state import RunLock, RunPaths
 
     paths = RunPaths(_root(args))
@@ -124,6 +127,9 @@ def cmd_clean_iter(args: argparse.Namespace) -> int:
             shutil.rmtree(trash)
         if not paths.iterations():  # nothing left: the next `iter` starts a new run
             runconfig.forget(paths)
+        aside = validate.retire_removed(paths.root, args.i)
+    if aside:
+        print(f"the large-cell validation of a removed iteration moved to {aside}")
     print(f"removed {names}")
     return 0
 
