@@ -365,3 +365,15 @@ def test_production_example_reports_every_fill_in(capsys: pytest.CaptureFixture[
     flagged = [int(x.split(":")[1]) for x in err.splitlines() if "still marked FILL IN" in x]
     assert flagged == marked and len(marked) >= 6
 
+
+
+@pytest.mark.parametrize(("text", "warned"), [
+    ("md: {timestep: 200.0}\n", True), ("md: {timestep: 5.0}\n", False), ("{}\n", False)])
+def test_an_md_timestep_no_integrator_survives_is_flagged(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, warned: bool) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    rc, _, err = _check(path, capsys)
+    assert rc == 0  # a warning: the run may go on
+    said = f"{path}:1: md.timestep: 200 fs is above 10 fs" in err
+    assert said is warned, err

@@ -66,6 +66,7 @@ def problems(cfg: Config, *, local_jobs: int | None = None) -> list[Problem]:
     found += [Problem(t) for t in _commands(cfg)]
     found += [Problem(t) for t in _inputs(cfg)]
     found += _sample(cfg)
+    found += _md(cfg)
     if local_jobs is not None:
         found += _cores(cfg, local_jobs)
     unique: dict[str, Problem] = {}
@@ -323,6 +324,24 @@ def _lammps_ranks(cfg: Config) -> int | None:
     if line.ranks is None and cfg["engines"]["scheduler"] == "slurm":
         return int(cfg["slurm"]["explore"]["ntasks"])
     return line.ranks
+
+
+MAX_TIMESTEP = 10.0  # fs: above it no MD of atoms integrates stably (metals: 1-5 fs)
+
+
+def _md(cfg: Config) -> list[Problem]:
+    """A time step no MD can integrate: a warning, not an error (a user may test the
+    extrapolation control on nonsense MD on purpose). Why: with 200 fs the atoms fly
+    apart in a few steps, every run breaks, and the loop labels explosions, while the
+    config loader accepted it silently."""
+    dt = cfg["md"]["timestep"]
+    if dt <= MAX_TIMESTEP:
+        return []
+    return [Problem(cfg.problem("md.timestep", (
+        f"md.timestep: {dt:g} fs is above {MAX_TIMESTEP:g} fs: atoms move too far per step "
+        "for the integrator (energy drift, atoms flying apart), so MD runs break on the "
+        "integration, not on the potential's extrapolation; metals use 1-5 fs (lighter "
+        "elements less)")), warning=True)]
 
 
 def _sample(cfg: Config) -> list[Problem]:
