@@ -97,13 +97,22 @@ def test_progress_summary_and_status(tiny_run: tuple[Path, str, str]) -> None:
     status = smallcell(run, "status")
     assert status.returncode == 0
     lines = status.stdout.strip().splitlines()
-    assert len(lines) == 5 and lines[0].split()[:4] == ["iter", "stage", "cell", "state"]
+    assert len(lines) == 6 and lines[0].split()[:4] == ["iter", "stage", "cell", "state"]
     assert all(line.split()[0] == str(i) for i, line in enumerate(lines[1:4]))
     # the last line: why the run stopped and the delivered potential, which ran the MD of
     # the last iteration itself
     assert lines[4] == ("converged: no MD run broke; potential: iter/2/train/pot.mtp (fitted "
                         "in iteration 1; passed the MD of iteration 2)")
     assert lines[4] in out
+    # then the cost: every reference calculation, the error sample's included
+    summaries = [json.loads((run / "iter" / str(i) / "summary.json").read_text())
+                 for i in range(3)]
+    train = sum(x["n_labeled"] for x in summaries)
+    sample = sum(x["sample_n"] for x in summaries)
+    assert lines[5] == (f"cost: {train + sample} reference calculations in all: {train} "
+                        f"training labels (0 more failed), {sample} for the error sample, 0 "
+                        "for the large-cell validation")
+    assert lines[5][len("cost: "):] in out
     make = subprocess.run(["make", "-s", "status", f"RUN_DIR={run}"], cwd=REPO,
                           capture_output=True, text=True, check=False)
     assert make.returncode == 0 and make.stdout.strip().splitlines() == lines

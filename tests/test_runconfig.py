@@ -54,7 +54,7 @@ def test_resume_uses_the_runs_config_and_refuses_another(tmp_path: Path) -> None
     res = smallcell(root, "iter", "--upto", "0")
     assert res.returncode == 0 and "the run goes on to iteration 1 already" in res.stdout
     # the label tasks' folder says why it is named vasp/ with another labeler
-    about = (root / "iter" / "0" / "vasp" / "ABOUT.txt").read_text()
+    about = (root / "iter" / "0" / "vasp.README").read_text()
     assert "Labeler: eam" in about and "whatever the labeler" in about
     # another config is refused, with the keys that differ, and nothing is started
     res = smallcell(root, "iter", "--upto", "2", "--config", str(root / "config.yaml"))

@@ -98,8 +98,10 @@ def prepare(it: Iteration) -> int:
     """Create the task folders with their inputs (idempotent); return the task count."""
     n = 0
     n_sel = n_selected(it)
-    about = it.dir / KIND / "ABOUT.txt"
-    if n_sel and not about.exists():  # why a GPAW or EAM task lives under vasp/
+    # why a GPAW or EAM task lives under vasp/: beside the folder, never in it (scripts
+    # take every entry of vasp/ for a task)
+    about = it.dir / f"{KIND}.README"
+    if n_sel and not about.exists():
         atomic_write_text(about, ABOUT.format(labeler=it.cfg["engines"]["labeler"]))
     for k, cfg in enumerate(_inputs(it)):
         n += 1
