@@ -15,6 +15,12 @@ TEST    ?=
 SWEEP   ?= sweep
 RUN_DIR ?= $(or $(SMALLCELL_RUN_DIR),.)
 EXTRAS  ?=
+MLIP3_SOURCE ?=
+MLIP3_PREFIX ?=
+MLIP3_CACHE  ?=
+MPI     ?=
+# MPI=0/1 for EXTRAS=mlip3 from the command line only: some clusters' modules export MPI
+MLIP3_MPI := $(if $(filter environment%,$(origin MPI)),,$(MPI))
 GPAW    ?= $(SMALLCELL_INSTALL_GPAW)
 SLURM   ?= $(SMALLCELL_INSTALL_SLURM)
 SC      := bin/smallcell --run-dir $(RUN_DIR)
@@ -34,8 +40,11 @@ $(STAMP): requirements.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-setup: $(STAMP)  ## create .venv (idempotent); EXTRAS=gpaw adds GPAW (Debian's gpaw, gpaw-data)
+setup: $(STAMP)  ## create .venv (idempotent); EXTRAS=gpaw adds GPAW (Debian's gpaw, gpaw-data); EXTRAS=mlip3 builds MLIP-3's mlp into .mlip3/ (MLIP3_SOURCE=, MLIP3_PREFIX=, MLIP3_CACHE=, MPI=0/1)
 	$(if $(filter gpaw,$(EXTRAS)),bin/install-debian-packages gpaw gpaw-data)
+	$(if $(filter mlip3,$(EXTRAS)),$(PYTHON) bin/build-mlip3 --install-packages --record .mlip3-prefix \
+	    $(if $(MLIP3_SOURCE),--source "$(MLIP3_SOURCE)") $(if $(MLIP3_PREFIX),--prefix "$(MLIP3_PREFIX)") \
+	    $(if $(MLIP3_CACHE),--cache "$(MLIP3_CACHE)") $(if $(MLIP3_MPI),--mpi "$(MLIP3_MPI)"))
 
 iter: $(STAMP)  ## run iterations 0..N locally, resuming RUN_DIR/iter/ with its own config (CONFIG= starts a run)
 	$(SC) iter $(if $(N),--upto $(N)) $(RUNCFG)

@@ -1128,7 +1128,8 @@ def _engine_checks(cfg: Config, fail: Any) -> None:
         template = mlip3_template(cfg)
         if template is None:
             fail("mlip3.templates_dir", "engines.trainer mlip3 needs mlip3.templates_dir "
-                 "(MLIP-3's MTP_templates folder) or mlip3.template")
+                 "(MLIP-3's MTP_templates folder) or mlip3.template, or an MLIP-3 built by "
+                 "`make setup EXTRAS=mlip3`")
         elif not template.is_file():
             key = "mlip3.template" if cfg["mlip3"]["template"] else "mlip3.templates_dir"
             fail(key, f"{key}: MTP template not found: {template}")
@@ -1139,6 +1140,27 @@ def _engine_checks(cfg: Config, fail: Any) -> None:
         if floor is not None and floor >= cfg["extrapolation"]["gamma_save"]:
             fail("lammps.grade_floor", f"lammps.grade_floor ({floor:g}) must be below "
                  f"extrapolation.gamma_save ({cfg['extrapolation']['gamma_save']:g})")
+
+
+def _installed_mlip3(cfg: Config) -> None:
+    """engines.trainer mlip3 with mlip3.mlp not set, or neither mlip3.templates_dir nor
+    mlip3.template: take them from the build of `make setup EXTRAS=mlip3`, if there is one
+    (engines/mlip3_install.py; a leaf module). Filled in here, so the effective config
+    frozen into each iteration names the mlp and the templates that ran."""
+    m = cfg["mlip3"]
+    want_mlp = not cfg.given("mlip3.mlp")
+    want_templates = m["templates_dir"] is None and m["template"] is None
+    if cfg["engines"]["trainer"] != "mlip3" or not (want_mlp or want_templates):
+        return
+    from smallcell.engines.mlip3_install import installed_mlip3
+
+    build = installed_mlip3()
+    if build is None:
+        return
+    if want_mlp:
+        m["mlp"] = [str(build.mlp)]
+    if want_templates and build.templates_dir is not None:
+        m["templates_dir"] = str(build.templates_dir)
 
 
 def mlip3_template(cfg: Config) -> Path | None:
@@ -1183,6 +1205,7 @@ def parse_config(text: str, source: Path | None = None,
     report = _Report(lines, name)
     cfg = Config(_merge(SCHEMA, user, (), report), source.resolve() if source else None,
                  lines, name)
+    _installed_mlip3(cfg)
     _cross_checks(cfg, report)
     if problems is not None:
         problems.extend(report.messages)
