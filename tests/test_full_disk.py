@@ -91,4 +91,6 @@ def test_a_full_disk_stops_with_one_line_and_resumes_to_the_same_run(
     print("\nfull disk:", json.dumps({"used_kb": used_kb, "stopped_at": stopped_at}))
     # the sizes spread the failures over the run: most of them stop it, in several stages
     assert len(stopped_at) >= N_SIZES - 2, stopped_at
-    assert {"vasp", "explore", "collect"} <= stages, stopped_at
+    # (which stages a size lands in shifts with every file a run writes: ask for spread,
+    # not for particular stages)
+    assert len(stages) >= 4 and {"vasp", "explore"} <= stages, stopped_at

@@ -12,6 +12,7 @@ then the loop ends.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -73,10 +74,14 @@ def _recording_stops(it: Iteration, runner: Runner) -> dict[str, Any]:
     try:
         return run_iteration(it, runner)
     except (KeyboardInterrupt, SmallcellError, FormatError) as exc:
-        if not it.paths.summary(it.i).exists():  # complete after all: nothing to explain
-            mark_stopped(it.dir, "interrupted (Ctrl-C or SIGINT) during `smallcell iter`; "
-                         "finished tasks are kept" if isinstance(exc, KeyboardInterrupt) else
-                         f"`smallcell iter` stopped with an error: {exc}", stage="iter")
+        # complete after all: nothing to explain; a full disk may refuse the note too,
+        # and the error that stopped the run is the one to report
+        if not it.paths.summary(it.i).exists():
+            with contextlib.suppress(OSError, SmallcellError):
+                mark_stopped(it.dir, "interrupted (Ctrl-C or SIGINT) during `smallcell iter`; "
+                             "finished tasks are kept" if isinstance(exc, KeyboardInterrupt)
+                             else f"`smallcell iter` stopped with an error: {exc}",
+                             stage="iter")
         raise
 
 
