@@ -26,7 +26,7 @@ def smallcell(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     run = tmp_path_factory.mktemp("tiny")
-    res = smallcell(run, "iter", "--upto", "2", "--config", "examples/tiny.yaml")
+    res = smallcell(run, "iter", "--upto", "3", "--config", "examples/tiny.yaml")
     assert res.returncode == 0, res.stderr
     return run, res.stdout, res.stderr
 
@@ -35,8 +35,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
 def test_folders_are_the_state(tiny_run: tuple[Path, str, str]) -> None:
     run, _, _ = tiny_run
     it = run / "iter"
-    assert sorted(p.name for p in it.iterdir() if p.name.isdigit()) == ["0", "1", "2"]
-    for i in (0, 1, 2):
+    assert sorted(p.name for p in it.iterdir() if p.name.isdigit()) == ["0", "1", "2", "3"]
+    for i in (0, 1, 2, 3):
         d = it / str(i)
         assert (d / "config.yaml").is_file()
         summary = json.loads((d / "summary.json").read_text())
@@ -76,14 +76,14 @@ def test_folders_are_the_state(tiny_run: tuple[Path, str, str]) -> None:
 def test_training_set_grows_once_per_label(tiny_run: tuple[Path, str, str]) -> None:
     run, _, _ = tiny_run
     prev = b""
-    for i in (0, 1, 2):
+    for i in (0, 1, 2, 3):
         d = run / "iter" / str(i)
         tasks = sorted((d / "vasp").iterdir(), key=lambda p: int(p.name)) \
             if (d / "vasp").exists() else []
         labels = b"".join((t / "labeled.cfg").read_bytes() for t in tasks)
         assert (d / "collect" / "train.cfg").read_bytes() == prev + labels
         prev = prev + labels
-    cfgs = read_cfgs(run / "iter" / "2" / "collect" / "train.cfg")
+    cfgs = read_cfgs(run / "iter" / "3" / "collect" / "train.cfg")
     keys = {c.positions.round(5).tobytes() for c in cfgs}
     assert len(keys) == len(cfgs)
     assert all(c.energy is not None and c.forces is not None for c in cfgs)
@@ -97,22 +97,24 @@ def test_progress_summary_and_status(tiny_run: tuple[Path, str, str]) -> None:
     status = smallcell(run, "status")
     assert status.returncode == 0
     lines = status.stdout.strip().splitlines()
-    assert len(lines) == 6 and lines[0].split()[:4] == ["iter", "stage", "cell", "state"]
-    assert all(line.split()[0] == str(i) for i, line in enumerate(lines[1:4]))
+    assert len(lines) == 7 and lines[0].split()[:4] == ["iter", "stage", "cell", "state"]
+    assert all(line.split()[0] == str(i) for i, line in enumerate(lines[1:5]))
     # the last line: why the run stopped and the delivered potential, which ran the MD of
     # the last iteration itself
-    assert lines[4] == ("converged: no MD run broke; potential: iter/2/train/pot.mtp (fitted "
-                        "in iteration 1; passed the MD of iteration 2)")
-    assert lines[4] in out
+    # (iteration 2 met the stop rule: its final refit passed the MD of iteration 3)
+    assert lines[5] == ("converged: no MD run broke (the refitted potential passed its check "
+                        "MD); potential: iter/3/train/pot.mtp (fitted in iteration 2; passed "
+                        "the MD of iteration 3)")
+    assert lines[5] in out
     # then the cost: every reference calculation, the error sample's included
     summaries = [json.loads((run / "iter" / str(i) / "summary.json").read_text())
-                 for i in range(3)]
+                 for i in range(4)]
     train = sum(x["n_labeled"] for x in summaries)
     sample = sum(x["sample_n"] for x in summaries)
-    assert lines[5] == (f"cost: {train + sample} reference calculations in all: {train} "
+    assert lines[6] == (f"cost: {train + sample} reference calculations in all: {train} "
                         f"training labels (0 more failed), {sample} for the error sample, 0 "
                         "for the large-cell validation")
-    assert lines[5][len("cost: "):] in out
+    assert lines[6][len("cost: "):] in out
     make = subprocess.run(["make", "-s", "status", f"RUN_DIR={run}"], cwd=REPO,
                           capture_output=True, text=True, check=False)
     assert make.returncode == 0 and make.stdout.strip().splitlines() == lines

@@ -116,7 +116,8 @@ def test_production_loop_with_standins(tmp_path: Path, fixtures: Path) -> None:
             assert (it / str(i) / "sample" / str(row["task"]) / "OUTCAR").exists()
     status = subprocess.run([str(REPO / "bin" / "smallcell"), "--run-dir", str(tmp_path),
                              "status"], capture_output=True, text=True, env=env, check=True)
-    assert len(status.stdout.strip().splitlines()) == 4
+    lines = status.stdout.strip().splitlines()
+    assert len(lines) == 5 and lines[4].startswith("cost: ")  # 3 iterations, then the cost
     assert ("potential: iter/2/train/pot.almtp (fitted in iteration 2; not yet checked by "
             "MD)") in res.stdout
 

@@ -137,7 +137,8 @@ def _summaries(root: Path) -> list[dict]:
 
 
 def _fake(root: Path, cfg, conv: list[bool], new: list[int] | None = None,
-          errors: list[float | None] | None = None) -> list[dict]:
+          errors: list[float | None] | None = None,
+          refit: list[bool] | None = None) -> list[dict]:
     """Summaries of iterations 0..len(conv)-1 by the protocol's rules, without running
     anything: open each iteration with its stage's config, record its protocol fields
     (`new`: labels each iteration added, default none; `errors`: the stop rule's force
@@ -146,7 +147,8 @@ def _fake(root: Path, cfg, conv: list[bool], new: list[int] | None = None,
     for i, c in enumerate(conv):
         it = protocol.open_iteration(root, i, cfg)
         fields = protocol.summary_fields(it, c and i > 0, (new or [0] * len(conv))[i],
-                                         (errors or [None] * len(conv))[i])
+                                         (errors or [None] * len(conv))[i],
+                                         (refit or [False] * len(conv))[i])
         s = {"iteration": i, "converged": c and i > 0, **fields}
         atomic_write_json(it.paths.summary(i), s)
         out.append(s)
@@ -192,6 +194,15 @@ def test_a_refit_must_pass_its_own_md_before_the_stage_ends(tmp_path: Path) -> N
     assert s[2]["check"] and s[2]["stage_end"] == "converged" and finished(s[2])
     assert verdict(s[2]) == ("converged: no MD run broke (the refitted potential passed its "
                              "check MD)")
+
+
+def test_a_final_refit_must_pass_its_own_md_too(tmp_path: Path) -> None:
+    """The stop rule met with nothing new, but the potential was refitted (the final
+    refit): not the end yet, the next iteration checks the refit."""
+    cfg = parse_config("{}")
+    s = _fake(tmp_path, cfg, [False, True, True], new=[24, 0, 0], refit=[False, True, False])
+    assert [x["stage_end"] for x in s] == [None, None, "converged"]
+    assert s[1]["check_due"] and s[1]["final_fit"] and s[2]["check"]
 
 
 def test_a_check_due_at_the_cap_still_runs(tmp_path: Path) -> None:
@@ -289,6 +300,32 @@ def test_three_stages_run_in_order(three: tuple[Path, str]) -> None:
     assert sorted({r.temperature for r in md_runs(Iteration.open(root, last).cfg, last)}) == [
         300.0, 400.0, 500.0]
     assert "stage 1/3 (1x1x1)" in out and "stage 2/3 starts with iteration" in out
+
+
+def test_each_stage_hands_on_a_final_refit_that_passed_its_md(three: tuple[Path, str]
+                                                               ) -> None:
+    """Where a stage met its stop rule, its potential was refitted from the previous one
+    and from trainer.final_restarts fresh templates, each to convergence (no screen), the
+    lowest loss kept; the next iteration explored it; the stage ended with it. A stage
+    whose data did not change keeps the earlier final refit instead of repeating it."""
+    root, _ = three
+    s = _summaries(root)
+    finals = [x for x in s if x["final_fit"]]
+    assert finals
+    for x in finals:
+        i = x["iteration"]
+        info = read_json(root / "iter" / str(i) / "train" / "errors.json")
+        starts = info["extra"]["attempts"]
+        assert starts[0]["start"] == "warm start" and len(starts) == 4
+        assert all(a["converged"] for a in starts) and not info["extra"]["continued"]
+        assert info["extra"]["screen_iterations"] == 3000  # unscreened: the whole limit
+        assert min(a["loss"] for a in starts) == pytest.approx(info["loss_history"][-1])
+        nxt = s[i + 1]
+        assert x["check_due"] and nxt["check"] and nxt["potential_fit"] == i
+    ends = [x for x in s if x["stage_end"]]
+    for x in ends:  # every stage hands on a final refit that ran the stage's MD itself
+        info = read_json(root / "iter" / str(x["potential_fit"]) / "train" / "errors.json")
+        assert info["final_quality"] and x["potential_checked"]
 
 
 def test_data_and_potential_carry_forward(three: tuple[Path, str]) -> None:

@@ -374,7 +374,8 @@ def _collect_train(it: Iteration, chain: slurm.Chain, cfg: Config) -> int:
         t0 = time.perf_counter()
         sample.run(it)
         timings["sample"] = time.perf_counter() - t0
-    for stage, fn in (("collect", collect.run), ("train", train.run)):
+    for stage, fn in (("collect", collect.run),
+                      ("train", lambda it: train.run(it, loop.final_fit_due(it)))):
         if not is_done(it.stage(stage)):
             t0 = time.perf_counter()
             fn(it)

@@ -64,8 +64,29 @@ def run_iteration(it: Iteration, runner: Runner) -> dict[str, Any]:
     if not is_done(it.stage("collect")):
         timed("collect", collect.run, it)
     if not is_done(it.stage("train")):
-        timed("train", train.run, it)
+        timed("train", train.run, it, final_fit_due(it))
     return finish_iteration(it, timings, time.perf_counter() - t0)
+
+
+def stop_inputs(it: Iteration) -> tuple[explore.ExploreReport | None, bool, float | None]:
+    """What the stop rule reads of an iteration whose explore and sample are done: the
+    explore report, whether its MD converged, and the stop rule's force error."""
+    rep = explore.report_of(it) if it.i > 0 else None
+    conv = rep.converged(it.cfg["extrapolation"]["gamma_break"]) if rep else False
+    prev = read_json(it.paths.summary(it.i - 1)) if it.i > 0 else {}
+    sampled = sample.summary_fields(it)
+    return rep, conv, stopping.force_error(it.cfg["stop"], sampled["sample_force_error_mean"],
+                                           prev.get("test_errors"))
+
+
+def final_fit_due(it: Iteration) -> bool:
+    """The iteration meets the stop rule and is not itself a check: its fit is the final
+    refit (train.run), which must then pass a check iteration's MD. Shared by the local
+    loop and the SLURM collect+train job."""
+    if it.i == 0 or protocol.is_check(it):
+        return False
+    _, conv, force_error = stop_inputs(it)
+    return conv and protocol.stop_met(it, conv, force_error)
 
 
 def _recording_stops(it: Iteration, runner: Runner) -> dict[str, Any]:
@@ -98,18 +119,15 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
     Shared by the local loop and the SLURM collect+train job: everything comes from the
     stages' files and markers, never from values held in memory, so both schedulers write
     the same summary for the same folders (only the clock readings differ)."""
-    rep = explore.report_of(it) if it.i > 0 else None
+    rep, conv, force_error = stop_inputs(it)
     n_sel = label.n_selected(it)
     labeled, failed = label.counts(it)
     errors = read_json(it.stage("train") / "errors.json")
-    gb = it.cfg["extrapolation"]["gamma_break"]
     coll = read_json(it.stage("collect") / "done")
-    conv = rep.converged(gb) if rep else False
     sampled = sample.summary_fields(it)
     prev = read_json(it.paths.summary(it.i - 1)) if it.i > 0 else {}
-    force_error = stopping.force_error(it.cfg["stop"], sampled["sample_force_error_mean"],
-                                       prev.get("test_errors"))
-    stage = protocol.summary_fields(it, conv, int(coll["n_new"]), force_error)
+    refit = bool(errors.get("final_fit"))
+    stage = protocol.summary_fields(it, conv, int(coll["n_new"]), force_error, refit)
     summary: dict[str, Any] = {
         "iteration": it.i,
         "cell": it.cfg["structure"]["cell"],
@@ -129,7 +147,7 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
         "broke": (rep.n_broke > 0) if rep else None,
         "converged": conv,
         **stage,
-        **delivered(it, prev, errors, checked=conv and int(coll["n_new"]) == 0),
+        **delivered(it, prev, errors, checked=conv and int(coll["n_new"]) == 0 and not refit),
         "policy": it.cfg["select"]["policy"],
         "train_seconds": errors.get("seconds"),
         "train_iterations": errors.get("iterations"),

@@ -137,17 +137,24 @@ def _note(cfg: Config, prev: dict[str, Any] | None, check: bool, converged: bool
     return why if cfg["stop"]["rule"] == "accuracy" else None
 
 
+def stop_met(it: Iteration, converged: bool, force_error: float | None) -> bool:
+    """Whether iteration `it` meets its stage's stop rule (see summary_fields); known
+    before its fit, so the train stage can make the final refit."""
+    return summary_fields(it, converged, 0, force_error)["stop_met"]
+
+
 def summary_fields(it: Iteration, converged: bool, n_new: int,
-                   force_error: float | None) -> dict[str, Any]:
+                   force_error: float | None, refit: bool = False) -> dict[str, Any]:
     """What summary.json records of the protocol: the stage, the iteration's rank among
     the stage's explore iterations (iteration 0, the initial fit, is 0), the converged
     streak within the stage, the stop rule's verdict, and whether (and why) the stage
     ends here.
 
-    The stage ends (converged) when the stop rule is met and the iteration added no
-    labels, so the potential it hands on is the one that ran its MD. When the rule is met
-    but labels were added, the refit must first pass one more explore (`check_due`; the
-    next iteration is a check, see is_check), even past the stage's cap."""
+    The stage ends (converged) when the stop rule is met, the iteration added no labels
+    and made no final refit (`refit`), so the potential it hands on is the one that ran
+    its MD. When the rule is met but labels were added or the potential was refitted, the
+    refit must first pass one more explore (`check_due`; the next iteration is a check,
+    see is_check), even past the stage's cap."""
     cfg, k = it.cfg, int(it.cfg["stage"])
     prev = _previous(it)
     same = prev is not None and int(prev.get("stage", 0)) == k and not prev.get("stage_end")
@@ -158,7 +165,8 @@ def summary_fields(it: Iteration, converged: bool, n_new: int,
     verdict = stopping.judge(cfg["stop"], force_error, _stage_history(it, k))
     met = it.i > 0 and converged and (check or (streak >= needed and verdict.ok))
     limit = cap(cfg, k)
-    end = (CONVERGED if met and n_new == 0 else
+    changed = n_new > 0 or refit
+    end = (CONVERGED if met and not changed else
            CAPPED if limit and j >= limit and not met else None)
     return {"stage": k, "stage_name": name(cfg, k), "n_stages": n_stages(cfg),
             "stage_iteration": j, "stage_max_iterations": limit, "stage_end": end,
@@ -166,4 +174,5 @@ def summary_fields(it: Iteration, converged: bool, n_new: int,
             "stop_rule": cfg["stop"]["rule"], "stop_force_error": force_error,
             "stop_note": _note(cfg, prev, check, converged, verdict.why
                                if converged and streak >= needed else None),
-            "check": check, "check_due": bool(met and n_new > 0)}
+            "check": check, "check_due": bool(met and changed), "stop_met": bool(met),
+            "final_fit": bool(refit)}

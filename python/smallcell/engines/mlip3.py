@@ -141,6 +141,7 @@ class Mlip3Settings:
     start: str = "warm"
     timeout: float | None = None
     restarts: int = 0
+    screen: bool = True  # restarts screened for SCREEN iterations, or each to convergence
 
     def __post_init__(self) -> None:
         if isinstance(self.mlp, str):
@@ -173,7 +174,7 @@ class Mlip3Settings:
                       radial_basis_size=ts.radial_basis_size, iteration_limit=ts.max_iter,
                       energy_weight=ts.energy_weight, force_weight=ts.force_weight,
                       stress_weight=ts.stress_weight, al_mode=ts.al_mode,
-                      restarts=ts.restarts)
+                      restarts=ts.restarts, screen=ts.screen)
         return Mlip3Settings(**values)
 
     def template_path(self) -> Path:
@@ -759,7 +760,9 @@ def _train_restarts(work: Path, species: Sequence[str], out_dir: Path,
              else "warm start")]
     plan += [(template.resolve(), True, True, f"template, random initialisation {k}")
              for k in range(1, settings.restarts + 1)]
-    screen = min(SCREEN, int(settings.iteration_limit))
+    # unscreened (the final refit): every start runs the whole limit, the lowest loss wins
+    screen = min(SCREEN, int(settings.iteration_limit)) if settings.screen \
+        else int(settings.iteration_limit)
     train_cfg = str((work / TRAIN_CFG).resolve())
     outcomes: list[_Fit | Mlip3Error] = []
     best: int | None = None

@@ -64,6 +64,10 @@ class TrainSettings:
     stress_weight: float = 0.001
     al_mode: str = "nbh"
     seed: int = 1
+    # with restarts: True screens every start for SCREEN iterations and continues the
+    # best; False fits every start to convergence and keeps the lowest loss (the final
+    # refit: a screen favours a warm start, which is ahead after SCREEN iterations)
+    screen: bool = True
 
 
 @dataclass
@@ -344,8 +348,8 @@ def train(images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
              "warm start" if start else f"fresh template, seed {settings.seed}")]
     plan += [(template, settings.seed + k, f"fresh template, seed {settings.seed + k}")
              for k in range(1, settings.restarts + 1)]
-    screen = replace(settings, max_iter=min(SCREEN, settings.max_iter)) if settings.restarts \
-        else settings
+    screen = replace(settings, max_iter=min(SCREEN, settings.max_iter)) \
+        if settings.restarts and settings.screen else settings
     attempts = [_fit(_Attempt(_read(path, species), label), list(images),
                      replace(screen, seed=seed)) for path, seed, label in plan]
     best = min(attempts, key=lambda a: a.loss if math.isfinite(a.loss) else math.inf)
@@ -362,7 +366,7 @@ def train(images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
     text = best.text
     if len(attempts) > 1:
         text = "".join(f"{'#' * 72}\n# attempt {k}: {a.label}: loss {a.loss:.6g} after "
-                       f"{screen.max_iter} iterations{' (kept)' if a is screened else ''}\n"
+                       f"{a.iterations} iterations{' (kept)' if a is screened else ''}\n"
                        f"{best.text if a is screened else a.text}"
                        for k, a in enumerate(attempts))
 
