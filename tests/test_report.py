@@ -25,7 +25,7 @@ FIGS = ("gamma_vs_force_error", "gamma_vs_energy_error", "labels_per_iteration",
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("run")
-    assert cli.main(["--run-dir", str(root), "iter", "--upto", "2", "--config",
+    assert cli.main(["--run-dir", str(root), "iter", "--upto", "3", "--config",
                      str(REPO / "examples" / "tiny.yaml")]) == 0
     res = subprocess.run(["make", "-s", "report", f"RUN_DIR={root}"], cwd=REPO,
                          capture_output=True, text=True, check=False, timeout=300)
@@ -35,7 +35,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _summaries(root: Path) -> list[dict]:
     return [json.loads((root / "iter" / str(i) / "summary.json").read_text())
-            for i in range(3)]
+            for i in range(4)]
 
 
 def test_every_figure_and_a_self_contained_page(run: Path) -> None:
@@ -56,7 +56,7 @@ def test_table_numbers_are_the_summaries(run: Path) -> None:
     rows = {int(r[0]): r for r in (
         [x.strip() for x in line.strip("|").split("|")]
         for line in md.splitlines() if re.match(r"\| \d+ \| 1/1 \| 1x1x1", line))}
-    assert sorted(rows) == [0, 1, 2]
+    assert sorted(rows) == [0, 1, 2, 3]
     for s in _summaries(run):
         r = rows[s["iteration"]]
         assert int(r[c["labeled"]]) == s["n_labeled"] and int(r[c["n_train"]]) == s["n_train"]
@@ -92,7 +92,7 @@ def test_table_numbers_are_the_summaries(run: Path) -> None:
     from smallcell.status import status_lines
 
     assert any(line.startswith("cost: " + text) for line in status_lines(run))  # make status
-    assert "Converged at iteration 2" in md
+    assert "Converged at iteration 3" in md
     # the 23-column table scrolls inside the page instead of being cut off
     assert "<div class='wide'><table>" in page and ".wide{overflow-x:auto" in page
 
@@ -100,7 +100,7 @@ def test_table_numbers_are_the_summaries(run: Path) -> None:
 def test_question_one_is_answered_from_the_error_samples(run: Path) -> None:
     """The pooled rank correlation and the per-iteration ones in the answer are those of
     the sample/errors.json rows and the summaries."""
-    rows = [r for i in (1, 2) for r in json.loads(
+    rows = [r for i in (1, 2, 3) for r in json.loads(
         (run / "iter" / str(i) / "sample" / "errors.json").read_text())["configs"]]
     rho = spearmanr([r["gamma"] for r in rows], [r["force_error"] for r in rows]).statistic
     md = (run / "report" / "report.md").read_text()

@@ -156,9 +156,14 @@ def test_a_terminal_is_asked(answer: str, fake_apt) -> None:
 
 
 def test_make_test_passes_the_consent_on() -> None:
+    # under `make test GPAW=1` (CI) the outer make's variables reach this make through
+    # MAKEFLAGS and the environment: start from a clean slate
+    outer = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GPAW", "SLURM"}
+    base = {k: v for k, v in os.environ.items() if k not in outer}
+
     def plan(*args: str, **env: str) -> list[str]:
         out = subprocess.run(["make", "-n", "test", *args], cwd=REPO, capture_output=True,
-                             text=True, check=True, env={**os.environ, **env}).stdout
+                             text=True, check=True, env={**base, **env}).stdout
         return [line for line in out.splitlines()
                 if "install-" in line or " -m pytest " in line]
 

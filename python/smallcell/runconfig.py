@@ -17,7 +17,9 @@ the `validation` section, whose folder keeps its own settings.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -98,6 +100,7 @@ def pin(root: Path, cfg: Config, *, change: bool = False) -> dict[str, Any] | No
     it). Keys that may differ freely update the record silently."""
     paths = RunPaths(root)
     record = record_path(paths)
+    _sweep(paths)
     text = cfg.dump()
     if not record.exists():
         atomic_write_text(record, text)
@@ -124,6 +127,17 @@ def pin(root: Path, cfg: Config, *, change: bool = False) -> dict[str, Any] | No
     atomic_write_json(changes_path(paths), [*changes(paths), entry])
     atomic_write_text(record, text)
     return entry
+
+
+def _sweep(paths: RunPaths) -> None:
+    """The scratch of a record write cut short (`iter/.config.yaml.tmp.<pid>`); callers
+    hold the run lock, so no other writer owns it."""
+    names = (f".{RECORD}.tmp.", f".{CHANGES}.tmp.")
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(paths.iter_root):
+            if entry.name.startswith(names) and entry.is_file():
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
 
 def changes(paths: RunPaths) -> list[dict[str, Any]]:

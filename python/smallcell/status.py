@@ -245,10 +245,13 @@ def _scan(folder: Path) -> list[os.DirEntry]:
         return []
 
 
-def _stop_lines(paths: RunPaths, i: int) -> list[str]:
-    """Why the stopped iteration i stopped: its stop record (written by `make iter` on
-    Ctrl-C or an error, and by a SLURM job that could not go on), else what is known."""
+def _stop_lines(paths: RunPaths, i: int, idle: bool) -> list[str]:
+    """Why iteration i stopped: its stop record (written by `make iter` on Ctrl-C or an
+    error, and by a SLURM job that could not go on), else, when nothing works on it
+    (`idle`), what is known."""
     stopped = _load(paths.it(i) / STOPPED)
+    if not stopped and not idle:
+        return []
     if not stopped:
         return [f"{'':>6}STOPPED: no process holds the run lock and no job of this run is "
                 "queued, and the last attempt left no reason (killed, or its machine went "
@@ -281,8 +284,8 @@ def status_lines(root: Path) -> list[str]:
             lines.append(moved)
         if i in jobs:
             lines.append(f"{'':>6}{jobs[i]}")
-        if state == "stopped":
-            lines += _stop_lines(paths, i)
+        if not s:  # a stop record is shown even while stragglers of the chain still run
+            lines += _stop_lines(paths, i, state == "stopped")
     last = summaries[its[-1]] if its else None
     if last and finished(last):
         lines.append(f"{verdict(last)}; {potential_text(last)}")
