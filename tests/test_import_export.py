@@ -107,7 +107,7 @@ def test_outcar_folder_as_an_import_entry(fixtures: Path, tmp_path: Path) -> Non
     src = fixtures / "vasp" / "single_point" / "vasp632_fccAl4_strained" / "OUTCAR"
     (tmp_path / "eq" / "r1").mkdir(parents=True)
     shutil.copyfile(src, tmp_path / "eq" / "r1" / "OUTCAR")
-    got = initial._read_set(tmp_path / "eq", ["Al"])
+    got = initial.read_set(tmp_path / "eq", ["Al"])
     assert len(got) == 1 and got[0].natoms == 4 and got[0].energy is not None
     assert got[0].feature("origin").endswith("r1/OUTCAR")
 
@@ -118,7 +118,7 @@ def test_outcar_folder_to_extxyz_and_back(fixtures: Path, tmp_path: Path) -> Non
     src = fixtures / "vasp" / "relax_md" / "vasp541_relax3_32at_mlip3"
     (tmp_path / "eq" / "run1").mkdir(parents=True)
     shutil.copyfile(src / "OUTCAR", tmp_path / "eq" / "run1" / "OUTCAR")
-    imported = initial._read_set(tmp_path / "eq", ["Pd", "Ag"])
+    imported = initial.read_set(tmp_path / "eq", ["Pd", "Ag"])
     write_extxyz(tmp_path / "eq.extxyz", imported, ["Pd", "Ag"])
     back, order = read_extxyz(tmp_path / "eq.extxyz", ["Pd", "Ag"])
     ref = read_cfgs(src / "relax.cfg")
@@ -130,7 +130,7 @@ def test_outcar_folder_to_extxyz_and_back(fixtures: Path, tmp_path: Path) -> Non
         assert a.energy == pytest.approx(b.energy, abs=1e-8)
         np.testing.assert_allclose(a.plus_stress, b.plus_stress, atol=2e-4)
     # and it imports again as initial data of a run of that system
-    again = initial._read_set(tmp_path / "eq.extxyz", ["Pd", "Ag"])
+    again = initial.read_set(tmp_path / "eq.extxyz", ["Pd", "Ag"])
     assert [c.energy for c in again] == [c.energy for c in back]
 
 
@@ -150,11 +150,11 @@ def test_unlabeled_or_foreign_sets_are_refused(tmp_path: Path) -> None:
     raw = [atoms_to_cfg(a, SPECIES) for a in initial_structures(parse_config("{}"))[:2]]
     write_extxyz(tmp_path / "raw.extxyz", raw, SPECIES)
     with pytest.raises(SmallcellError, match=r"raw.extxyz: configuration 1 has no Energy"):
-        initial._read_set(tmp_path / "raw.extxyz", SPECIES)
+        initial.read_set(tmp_path / "raw.extxyz", SPECIES)
     cu = _labeled(1, 3, tmp_path)
     write_extxyz(tmp_path / "cu.extxyz", cu, ["Cu"])
     with pytest.raises(SmallcellError, match=r"cu.extxyz.*Cu"):
-        initial._read_set(tmp_path / "cu.extxyz", SPECIES)
+        initial.read_set(tmp_path / "cu.extxyz", SPECIES)
 
 
 # --------------------------------------------------- a run on imported data, exported

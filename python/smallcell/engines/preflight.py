@@ -39,6 +39,7 @@ from pathlib import Path
 
 from smallcell.commands import parse_command
 from smallcell.config import ENGINE_STAGES, Config, job_setups, mlip3_template, placeholders
+from smallcell.errors import SmallcellError
 from smallcell.formats.errors import FormatError
 
 SETUP_TIMEOUT = 60.0  # s: module systems can be slow, a hung line must not hang the check
@@ -259,27 +260,14 @@ def _data_set(path: Path, species: list[str]) -> list[str]:
     a folder of OUTCARs, an extended XYZ file or a cfg file; one message per problem."""
     if path.is_dir():
         return _outcars(path, species)
-    from smallcell.formats.cfg import read_cfgs
-    from smallcell.formats.extxyz import read_extxyz
+    from smallcell.stages.initial import read_set
 
     try:
-        if path.suffix.lower() in (".extxyz", ".xyz"):
-            found, _ = read_extxyz(path, species)
-        else:
-            found = read_cfgs(path)
-    except FormatError as exc:
-        return [f"cannot read it: {exc}"]
-    except ValueError as exc:  # an element outside the species
-        return [f"{path}: {exc} (the config's species are {species})"]
+        found = read_set(path, species)  # exactly what iteration 0 will read
+    except SmallcellError as exc:
+        return [str(exc)]
     if not found:
         return [f"{path}: no configuration in it (expected labeled configurations)"]
-    for n, c in enumerate(found, 1):
-        if c.energy is None or c.forces is None:
-            return [f"{path}: configuration {n} has no energy or forces (initial data must "
-                    "be labeled)"]
-        if len(c.types) and int(c.types.max()) >= len(species):
-            return [f"{path}: configuration {n} has type {int(c.types.max())} but the "
-                    f"config's species are {species}"]
     return []
 
 

@@ -64,7 +64,7 @@ def _import_outcars(folder: Path, species: list[str]) -> list:
     return cfgs
 
 
-def _read_set(path: Path, species: list[str]) -> list[Cfg]:
+def read_set(path: Path, species: list[str]) -> list[Cfg]:
     """One labeled data set: an OUTCAR folder, an extended XYZ file or a cfg file."""
     if path.is_dir():
         return _import_outcars(path, species)
@@ -137,7 +137,7 @@ def _imported(it: Iteration) -> tuple[list[Cfg], dict]:
     for entry in entries:
         path = it.cfg.resolve(entry)
         assert path is not None
-        got = _read_set(path, it.species)
+        got = read_set(path, it.species)
         sources.append({"path": str(path), "n": len(got)})
         progress(it, "select", f"imported {len(got)} labeled configurations from {path}")
         cfgs += got
