@@ -380,24 +380,18 @@ def kill_points(ref: Reference, rng: random.Random) -> list[KillPoint]:
     def rand(lo: float, hi: float) -> KillPoint:  # a random moment of the run time
         return KillPoint(None, after=rng.uniform(lo, hi) * ref.seconds)
 
-    def start_up() -> KillPoint:  # a random moment before iteration 0's first labels
-        s0 = json.loads((ref.root / "iter" / "0" / "summary.json").read_text())
-        inside = sum(json.loads(p.read_text())["seconds"]
-                     for p in (ref.root / "iter").glob("*/summary.json"))
-        before = max(ref.seconds - inside, 0.0) + s0["stage_seconds"].get("select", 0.0)
-        return KillPoint(None, after=rng.uniform(0.3, 0.9) * before)
-
     def fit(i: int) -> KillPoint:  # inside iteration i's fit, however fast the machine
         summary = json.loads((ref.root / "iter" / str(i) / "summary.json").read_text())
         t = float(summary["stage_seconds"]["train"])
-        return KillPoint(f"iter/{i}/collect/done", delay=(0.15 * t, 0.6 * t))
+        return KillPoint(f"iter/{i}/collect/done", delay=(0.05 * t, 0.3 * t))
 
     def labels(i: int, part: float, **kw: Any) -> list[KillPoint]:
         k = n.get(i, 0)
         return [KillPoint(f"iter/{i}/vasp/*/done", max(1, int(k * part)), **kw)] if k else []
 
     points = [
-        start_up(),                                                      # start-up, iter 0
+        KillPoint(None, after=rng.uniform(0.05, 0.4)),                    # start-up
+        KillPoint("iter/0/select/done", delay=(0.0, 0.0)),               # iteration 0 labels
         *labels(0, 1 / 3),                                               # iteration 0 labels
         fit(0),                                                          # first fit
         KillPoint("iter/0/train/done"),                                  # before summary

@@ -144,6 +144,7 @@ def assert_same_run(ref: Path, run: Path, iterations: range | None = None) -> No
         out = {str(p.relative_to(root)) for p in real_files(root)}
         if iterations is not None:
             out = {r for r in out if not r.startswith("iter/")
+                   or not r.split("/")[1].isdigit()  # the run's own (iter/config.yaml)
                    or int(r.split("/")[1]) in iterations}
         return out
 
