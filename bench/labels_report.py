@@ -33,7 +33,10 @@ def _spread(xs: list[float], fmt: str) -> str:
 def _fit_text(tr: dict[str, Any]) -> str:
     return (f"{tr['restarts'] + 1} starts screened over 100 L-BFGS iterations, the best "
             f"continued until 50 iterations lower the loss by less than "
-            f"{100 * tr['tolerance']:g}%, at most {tr['max_iter']} iterations")
+            f"{100 * tr['tolerance']:g}%, at most {tr['max_iter']} iterations; where a stage "
+            f"meets its stop rule, the final refit: {tr['final_restarts'] + 1} starts each "
+            f"to {100 * tr['final_tolerance']:g}% (at most {tr['final_max_iter']}), the "
+            "lowest loss kept and checked by one more MD")
 
 
 def _main_runs(results: list[dict[str, Any]], policy: str) -> list[dict[str, Any]]:
