@@ -103,3 +103,16 @@ def slurm_cluster(request: pytest.FixtureRequest):
     except SlurmUnavailable as exc:
         pytest.skip(str(exc))
     return cluster
+
+
+@pytest.fixture
+def fake_apt(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """apt-get and sudo that only log their arguments."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    log = tmp_path / "apt.log"
+    (fake / "apt-get").write_text(f"#!/bin/sh\necho \"$@\" >> {log}\n")
+    (fake / "sudo").write_text("#!/bin/sh\nexec \"$@\"\n")
+    for exe in fake.iterdir():
+        exe.chmod(0o755)
+    return {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}, log

@@ -137,7 +137,8 @@ def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
 
 
-def test_setup_extras_gpaw_installs_only_what_is_missing(tmp_path: Path) -> None:
+def test_setup_extras_gpaw_installs_only_what_is_missing(
+        fake_apt: tuple[dict[str, str], Path]) -> None:
     """`make setup EXTRAS=gpaw` asks bin/install-debian-packages for gpaw and gpaw-data,
     which passes apt-get only the packages dpkg does not have (a second setup is free)."""
     plan = subprocess.run(["make", "-n", "setup", "EXTRAS=gpaw"], cwd=REPO,
@@ -145,14 +146,7 @@ def test_setup_extras_gpaw_installs_only_what_is_missing(tmp_path: Path) -> None
     assert "bin/install-debian-packages gpaw gpaw-data" in plan
     assert "install-debian-packages" not in subprocess.run(
         ["make", "-n", "setup"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    log = tmp_path / "apt.log"
-    (fake / "apt-get").write_text(f"#!/bin/sh\necho \"$@\" >> {log}\n")
-    (fake / "sudo").write_text("#!/bin/sh\nexec \"$@\"\n")
-    for exe in fake.iterdir():
-        exe.chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    env, log = fake_apt
     script = str(REPO / "bin" / "install-debian-packages")
     done = subprocess.run([script, "coreutils", "bash"], env=env, capture_output=True,
                           text=True, check=False)

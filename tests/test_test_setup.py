@@ -103,19 +103,6 @@ class LocalSlurm:
     assert "1  fake start: would install" in out
 
 
-@pytest.fixture
-def fake_apt(tmp_path: Path) -> tuple[dict[str, str], Path]:
-    """apt-get and sudo that only log their arguments."""
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    log = tmp_path / "apt.log"
-    (fake / "apt-get").write_text(f"#!/bin/sh\necho \"$@\" >> {log}\n")
-    (fake / "sudo").write_text("#!/bin/sh\nexec \"$@\"\n")
-    for exe in fake.iterdir():
-        exe.chmod(0o755)
-    return {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}, log
-
-
 def _install(env: dict[str, str], consent: str, *packages: str, stdin=subprocess.DEVNULL
              ) -> subprocess.CompletedProcess:
     return subprocess.run([str(SCRIPT), "Foo (~1 MB), for the foo tests,", consent,

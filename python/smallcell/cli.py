@@ -44,13 +44,12 @@ def cmd_iter(args: argparse.Namespace) -> int:
     from smallcell import loop
     from smallcell.engines.base import check_engines
     from smallcell.sched.local import LocalRunner
-    from smallcell.state import RunLock, RunPaths, read_json
+    from smallcell.state import RunLock, RunPaths
     from smallcell.status import (
         HEADER,
-        cost_text,
         line_for_summary,
         potential_text,
-        reference_calls,
+        run_cost,
         transition_line,
         validation_line,
     )
@@ -76,10 +75,8 @@ def cmd_iter(args: argparse.Namespace) -> int:
         print(line_for_summary(s))
         if transition_line(s):
             print(transition_line(s))
-    cost = reference_calls(summaries, read_json(root / "validation" / "summary.json")
-                           if (root / "validation" / "summary.json").exists() else None)
     print(f"\n{len(summaries)} iterations, {summaries[-1].get('n_train', 0)} configurations "
-          f"in the training set; {cost_text(cost)}")
+          f"in the training set; {run_cost(root, summaries)}")
     last = summaries[-1]
     later = [i for i in RunPaths(root).iterations() if i > last["iteration"]]
     verdict = (loop.verdict(last) if loop.finished(last) else

@@ -763,7 +763,7 @@ class Config:
                     values[name] = [str(self.resolve(v)) for v in values[name]]
 
         absolute(SCHEMA, data)
-        header = f"# effective configuration (from {self.source})\n" if self.source else ""
+        header = f"{SOURCE_HEADER}{self.source})\n" if self.source else ""
         return header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
@@ -1205,6 +1205,17 @@ def load_config(path: str | os.PathLike | None, problems: list[str] | None = Non
     except FileNotFoundError:
         raise SmallcellError(f"{path}: config file not found") from None
     return parse_config(text, path, problems)
+
+
+SOURCE_HEADER = "# effective configuration (from "  # Config.dump's first line
+
+
+def dumped_source(path: Path) -> Path | None:
+    """The config file a dumped config (an iteration's frozen copy, the run's record) was
+    made from, as its first line names it; None without that line."""
+    first = path.read_text(encoding="utf-8").split("\n", 1)[0]
+    return Path(first[len(SOURCE_HEADER):-1]) \
+        if first.startswith(SOURCE_HEADER) and first.endswith(")") else None
 
 
 def parse_config(text: str, source: Path | None = None,

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from smallcell.config import Config
+from smallcell.config import Config, dumped_source
 from smallcell.errors import SmallcellError
 from smallcell.state import RunPaths, atomic_write_json, atomic_write_text
 
@@ -55,15 +55,8 @@ def resolve(root: Path, given: str | None) -> str:
     record = record_path(RunPaths(root))
     if not record.exists():
         return DEFAULT
-    source = _source(record)
+    source = dumped_source(record)
     return str(source) if source is not None and source.exists() else str(record)
-
-
-def _source(record: Path) -> Path | None:
-    first = record.read_text(encoding="utf-8").split("\n", 1)[0]
-    prefix = "# effective configuration (from "
-    return Path(first[len(prefix):-1]) if first.startswith(prefix) and first.endswith(")") \
-        else None
 
 
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -111,7 +104,7 @@ def pin(root: Path, cfg: Config, *, change: bool = False) -> dict[str, Any] | No
         if record.read_text(encoding="utf-8") != text:
             atomic_write_text(record, text)
         return None
-    was = _source(record) or record
+    was = dumped_source(record) or record
     shown = "\n".join(f"  {k}: {show(a)} -> {show(b)}" for k, (a, b) in diff.items())
     if not change:
         raise SmallcellError(

@@ -137,6 +137,11 @@ def reference_calls(summaries: list[dict[str, Any]],
             "total": train + failed + sample + checked}
 
 
+def run_cost(root: Path, summaries: list[dict[str, Any]]) -> str:
+    """The run's reference calculations in words, its validation's included."""
+    return cost_text(reference_calls(summaries, _load(Path(root) / "validation" / SUMMARY)))
+
+
 def cost_text(c: dict[str, int]) -> str:
     """reference_calls in words."""
     return (f"{c['total']} reference calculations in all: {c['train']} training labels "
@@ -290,9 +295,7 @@ def status_lines(root: Path) -> list[str]:
     if last and finished(last):
         lines.append(f"{verdict(last)}; {potential_text(last)}")
     if complete:
-        lines.append("cost: " + cost_text(reference_calls(
-            [summaries[i] for i in sorted(complete)],
-            _load(Path(root) / "validation" / SUMMARY))))
+        lines.append("cost: " + run_cost(root, [summaries[i] for i in sorted(complete)]))
     checked = validation_line(root)
     if checked:
         lines.append(checked)

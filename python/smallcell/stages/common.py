@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from smallcell import runconfig
-from smallcell.config import Config, load_config
+from smallcell.config import Config, dumped_source, load_config
 from smallcell.errors import SmallcellError
 from smallcell.formats.cfg import Cfg
 from smallcell.state import RunPaths, atomic_write_text
@@ -76,7 +76,7 @@ class Iteration:
         if cfg is not None and cfg.source is not None:
             loaded.source = cfg.source
         else:
-            loaded.source = _original_source(frozen) or loaded.source
+            loaded.source = dumped_source(frozen) or loaded.source
         return cls(paths, i, loaded)
 
 
@@ -93,14 +93,6 @@ def load_frozen(frozen: Path) -> Config:
     if hit is None or hit[0] != key:
         hit = _FROZEN[frozen] = (key, load_config(frozen))
     return copy.deepcopy(hit[1])
-
-
-def _original_source(frozen: Path) -> Path | None:
-    first = frozen.read_text(encoding="utf-8").split("\n", 1)[0]
-    prefix = "# effective configuration (from "
-    if first.startswith(prefix) and first.endswith(")"):
-        return Path(first[len(prefix):-1])
-    return None
 
 
 TaskFn = Callable[[Path, int, int], Any]
