@@ -404,7 +404,7 @@ def kill_points(ref: Reference, rng: random.Random) -> list[KillPoint]:
     ]
     if 2 in n:
         points += [
-            KillPoint("iter/1/summary.json", delay=(0.5, 1.5)),          # explore, iter 2
+            KillPoint("iter/1/summary.json", delay=(0.0, 0.05)),         # explore, iter 2
             KillPoint("iter/2/explore/*/done", 1),                       # explore / select
             *labels(2, 1 / 2),                                           # labels
             rand(0.05, 0.25),                     # anywhere in the rest (labels, last fit)
