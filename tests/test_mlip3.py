@@ -8,11 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from smallcell.engines import mlip3
 from smallcell.engines.mlip3 import (
     POT,
     TAG,
@@ -23,6 +26,7 @@ from smallcell.engines.mlip3 import (
     calculate_grade,
     call_mlp,
     check_errors,
+    check_template,
     errors_from_report,
     match_selected,
     parse_errors_log,
@@ -693,8 +697,10 @@ def test_trainer_config_errors_are_the_per_configuration_log(
         gen: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The error study's per-configuration errors: check_errors' log lines in file order
     (the keys motep_mtp.config_errors_of also returns), files under `work`. Under MPI the
-    rank files number their own share: each configuration is then checked alone, with the
-    same numbers."""
+    rank files number their own share of MLIP-3's round-robin and a rank short of one
+    configuration logs a padding line: merged in input order in one call, the same
+    numbers. Should the share not fit, every configuration is checked alone (the padding
+    line of a one-configuration check dropped)."""
     train_dir = tmp_path / "train"
     train_dir.mkdir()
     shutil.copyfile(gen / "trained_cfg.almtp", train_dir / "pot.almtp")
@@ -711,8 +717,14 @@ def test_trainer_config_errors_are_the_per_configuration_log(
     monkeypatch.setenv("SMALLCELL_MLP_NP", "2")
     mpi = trainer.config_errors(train_dir, SPECIES, some, tmp_path / "mpi")
     assert mpi == serial and len(mpi) == 5
-    assert sorted(p.name for p in (tmp_path / "mpi" / "one").iterdir()) == list("01234")
-
+    assert sorted(p.name for p in (tmp_path / "mpi").glob("check_errors.percfg*")) == [
+        "check_errors.percfg.0", "check_errors.percfg.1"]
+    assert "#atoms: 0" in (tmp_path / "mpi" / "check_errors.percfg.1").read_text()
+    assert not (tmp_path / "mpi" / "one").exists()
+    monkeypatch.setattr(mlip3, "_round_robin", lambda by_rank, natoms: None)
+    alone = trainer.config_errors(train_dir, SPECIES, some, tmp_path / "alone")
+    assert alone == serial
+    assert sorted(p.name for p in (tmp_path / "alone" / "one").iterdir()) == list("01234")
 
 
 @pytest.mark.usefixtures("standin_env")
@@ -810,7 +822,8 @@ def test_train_failures(m3: Path, gen: Path, tmp_path: Path,
 def test_grading_failures(gen: Path, m3: Path, tmp_path: Path,
                           monkeypatch: pytest.MonkeyPatch) -> None:
     pot = gen / "trained_cfg.almtp"
-    with pytest.raises(Mlip3Error, match="ERROR: Selection state not found"):
+    with pytest.raises(Mlip3Error, match=r"MLIP-3 error \(exit status 9\): No selection "
+                       "data provided with MLIP"):
         calculate_grade(m3 / "mlip3_upstream/MTP_templates/08.almtp", gen / "cand58.cfg",
                         tmp_path / "g.cfg", mlp=MLP)
     monkeypatch.setenv("SMALLCELL_MLP_FAIL", "calculate_grade:nooutput,select_add:silent")
@@ -903,3 +916,350 @@ def test_standin_init_random(m3: Path, gen: Path, tmp_path: Path) -> None:
         fit("c", trained))
     with pytest.raises(Mlip3Error, match=r'settings\["init_random"\]="yes" but it is not'):
         fit("d", tpl, "--init_random=yes")
+
+
+# --------------------------------------------------------------------------- MPI and edges
+# What the real mlp showed (issue 18.3), played by the stand-in; the same tests run against
+# the real program below.
+
+
+def test_parse_train_log_of_an_mpi_build() -> None:
+    """mlp_mpi heads each optimisation "MTPR training started on N core(s)" (the serial
+    build "MTPR serial(?!?) training started"): the pre-training and the fit stay apart."""
+    text = ("Pre-training started\nMTPR training started on 2 core(s)\n"
+            "BFGS iter 0: f=3.0\nBFGS iter 1: f=2.0\nstep limit reached\nMTPR training ended\n"
+            "Pre-training ended\nIteration limit is 3\nMTPR training started on 2 core(s)\n"
+            "BFGS iter 0: f=1.5\nBFGS iter 1: f=1.25\nBFGS iter 2: f=1.0\nstep limit reached\n"
+            "MTPR training ended\ntraining complete\n")
+    log = parse_train_log(text)
+    assert log.phases == [[3.0, 2.0], [1.5, 1.25, 1.0]] and log.hit_limit == [True, True]
+    assert log.iterations == 3 and not log.converged and log.complete
+
+
+@pytest.mark.usefixtures("standin_env")
+def test_standin_empty_training_set_trains_as_mlp_does(m3: Path, tmp_path: Path) -> None:
+    """mlp trains on an empty set without complaint (losses -nan, a report of zeros): the
+    adapter refuses one itself, before calling mlp."""
+    (tmp_path / "empty.cfg").write_text("")
+    run = call_mlp(MLP, ["train", str(m3 / "mlip3_upstream/MTP_templates/08.almtp"),
+                         "empty.cfg", "--save_to=pot.almtp", "--iteration_limit=5"],
+                   tmp_path, expect="training complete", outputs=["pot.almtp"])
+    log = parse_train_log(run.stdout)
+    assert log.n_configs == 0 and log.loss_history and all(math.isnan(x)
+                                                            for x in log.loss_history)
+    assert log.report is not None and errors_from_report(log.report) == {}
+    assert "Following atomic numbers" not in run.stdout
+    assert read_almtp_header(tmp_path / "pot.almtp").species_count == 0
+    with pytest.raises(Mlip3Error, match="no training configurations"):
+        train([], SPECIES, tmp_path / "t", _settings(m3), None)
+
+
+@pytest.mark.usefixtures("standin_env")
+def test_standin_mpi_outputs(gen: Path, tmp_path: Path,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """As mlp_mpi on 2 ranks: grade log lines numbered per rank, no output file for a
+    rank that graded nothing, check_errors' padding line and diluted report, every rank's
+    "Rank r, " error message."""
+    monkeypatch.setenv("SMALLCELL_MLP_NP", "2")
+    pot = gen / "trained_cfg.almtp"
+    write_cfgs(tmp_path / "five.cfg", read_cfgs(gen / "cand58.cfg")[:5])
+    write_cfgs(tmp_path / "one.cfg", read_cfgs(gen / "cand58.cfg")[:1])
+    run = call_mlp(MLP, ["calculate_grade", str(pot), "five.cfg", "g.cfg"], tmp_path)
+    assert [x.split("\t")[0] for x in run.stdout.splitlines() if x.startswith("Sampling")] \
+        == ["Sampling: cfg# 1", "Sampling: cfg# 2", "Sampling: cfg# 3", "Sampling: cfg# 1",
+            "Sampling: cfg# 2"]
+    call_mlp(MLP, ["calculate_grade", str(pot), "one.cfg", "h.cfg"], tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("h.cfg*")) == ["h.cfg.0"]
+    call_mlp(MLP, ["check_errors", str(pot), "five.cfg", "--report_to=rep", "--log=per"],
+             tmp_path)
+    rows = [parse_errors_log((tmp_path / f"per.{r}").read_text()) for r in (0, 1)]
+    assert [len(x) for x in rows] == [3, 3] and rows[1][2]["atoms"] == 0
+    assert math.isnan(rows[1][2]["energy_per_atom_diff"])
+    report = parse_errors_report((tmp_path / "rep").read_text())
+    assert report is not None and report["energy"]["count"] == 6
+    assert report["forces"]["count"] == 10
+    with pytest.raises(Mlip3Error) as err:
+        call_mlp(MLP, ["calculate_grade", str(pot), "missing.cfg", "x.cfg"], tmp_path)
+    assert err.value.reason.startswith("MLIP-3 error (exit status 9): Rank 0, ERROR: Can't "
+                                       "open file \"missing.cfg\"")
+    assert "Rank 1, ERROR" in (tmp_path / "calculate_grade.err").read_text()
+
+
+def test_unpad_report_and_round_robin() -> None:
+    """The padding comparisons of an MPI check_errors taken out of its report (counts,
+    means, RMS; maxima and forces kept), and rank lines merged in input order only when
+    they fit MLIP-3's share."""
+    report = {"energy": {"count": 6.0, "max": 3.0, "mean": 1.0, "rms": 2.0},
+              "forces": {"count": 10.0, "max": 1.0, "mean": 0.5, "rms": 0.7},
+              "virial": {"count": 6.0, "max": 3.0, "mean": 1.0, "rms": 2.0, "max_rel": 0.1,
+                         "rms_rel": 0.2}}
+    out = mlip3._unpad_report(report, 1)
+    assert out["energy"] == {"count": 5.0, "max": 3.0, "mean": 1.2,
+                             "rms": pytest.approx(2.0 * math.sqrt(6 / 5))}
+    assert out["forces"] == report["forces"] and report["energy"]["count"] == 6.0
+    assert "rms_rel" not in out["virial"] and out["virial"]["max_rel"] == 0.1
+    rows = [[{"cfg": 1.0, "atoms": 2.0}, {"cfg": 2.0, "atoms": 4.0}],
+            [{"cfg": 1.0, "atoms": 3.0}]]
+    assert mlip3._round_robin(rows, [2, 3, 4]) == [
+        {"cfg": 1.0, "atoms": 2.0}, {"cfg": 2.0, "atoms": 3.0}, {"cfg": 3.0, "atoms": 4.0}]
+    assert mlip3._round_robin(rows, [2, 3, 5]) is None  # atoms differ: another share
+    assert mlip3._round_robin(rows, [2, 3]) is None
+
+
+# --------------------------------------------------------------------------- both programs
+# The same calls against the stand-in and the real mlp (conftest.py: real_mlp, built once
+# per machine from ../shared/vendor). Assertions are about what the adapter relies on, not
+# about replayed numbers.
+
+
+def _real_trained(real_mlp: Any, fixtures: Path, out: Path, al_mode: str) -> Path:
+    """A level-8 potential the real mlp fitted on train30.cfg (30 iterations)."""
+    gen = fixtures / "mlip3" / "generated"
+    train(_images(gen), SPECIES, out, Mlip3Settings(
+        mlp=[str(real_mlp.mlp)], templates_dir=real_mlp.templates_dir, level=8,
+        max_dist=6.5, iteration_limit=30, al_mode=al_mode), None)
+    return out / POT
+
+
+@pytest.fixture(scope="module")
+def real_pots(real_mlp: Any, fixtures: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Potentials trained by the real mlp in cfg and nbh mode, once per module."""
+    root = tmp_path_factory.mktemp("real_pots")
+    return {mode: _real_trained(real_mlp, fixtures, root / mode, mode)
+            for mode in ("cfg", "nbh")}
+
+
+@dataclass
+class Program:
+    """An mlp to test against: its argv, its templates and potentials it trained (the
+    stand-in: the fixtures the real one wrote)."""
+
+    name: str
+    mlp: list[str]
+    templates_dir: Path
+    pots: dict[str, Path]
+
+    def mpi(self, request: pytest.FixtureRequest) -> list[str]:
+        """The argv on 2 MPI ranks: the stand-in as an MPI build, the real mlp_mpi under
+        mpirun (conftest.py's real_mpirun, which skips without it)."""
+        if self.name == "standin":
+            return ["env", "SMALLCELL_MLP_NP=2", *self.mlp]
+        return request.getfixturevalue("real_mpirun")
+
+
+@pytest.fixture(params=["standin", "real"])
+def program(request: pytest.FixtureRequest, fixtures: Path,
+            monkeypatch: pytest.MonkeyPatch) -> Program:
+    monkeypatch.setenv("SMALLCELL_FIXTURES", str(fixtures))
+    for var in ("SMALLCELL_MLP_FAIL", "SMALLCELL_MLP_NP", "SMALLCELL_MLP_SLEEP",
+                "SMALLCELL_MLP_ARGV_LOG"):
+        monkeypatch.delenv(var, raising=False)
+    if request.param == "standin":
+        gen = fixtures / "mlip3" / "generated"
+        return Program("standin", MLP,
+                       fixtures / "mlip3" / "mlip3_upstream" / "MTP_templates",
+                       {"cfg": gen / "trained_cfg.almtp", "nbh": gen / "trained_nbh.almtp"})
+    real = request.getfixturevalue("real_mlp")
+    return Program("real", [str(real.mlp)], real.templates_dir,
+                   request.getfixturevalue("real_pots"))
+
+
+def test_mpi_rank_files_merge_as_serial(program: Program, gen: Path, tmp_path: Path,
+                                        request: pytest.FixtureRequest) -> None:
+    """mlp_mpi on 2 ranks (5 configurations: one rank short of one): grades from
+    graded.cfg.<rank>, errors and per-configuration lines from the rank files come out as
+    the serial build's, in one call each; a fit on 2 ranks keeps its pre-training apart."""
+    mpi = program.mpi(request)
+    pot = program.pots["cfg"]
+    write_cfgs(tmp_path / "five.cfg", read_cfgs(gen / "cand58.cfg")[:5])
+    write_cfgs(tmp_path / "one.cfg", read_cfgs(gen / "cand58.cfg")[:1])
+    serial = calculate_grade(pot, tmp_path / "five.cfg", tmp_path / "s" / "g.cfg",
+                             mlp=program.mlp)
+    ranked = calculate_grade(pot, tmp_path / "five.cfg", tmp_path / "m" / "g.cfg", mlp=mpi)
+    assert ranked == pytest.approx(serial, rel=1e-5)
+    assert sorted(p.name for p in (tmp_path / "m").glob("g.cfg*")) == ["g.cfg.0", "g.cfg.1"]
+    assert len(calculate_grade(pot, tmp_path / "one.cfg", tmp_path / "o" / "g.cfg",
+                               mlp=mpi)) == 1
+    s = check_errors(pot, tmp_path / "five.cfg", mlp=program.mlp, out_dir=tmp_path / "se")
+    m = check_errors(pot, tmp_path / "five.cfg", mlp=mpi, out_dir=tmp_path / "me")
+    assert sorted(p.name for p in (tmp_path / "me").glob("check_errors.percfg*")) == [
+        "check_errors.percfg.0", "check_errors.percfg.1"]
+    assert m["n_configs"] == s["n_configs"] == 5
+    for key in ("energy_rmse", "energy_mae", "energy_max", "force_rmse", "stress_rmse",
+                "stress_mae"):
+        assert m[key] == pytest.approx(s[key], rel=1e-4), key
+    assert len(m["per_config"]) == 5
+    for a, b in zip(m["per_config"], s["per_config"], strict=True):
+        assert a == pytest.approx(b, rel=1e-4)
+    train_dir = tmp_path / "train"
+    train_dir.mkdir()
+    shutil.copyfile(pot, train_dir / POT)
+    rows = Mlip3Trainer(Mlip3Settings(mlp=mpi)).config_errors(
+        train_dir, SPECIES, tmp_path / "five.cfg", tmp_path / "ce")
+    assert len(rows) == 5 and not (tmp_path / "ce" / "one").exists()
+    res = train(_images(gen), SPECIES, tmp_path / "fit", Mlip3Settings(
+        mlp=mpi, templates_dir=program.templates_dir, level=8, max_dist=6.5,
+        iteration_limit=10, al_mode="cfg"), None)
+    assert res.iterations == 10 and len(res.loss_history) == 10
+    assert res.extra["pretrain_history"] and read_almtp_header(tmp_path / "fit" / POT).trained
+
+
+def test_failures_the_program_reports(program: Program, gen: Path, tmp_path: Path) -> None:
+    """Failures mlp reports, each one Mlip3Error line: an MlipException (exit status 9),
+    a file it cannot open (exit status 0, a message on stdout), a misspelt command, a
+    wrong argument count (the `--key value` trap)."""
+    tpl = program.templates_dir / "08.almtp"
+    with pytest.raises(Mlip3Error) as err:
+        calculate_grade(tpl, gen / "cand58.cfg", tmp_path / "g.cfg", mlp=program.mlp)
+    assert err.value.reason == ("MLIP-3 error (exit status 9): No selection data provided "
+                                "with MLIP") and err.value.returncode == 9
+    with pytest.raises(Mlip3Error) as err:
+        check_errors(program.pots["cfg"], tmp_path / "missing.cfg", mlp=program.mlp,
+                     out_dir=tmp_path / "ce")
+    assert err.value.reason.startswith("Can not open a file with configurations")
+    with pytest.raises(Mlip3Error) as err:
+        call_mlp(program.mlp, ["calculate-grade", "a", "b", "c"], tmp_path)
+    assert err.value.reason.startswith("this mlp has no command 'calculate-grade'")
+    with pytest.raises(Mlip3Error, match=r"wrong number of arguments \(mlp train: 2 "
+                       "arguments are required\\)"):
+        call_mlp(program.mlp, ["train", str(tpl), str(gen / "train30.cfg"),
+                               "--iteration_limit", "5"], tmp_path)
+    with pytest.raises(Mlip3Error) as err:
+        call_mlp(program.mlp, ["train", str(tpl), "missing.cfg", "--save_to=p.almtp"],
+                 tmp_path)
+    assert err.value.reason.startswith("MLIP-3 error (exit status 9): ERROR: Can't open "
+                                       "file \"missing.cfg\" for reading configurations")
+    assert err.value.log == tmp_path / "train.err"
+
+
+# --------------------------------------------------------------------------- the real mlp
+
+
+def test_real_templates_load_and_train(real_mlp: Any, gen: Path, tmp_path: Path) -> None:
+    """Every <level>.almtp of the build's MTP_templates is an untrained template the
+    adapter reads (levels 6..16 recognised by their moment counts); one prepared by the
+    adapter (species, cutoffs, basis size set) trains at levels 6 and 10."""
+    found = {int(p.name[:2]): p for p in real_mlp.templates_dir.glob("[0-9][0-9].almtp")}
+    assert set(KNOWN_LEVELS) <= set(found)
+    for level, path in sorted(found.items()):
+        h = read_almtp_header(path)
+        assert not h.trained and not h.has_active_set and h.level in (level, None), path
+        if level in KNOWN_LEVELS:
+            assert h.level == level and (h.alpha_moments_count,
+                                         h.alpha_scalar_moments) == KNOWN_LEVELS[level]
+            check_template(path, level)
+    for level, mode in ((6, "nbh"), (10, "cfg")):
+        res = train(_images(gen), SPECIES, tmp_path / str(level), Mlip3Settings(
+            mlp=[str(real_mlp.mlp)], templates_dir=real_mlp.templates_dir, level=level,
+            min_dist=2.2, max_dist=5.5, radial_basis_size=10, iteration_limit=5,
+            al_mode=mode), None)
+        h = read_almtp_header(tmp_path / str(level) / POT)
+        assert (h.level, h.al_mode, h.max_dist, h.radial_basis_size) == (level, mode, 5.5, 10)
+        assert res.iterations == 5 and all(math.isfinite(v) for v in res.errors.values())
+
+
+def test_real_train_template_warm_and_restart(real_mlp: Any, gen: Path,
+                                              tmp_path: Path) -> None:
+    """A fit from the template: the limit reached, a pre-training, a falling finite loss,
+    finite training errors on every configuration and atom, min_dist moved to 0.99 x the
+    training set's shortest distance, an active set of one row per coefficient; a warm
+    start goes on from where it ended; a random restart ends elsewhere."""
+    settings = Mlip3Settings(mlp=[str(real_mlp.mlp)], templates_dir=real_mlp.templates_dir,
+                             level=8, max_dist=6.5, iteration_limit=30, al_mode="cfg")
+    out = tmp_path / "t0"
+    res = train(_images(gen), SPECIES, out, settings, None)
+    assert sorted(p.name for p in out.iterdir()) == [POT, "train.err", "train.log"]
+    assert (res.iterations, res.converged, res.message) == (30, False,
+                                                            "iteration limit reached")
+    assert res.extra["pretrain_history"] and res.extra["start"] == "template"
+    loss = res.loss_history
+    assert all(math.isfinite(x) and x > 0 for x in loss) and loss[-1] < loss[0]
+    assert (res.errors["n_configs"], res.errors["n_atoms"]) == (30, 39)
+    assert all(math.isfinite(v) and v >= 0 for v in res.errors.values())
+    h = read_almtp_header(out / POT)
+    assert (h.trained, h.al_mode, h.level, h.max_dist) == (True, "cfg", 8, 6.5)
+    assert h.min_dist == pytest.approx(0.99 * 3.43348, rel=1e-5)
+    assert res.active_set_size == h.radial_funcs_count * h.radial_basis_size + 1 + \
+        h.alpha_scalar_moments == 26
+    assert 1 <= res.active_set_configs <= 30
+    warm = train(_images(gen), SPECIES, tmp_path / "t1",
+                 Mlip3Settings(**{**vars(settings), "iteration_limit": 20}), out / POT)
+    assert warm.extra["start"] == "warm" and warm.extra["pretrain_history"] == []
+    assert warm.loss_history[0] <= loss[-1] * (1 + 1e-6)
+    assert warm.loss_history[-1] <= warm.loss_history[0]
+    assert "Selection data found" in (tmp_path / "t1" / "train.log").read_text()
+    again = train(_images(gen), SPECIES, tmp_path / "t2",
+                  Mlip3Settings(**{**vars(settings), "restarts": 1}), None)
+    attempts = again.extra["attempts"]
+    assert isinstance(attempts, list) and len(attempts) == 2
+    assert all(math.isfinite(a["loss"]) for a in attempts)
+    assert attempts[0]["loss"] != attempts[1]["loss"]
+    assert "Random initialization of radial coefficients" in (
+        tmp_path / "t2" / "train.log").read_text()
+
+
+def test_real_grades_and_selection(real_mlp: Any, real_pots: dict[str, Path], gen: Path,
+                                   tmp_path: Path) -> None:
+    """Grades: the training set within the selection threshold, its active set at 1;
+    candidates beyond it. select_add: valid candidates, each beyond the threshold (not
+    always the most extrapolative one: a near-twin of a selected one adds nothing), no
+    more than the active set has rows, ordered by grade. nbh mode: per-atom grades whose
+    maximum is gamma."""
+    mlp = [str(real_mlp.mlp)]
+    pot = real_pots["cfg"]
+    state = read_selection_state(pot)
+    assert state is not None
+    own = calculate_grade(pot, gen / "train30.cfg", tmp_path / "own" / "g.cfg", mlp=mlp)
+    assert len(own) == 30 and max(own) <= 1.001 + 1e-6
+    assert sum(g >= 0.9999 for g in own) >= state.n_configs
+    train_dir = tmp_path / "iter" / "1" / "train"
+    train_dir.mkdir(parents=True)
+    shutil.copyfile(pot, train_dir / POT)
+    (tmp_path / "iter" / "1" / "collect").mkdir()
+    shutil.copyfile(gen / "train30.cfg", tmp_path / "iter" / "1" / "collect" / "train.cfg")
+    potential = Mlip3Trainer(Mlip3Settings(mlp=mlp)).load(train_dir, SPECIES, "cfg")
+    potential.work_dir = tmp_path / "work"
+    sel = potential.select(_images(gen, "cand58.cfg"))
+    grades = sel.initial_grades
+    assert len(grades) == 58 and np.all(np.isfinite(grades)) and grades.max() > 1.001
+    assert sel.selected and len(set(sel.selected)) == len(sel.selected) <= state.size
+    assert all(0 <= k < 58 and grades[k] > 1.001 for k in sel.selected)
+    assert list(grades[sel.selected]) == sorted(grades[sel.selected], reverse=True)
+    assert len(sel.cfgs) == len(sel.selected) and list(potential.work_dir.iterdir()) == []
+    alone = select_add(pot, None, gen / "cand58.cfg", tmp_path / "s" / "new.cfg", mlp=mlp)
+    assert alone and all(0 <= k < 58 and grades[k] > 1.001 for k in alone)
+    nbh = Mlip3Potential(real_pots["nbh"], SPECIES, mlp=mlp, work_dir=tmp_path / "w")
+    assert nbh.al_mode == "nbh"
+    for gamma, per_atom in nbh.grade_many(_images(gen, "cand58.cfg")[:6]):
+        assert per_atom is not None and per_atom.max() == pytest.approx(gamma, rel=1e-5,
+                                                                         abs=1e-5)
+
+
+def test_real_check_errors_and_the_per_configuration_log(
+        real_mlp: Any, real_pots: dict[str, Path], gen: Path, tmp_path: Path) -> None:
+    """check_errors' report and its per-configuration lines describe the same errors (one
+    line per configuration in file order, atoms adding up to the report's); on the
+    training set they are the errors train reported; the Trainer interface returns both."""
+    mlp = [str(real_mlp.mlp)]
+    pot = real_pots["cfg"]
+    res = check_errors(pot, gen / "cand58.cfg", mlp=mlp, out_dir=tmp_path / "ce")
+    assert (res["n_configs"], res["n_atoms"]) == (58, 138)
+    rows = res["per_config"]
+    assert [r["cfg"] for r in rows] == list(range(1, 59))
+    assert [r["atoms"] for r in rows] == [c.natoms for c in read_cfgs(gen / "cand58.cfg")]
+    epa = np.array([r["energy_per_atom_diff"] for r in rows])
+    assert epa.max() == pytest.approx(res["energy_max"], rel=1e-4)
+    assert epa.mean() == pytest.approx(res["energy_mae"], rel=1e-3)
+    assert max(r["force_max"] for r in rows) == pytest.approx(res["force_max"], rel=1e-4)
+    assert max(r["stress_diff"] for r in rows) == pytest.approx(res["stress_max"], rel=1e-4)
+    train_dir = tmp_path / "train"
+    train_dir.mkdir()
+    shutil.copyfile(pot, train_dir / POT)
+    trainer = Mlip3Trainer(Mlip3Settings(mlp=mlp))
+    fitted = parse_train_log((pot.parent / "train.log").read_text())
+    assert fitted.report is not None
+    assert trainer.errors(train_dir, SPECIES, gen / "train30.cfg") == pytest.approx(
+        errors_from_report(fitted.report), rel=1e-3)
+    per = trainer.config_errors(train_dir, SPECIES, gen / "cand58.cfg", tmp_path / "w")
+    assert per == [{k: v for k, v in r.items() if k != "cfg"} for r in rows]

@@ -5,8 +5,8 @@ that names neither mlip3.mlp nor an MTP template finds that build
 
 The build logic runs fast on a tiny stand-in source (a `configure` and a Makefile that
 write a shell-script mlp); the real build from ../shared/vendor/mlip-3-7fe598d.tar.gz
-(or $SMALLCELL_MLIP3_SOURCE) is a slow test that uses the build cache ($MLIP3_CACHE, else
-~/.cache/smallcell/mlip3), so a machine compiles it once."""
+(or $SMALLCELL_MLIP3_SOURCE; conftest.py's vendor_source) is a slow test that uses the
+build cache ($MLIP3_CACHE, else ~/.cache/smallcell/mlip3), so a machine compiles it once."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import MLIP3_TOOLS as TOOLS
 from smallcell.config import parse_config
 from smallcell.engines.base import check_engines, trainer_for
 from smallcell.engines.mlip3_install import installed_mlip3, mlip3_prefix
@@ -31,8 +32,6 @@ from smallcell.errors import SmallcellError
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "bin" / "build-mlip3"
 STANDINS = Path(__file__).resolve().parent / "standins"
-VENDOR = REPO.parent / "shared" / "vendor" / "mlip-3-7fe598d.tar.gz"
-TOOLS = ("gcc", "g++", "gfortran", "make")
 
 
 def _run(*args: str | Path, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
@@ -368,19 +367,6 @@ TRAIN_CFG = """BEGIN_CFG
          0.10000     0.10000     0.10000     0.00000     0.00000     0.00000
 END_CFG
 """
-
-
-@pytest.fixture(scope="module")
-def vendor_source() -> Path:
-    path = Path(os.environ.get("SMALLCELL_MLIP3_SOURCE") or VENDOR)
-    if not path.exists():
-        pytest.skip(f"MLIP-3 source not found at {path} (set SMALLCELL_MLIP3_SOURCE to "
-                    "mlip-3-7fe598d.tar.gz or an MLIP-3 source folder)")
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"building MLIP-3 needs {', '.join(missing)} (make setup EXTRAS=mlip3 "
-                    "installs them)")
-    return path
 
 
 @pytest.mark.slow

@@ -13,8 +13,11 @@ Facts this adapter is built around (shared/docs/mlip3-facts.md §4, checked agai
 - ``--al_mode`` only matters when training starts from an untrained template; a trained
   file keeps the mode of its #MVS weights (``mlp train`` reads them back).
 - MPI builds suffix per-rank outputs (``out.cfg.0``, ``out.cfg.1`` ...) of calculate_grade
-  and the per-configuration error log; they are merged back in input order by
-  ``Feature ID``.
+  and the per-configuration error log; grades are merged back in input order by
+  ``Feature ID``, error-log lines by MLIP-3's round-robin share (configuration k on rank
+  k % ranks). An MPI check_errors pads every rank that got one configuration fewer with
+  an empty comparison (a ``#atoms: 0`` line, counted in the report): see
+  :func:`check_errors`.
 - ``select_add`` keeps the features of the candidates it writes out, so each candidate is
   tagged ``Feature smallcell_candidate <k>`` before the call and found back by that tag
   (by coordinates if a build ever drops features).
@@ -294,6 +297,9 @@ def _judge(run: MlpRun, *, expect: str | None = None, outputs: Iterable[Path] = 
     if m:
         raise fail(f"wrong number of arguments ({m.group(0).strip()}); options must be "
                    "written --key=value")
+    m = _CANT_OPEN.search(run.stdout)  # check_errors: this message, then exit status 9 on
+    if m:                              # "Input stream is not open"; the message names it
+        raise fail(m.group(0).strip())
     if run.returncode == 9 or "ERROR" in run.stderr or "MlipException" in run.stderr:
         raise fail(f"MLIP-3 error (exit status {run.returncode}): "
                    f"{_error_line(run.stderr or run.stdout)}")
@@ -301,9 +307,6 @@ def _judge(run: MlpRun, *, expect: str | None = None, outputs: Iterable[Path] = 
         hint = ("; check the mlp command and setup lines in the config"
                 if run.returncode in (126, 127) else "")
         raise fail(f"exit status {run.returncode}: {_error_line(run.stderr)}{hint}")
-    m = _CANT_OPEN.search(run.stdout)
-    if m:
-        raise fail(m.group(0).strip())
     if expect is not None and expect not in run.stdout:
         raise fail(f"{expect!r} missing from its output: mlp stopped early")
     for path in outputs:
@@ -341,7 +344,9 @@ def call_mlp(mlp: Sequence[str], args: Sequence[str], cwd: str | os.PathLike[str
 # --------------------------------------------------------------------------- log parsers
 
 _BFGS = re.compile(r"^BFGS iter (\d+): f=(\S+)\s*$", re.MULTILINE)
-_PHASE = re.compile(r"^MTPR .*training started\s*$")
+# serial: "MTPR serial(?!?) training started"; MPI: "MTPR training started on 2 core(s)"
+# (src/mtpr_trainer.cpp NonLinOptimize); the pre-training and the fit each print one
+_PHASE = re.compile(r"^MTPR .*training started(?: on \d+ core\(s\))?\s*$")
 _REPORT_BLOCKS = {
     "Energy": "energy",
     "Energy per atom": "energy_per_atom",
@@ -1018,8 +1023,16 @@ def check_errors(pot: str | os.PathLike[str], cfg: str | os.PathLike[str], *,
                  setup: Sequence[str] = ()) -> dict[str, Any]:
     """Errors of `pot` on the labelled configurations of `cfg` (``mlp check_errors``): the
     summary keys of :func:`errors_from_report`, plus ``report`` (every block of the errors
-    report) and ``per_config`` (the per-configuration log lines, in file order; MPI ranks
-    one after the other). Files go to `out_dir` (default: beside `cfg`)."""
+    report) and ``per_config`` (the per-configuration log lines, in file order, ``cfg``
+    numbering them 1..N). Files go to `out_dir` (default: beside `cfg`).
+
+    MPI (rank files ``check_errors.percfg.<rank>``): MLIP-3 gives configuration k to rank
+    k % ranks and, when the count is not a multiple of the ranks, lets each rank that got
+    one fewer compare a configuration with itself (src/mlp/mlp_commands.cpp, check_errors):
+    a ``#atoms: 0`` line with zero errors, counted in the report. Those lines are dropped
+    and the report's counts, means and RMS are corrected (:func:`_unpad_report`); the
+    rank files are merged in input order when their lines fit that share (atom counts
+    checked), else left rank after rank with their own ``cfg#``."""
     folder = Path(out_dir) if out_dir is not None else Path(cfg).resolve().parent
     folder.mkdir(parents=True, exist_ok=True)
     report_path = folder / "check_errors.report"
@@ -1034,10 +1047,63 @@ def check_errors(pot: str | os.PathLike[str], cfg: str | os.PathLike[str], *,
     if report is None:
         raise Mlip3Error("check_errors", f"no errors report in {report_path.name}",
                          argv=run.argv, cwd=folder, log=run.log)
-    per_cfg: list[dict[str, float]] = []
-    for f in _rank_files(per_path):
-        per_cfg += parse_errors_log(f.read_text(errors="replace"))
+    files = _rank_files(per_path)
+    if files == [per_path] or not files:  # serial
+        per_cfg = parse_errors_log(per_path.read_text(errors="replace")) if files else []
+        return {**errors_from_report(report), "report": report, "per_config": per_cfg}
+    by_rank = [parse_errors_log(f.read_text(errors="replace")) for f in files
+               if f != per_path]
+    padding = sum(1 for rows in by_rank for r in rows if r.get("atoms") == 0)
+    by_rank = [[r for r in rows if r.get("atoms") != 0] for rows in by_rank]
+    if padding:
+        report = _unpad_report(report, padding)
+    per_cfg = _round_robin(by_rank, [c.natoms for c in iter_cfgs(cfg)])
+    if per_cfg is None:
+        per_cfg = [r for rows in by_rank for r in rows]
     return {**errors_from_report(report), "report": report, "per_config": per_cfg}
+
+
+def _unpad_report(report: dict[str, dict[str, float]], padding: int
+                  ) -> dict[str, dict[str, float]]:
+    """The report without `padding` zero-error comparisons of an MPI check_errors: in the
+    per-configuration blocks (energy, energy per atom, stresses, virial) the count drops by
+    `padding` and mean and RMS grow by count/real and its square root; maxima stay (a
+    zero difference is no maximum). Forces count atoms, and the padding has none. The
+    stress blocks' RMS ratio also summed the padding configuration's own stress, which
+    the report does not give: it is left out."""
+    out = {name: dict(block) for name, block in report.items()}
+    for name in ("energy", "energy_per_atom", "stresses", "virial"):
+        block = out.get(name)
+        if not block or block.get("count", 0) <= padding:
+            continue
+        count = block["count"]
+        real = count - padding
+        block["count"] = real
+        if "mean" in block:
+            block["mean"] *= count / real
+        if "rms" in block:
+            block["rms"] *= math.sqrt(count / real)
+        block.pop("rms_rel", None)
+    return out
+
+
+def _round_robin(by_rank: Sequence[Sequence[dict[str, float]]], natoms: Sequence[int]
+                 ) -> list[dict[str, float]] | None:
+    """Per-configuration lines of an MPI check_errors in input order: line j of rank r is
+    configuration j * ranks + r, numbered again 1..N. None when the lines do not fit that
+    share (another count, or another number of atoms)."""
+    ranks = len(by_rank)
+    n = len(natoms)
+    if ranks == 0 or sum(len(rows) for rows in by_rank) != n:
+        return None
+    out: list[dict[str, float]] = []
+    for k in range(n):
+        rows = by_rank[k % ranks]
+        j = k // ranks
+        if j >= len(rows) or int(rows[j].get("atoms", -1)) != natoms[k]:
+            return None
+        out.append({**rows[j], "cfg": float(k + 1)})
+    return out
 
 
 # --------------------------------------------------------------------------- potential
@@ -1187,10 +1253,10 @@ class Mlip3Trainer:
                       work: Path) -> list[dict[str, float]]:
         """``mlp check_errors`` per-configuration log, in file order; files go to `work`.
 
-        Under MPI each rank logs its own share with its own ``cfg#`` count (how ranks share
-        the configurations is not documented), so rows cannot be matched to
-        configurations; then every configuration is checked alone (work/one/<k>/): exact,
-        at one mlp start per configuration."""
+        Under MPI each rank logs its own share with its own ``cfg#`` count; check_errors
+        merges them in input order (MLIP-3's round-robin share). Should a build share
+        otherwise, every configuration is checked alone (work/one/<k>/): exact, at one
+        mlp start per configuration."""
         pot, work = Path(train_dir) / POT, Path(work)
         kw = {"mlp": self.settings.mlp, "timeout": self.settings.timeout,
               "setup": self.settings.setup}

@@ -51,8 +51,14 @@ def installed_mlip3(repo_root: Path | None = None) -> InstalledMlip3 | None:
     """The MLIP-3 build of this smallcell (`repo_root`, default: the clone this module
     belongs to), or None when there is none."""
     prefix = mlip3_prefix(repo_root)
-    if prefix is None:
-        return None
+    return None if prefix is None else read_build(prefix)
+
+
+def read_build(prefix: Path) -> InstalledMlip3 | None:
+    """The build bin/build-mlip3 installed in `prefix`, or None when it holds none (no
+    readable manifest.json, or no executable mlp): the tests take their real mlp from
+    here too."""
+    prefix = Path(prefix)
     try:
         manifest = json.loads((prefix / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
