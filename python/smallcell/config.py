@@ -315,8 +315,17 @@ SCHEMA = Section(
                 "level": Key("int", 8, "MTP level (basis size grows with it).", low=2, high=28),
                 "max_dist": Key("float", 5.0, "Cutoff radius of the MTP.", low=0, low_open=True,
                                 unit="Å"),
-                "min_dist": Key("float", 2.0, "Smallest distance of the radial basis.", low=0,
+                "min_dist": Key("float", 2.0, "Smallest distance of the radial basis (the "
+                                "first fit's, when min_dist_update moves it).", low=0,
                                 low_open=True, unit="Å"),
+                "min_dist_update": Key(
+                    "bool", True,
+                    "Every fit moves min_dist to 0.99 x the training set's shortest "
+                    "interatomic distance, as mlp train does by default (false: keep "
+                    "min_dist; MLIP-3: --no_mindist_update). Measured on the default run: "
+                    "with the fixed 2 Å on fcc Pb (shortest distances ~3 Å) motep's fits "
+                    "ended ~3x less accurate (BENCHMARKS.md \"MLIP-3's mlp against "
+                    "motep\")."),
                 "radial_basis_size": Key("int", 8, "Chebyshev radial basis functions.", low=2),
                 "max_iter": Key("int", 1000, "Iteration limit of the L-BFGS fit (a limit, not "
                                 "a budget: fits stop at `tolerance`; BENCHMARKS.md "

@@ -127,7 +127,7 @@ def trainer_for(cfg: Config) -> Trainer:
             force_weight=tr["force_weight"], stress_weight=tr["stress_weight"],
             weight_scaling=m["weight_scaling"], al_mode=tr["al_mode"],
             start="warm" if tr["warm_start"] else "template", timeout=m["timeout"],
-            restarts=tr["restarts"]))
+            restarts=tr["restarts"], min_dist_update=tr["min_dist_update"]))
     raise ValueError(f"engines.trainer: unknown trainer {name!r}")
 
 

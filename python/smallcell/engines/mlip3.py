@@ -145,6 +145,7 @@ class Mlip3Settings:
     timeout: float | None = None
     restarts: int = 0
     screen: bool = True  # restarts screened for SCREEN iterations, or each to convergence
+    min_dist_update: bool = True  # False: --no_mindist_update=true (keep min_dist)
 
     def __post_init__(self) -> None:
         if isinstance(self.mlp, str):
@@ -177,7 +178,8 @@ class Mlip3Settings:
                       radial_basis_size=ts.radial_basis_size, iteration_limit=ts.max_iter,
                       energy_weight=ts.energy_weight, force_weight=ts.force_weight,
                       stress_weight=ts.stress_weight, al_mode=ts.al_mode,
-                      restarts=ts.restarts, screen=ts.screen)
+                      restarts=ts.restarts, screen=ts.screen,
+                      min_dist_update=ts.min_dist_update)
         return Mlip3Settings(**values)
 
     def template_path(self) -> Path:
@@ -658,6 +660,8 @@ def _mlp_train(settings: Mlip3Settings, cwd: Path, src: Path, train_cfg: str, li
         args.append(f"--al_mode={settings.al_mode}")
     if init_random:
         args.append("--init_random=true")
+    if not settings.min_dist_update:
+        args.append("--no_mindist_update=true")
     try:
         run = _run(settings.mlp, args, cwd, "train", settings.timeout, settings.setup)
     except Mlip3Error as exc:  # timed out: its log will be beside the stage

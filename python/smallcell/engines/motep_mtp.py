@@ -37,7 +37,7 @@ from smallcell.engines.maxvol import (
     select_batch,
 )
 from smallcell.engines.mtp_basis import write_template
-from smallcell.engines.mtp_loss import TrainingLoss
+from smallcell.engines.mtp_loss import TrainingLoss, neighbour_vectors
 from smallcell.engines.neighbors import NeighborList
 
 if TYPE_CHECKING:
@@ -68,6 +68,9 @@ class TrainSettings:
     # best; False fits every start to convergence and keeps the lowest loss (the final
     # refit: a screen favours a warm start, which is ahead after SCREEN iterations)
     screen: bool = True
+    # MLIP-3's rule (mlp train without --no_mindist_update): every fit moves the radial
+    # basis' min_dist to MIN_DIST_FACTOR x the training set's shortest distance
+    min_dist_update: bool = True
 
 
 @dataclass
@@ -91,11 +94,15 @@ def _species_numbers(species: Sequence[str]) -> list[int]:
     return [atomic_numbers[s] for s in species]
 
 
-def _read(pot: Path, species: Sequence[str]):  # -> MTPData
+def _read(pot: Path, species: Sequence[str], min_dist: float | None = None):  # -> MTPData
+    """A potential file's parameters for `species`; `min_dist` moves the radial basis'
+    lower end (a warm start keeps its coefficients on the new interval, as mlp's does)."""
     from motep.io.mlip.mtp import read_mtp
 
     data = read_mtp(str(pot))
     data.species = _species_numbers(species)
+    if min_dist is not None:
+        data.radial_basis.min = np.float64(min_dist)
     return data
 
 
@@ -249,6 +256,34 @@ def config_errors_of(pot: MotepPotential, images: Sequence[Atoms]) -> list[dict[
     return rows
 
 
+MIN_DIST_FACTOR = 0.99  # MLIP-3 src/mtpr_trainer.cpp: min_val = 0.99 * shortest distance
+
+
+def shortest_distance(images: Sequence[Atoms], max_dist: float) -> float | None:
+    """The shortest interatomic distance (periodic images included) in `images` up to
+    max_dist; None when no pair is that close."""
+    best = math.inf
+    for atoms in images:
+        js, rs = neighbour_vectors(atoms, max_dist)
+        if (js >= 0).any():
+            best = min(best, float(np.linalg.norm(rs[js >= 0], axis=-1).min()))
+    return best if best <= max_dist else None
+
+
+def fit_min_dist(images: Sequence[Atoms], settings: TrainSettings) -> float | None:
+    """The radial basis' min_dist of a fit with min_dist_update (the default, as mlp train
+    does): 0.99 x the training set's shortest distance; None without it (a template then
+    has settings.min_dist and a warm start keeps its own, as mlp's do). Why:
+    the Chebyshev basis spans [min_dist, max_dist]; with the templates' 2 Å on fcc Pb
+    (shortest distances ~3 Å) a third of it described distances no configuration has,
+    and the default run's fits ended 3x less accurate (BENCHMARKS.md "MLIP-3's mlp
+    against motep")."""
+    if not settings.min_dist_update:
+        return None
+    d = shortest_distance(images, settings.max_dist)
+    return None if d is None else MIN_DIST_FACTOR * d
+
+
 WINDOW = 50  # L-BFGS iterations between convergence checks
 SCREEN = 2 * WINDOW  # with restarts, every start fits this long; the lowest loss goes on
 
@@ -272,18 +307,24 @@ class _Attempt:
 
 
 def _fit(a: _Attempt, images: list[Atoms], settings: TrainSettings) -> _Attempt:
-    """Linear least squares, then L-BFGS on the loss normalized to 1 at its start, in
-    windows of WINDOW iterations until a window lowers the loss by less than
-    `settings.tolerance` (a fraction) or `settings.max_iter` is spent.
+    """Linear least squares, then BFGS on the loss normalized to 1 at its start until a
+    window of WINDOW iterations lowers the loss by less than `settings.tolerance` (a
+    fraction), BFGS stops by itself (no lower point found), or `settings.max_iter` is
+    spent.
 
-    Why: scipy's L-BFGS-B stops when (f_k - f_k+1) / max(|f_k|, |f_k+1|, 1) < ftol and when
-    the projected gradient is below an absolute gtol. A good MTP's loss is ~1e-5
-    (per-configuration means of squared errors in eV and eV/Å), so on the raw loss it
-    "converged" after 1-4 iterations whatever the data (measured: 2 iterations on 196 new
-    configurations, while 300 more lowered the loss 4x and the force error 1.5x). Per
-    step the decrease is no test either: MTP fits cross long plateaus between drops.
-    Both steps use mtp_loss.TrainingLoss (3.7x faster per evaluation than motep's
-    LossFunction on 4-atom cells, same numbers)."""
+    Why BFGS: an MTP has few coefficients (26 at level 8, ~100 at level 16), so the full
+    inverse-Hessian update costs nothing, and the loss is ill-conditioned, so the
+    10-pair memory of L-BFGS-B was a poor model of it. Measured on the default run's
+    32-configuration set (level 8, 3 screened starts, tolerance 1%): L-BFGS-B ended at
+    held-out force RMSEs of 9.7 and 38 meV/Å (1000 and 250 iterations), with 200 pairs
+    of memory 8.3 and 9.1 (1000 and 958), BFGS at 5.6 and 5.6 after 196 and 250
+    iterations in a third of the time, where `mlp train` ends (5.2-5.4; BENCHMARKS.md
+    "MLIP-3's mlp against motep").
+    Why the window test: a good MTP's loss is ~1e-5 (per-configuration means of squared
+    errors in eV and eV/Å), below scipy's absolute thresholds (on the raw loss L-BFGS-B
+    "converged" after 2 iterations), and MTP fits cross plateaus between drops, so no
+    single step's decrease says the fit is done. Both steps use mtp_loss.TrainingLoss
+    (3.7x faster per evaluation than motep's LossFunction on 4-atom cells)."""
     from motep.loss import LossSetting
     from scipy.optimize import minimize
 
@@ -300,26 +341,32 @@ def _fit(a: _Attempt, images: list[Atoms], settings: TrainSettings) -> _Attempt:
     fn.scale = 1.0 / scale
     a.log += ["linear least squares for the moment and species coefficients",
               f"loss 0: {before_lls!r}", f"loss 1: {start!r}", "=" * 72,
-              f"(loss normalized by {scale!r})", "loss 0: 1.0"]
-    spent, before, converged = 0, 1.0, False
+              f"(loss normalized by {scale!r}; BFGS)", "loss 0: 1.0"]
+    window = {"before": 1.0, "converged": False}
 
     def report(intermediate_result) -> None:  # scipy passes the result by this name
-        a.history.append(scale * intermediate_result.fun)
-        a.log.append(f"loss {len(a.history) - 2}: {intermediate_result.fun!r}")
+        now = float(intermediate_result.fun)
+        a.history.append(scale * now)
+        done = len(a.history) - 2
+        a.log.append(f"loss {done}: {now!r}")
+        if done % WINDOW == 0:
+            before = window["before"]
+            a.log.append(f"window: {done} iterations spent, loss {now:.6g} "
+                         f"({100 * (before - now) / before:.3g}% lower)")
+            window["before"] = now
+            if before - now < settings.tolerance * before:
+                window["converged"] = True
+                raise StopIteration
 
-    while spent < settings.max_iter and not converged:
-        n = min(WINDOW, settings.max_iter - spent)
-        res = minimize(fn.value_and_grad, data.parameters, jac=True, method="L-BFGS-B",
-                       callback=report, options={"maxiter": n, "gtol": 1e-12})
-        data.parameters = res.x
-        spent += n
-        a.iterations += res.nit
-        now = float(res.fun)
-        converged = before - now < settings.tolerance * before
-        a.log += [f"Number of iterations: {res.nit}", f"window: {spent} iterations spent, "
-                  f"loss {now:.6g} ({100 * (before - now) / before:.3g}% lower)"]
-        before = now
-    a.converged, a.loss = converged, before * scale
+    res = minimize(fn.value_and_grad, data.parameters, jac=True, method="BFGS",
+                   callback=report, options={"maxiter": settings.max_iter, "gtol": 1e-12})
+    data.parameters = res.x
+    a.iterations = int(res.nit)
+    converged = window["converged"]
+    if not converged and res.nit < settings.max_iter:  # BFGS found no lower point
+        converged = True
+        a.log.append(f"BFGS stopped after {res.nit} iterations: {res.message}")
+    a.converged, a.loss = converged, float(res.fun) * scale
     return a
 
 
@@ -340,8 +387,10 @@ def train(images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
     work = out_dir / f".work.{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
+    min_dist = fit_min_dist(images, settings)
     template = write_template(work / "untrained.mtp", settings.level,
-                              min_dist=settings.min_dist, max_dist=settings.max_dist,
+                              min_dist=settings.min_dist if min_dist is None else min_dist,
+                              max_dist=settings.max_dist,
                               radial_basis_size=settings.radial_basis_size)
     t0 = time.perf_counter()
     plan = [(start or template, settings.seed,
@@ -350,7 +399,7 @@ def train(images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
              for k in range(1, settings.restarts + 1)]
     screen = replace(settings, max_iter=min(SCREEN, settings.max_iter)) \
         if settings.restarts and settings.screen else settings
-    attempts = [_fit(_Attempt(_read(path, species), label), list(images),
+    attempts = [_fit(_Attempt(_read(path, species, min_dist), label), list(images),
                      replace(screen, seed=seed)) for path, seed, label in plan]
     best = min(attempts, key=lambda a: a.loss if math.isfinite(a.loss) else math.inf)
     screened = best
@@ -377,6 +426,10 @@ def train(images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
     errors = errors_of(pot, images)
     if not all(math.isfinite(v) for v in errors.values()):
         raise RuntimeError(f"training diverged (non-finite errors {errors}); see train.log")
+    used = float(best.data.radial_basis.min)
+    how = "kept: min_dist_update off" if min_dist is None else \
+        f"{MIN_DIST_FACTOR} x the training set's shortest distance"
+    text = f"radial basis: min_dist {used:.6g} ({how}), max_dist {settings.max_dist:g}\n" + text
     (work / "train.log").write_text(text, encoding="utf-8")
     for name in (POT, ACTIVE, "train.log"):
         os.replace(work / name, out_dir / name)
@@ -386,12 +439,13 @@ def train(images: Sequence[Atoms], species: Sequence[str], out_dir: Path,
                f"stopped at max_iter {settings.max_iter} before converging")
     if len(attempts) > 1:
         message += f"; best of {len(attempts)} fits: {best.label}"
-    extra = {"attempts": [{"start": a.label, "loss": a.loss, "converged": a.converged}
-                          for a in attempts], "screen_iterations": screen.max_iter,
-             "continued": best is not screened} if len(attempts) > 1 else {}
+    extra: dict[str, object] = {"min_dist": used}
+    if len(attempts) > 1:
+        extra.update(attempts=[{"start": a.label, "loss": a.loss, "converged": a.converged}
+                               for a in attempts], screen_iterations=screen.max_iter,
+                     continued=best is not screened)
     return TrainResult(seconds, best.iterations, best.converged, best.history, errors,
-                       active.size,
-                       active.n_configs, message, extra)
+                       active.size, active.n_configs, message, extra)
 
 
 class MotepTrainer:

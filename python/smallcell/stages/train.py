@@ -37,7 +37,8 @@ def fit_settings(tr: dict, seed: int, *, level: int | None = None,
         tolerance=tr["final_tolerance"] if final else tr["tolerance"],
         restarts=tr["final_restarts"] if final else tr["restarts"], screen=not final,
         energy_weight=tr["energy_weight"], force_weight=tr["force_weight"],
-        stress_weight=tr["stress_weight"], al_mode=tr["al_mode"], seed=seed)
+        stress_weight=tr["stress_weight"], al_mode=tr["al_mode"], seed=seed,
+        min_dist_update=tr["min_dist_update"])
 
 
 def settings(it: Iteration, final: bool = False) -> TrainSettings:
