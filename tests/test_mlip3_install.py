@@ -415,3 +415,109 @@ def test_real_build_from_the_vendor_source(vendor_source: Path, tmp_path: Path,
     cfg = parse_config(_config(tmp_path), tmp_path / "c.yaml")
     assert cfg["mlip3"]["mlp"] == [str(mlp)]
     check_engines(cfg)
+
+
+# ------------------------------------------------------------------ the tests' real mlp
+
+USES_REAL_MLP = '''
+import os
+
+def test_real(real_mlp):
+    assert str(real_mlp.prefix) == os.environ["WANT_PREFIX"], str(real_mlp.prefix)
+    assert real_mlp.mlp.is_file()
+'''
+
+
+def _pytest_real_mlp(folder: Path, **env: str) -> subprocess.CompletedProcess:
+    """pytest on a test that uses conftest.py's real_mlp (loaded as a plugin, so it finds
+    bin/build-mlip3), with `env` on top of an environment cleared of the MLIP-3 settings."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "test_uses_real_mlp.py").write_text(USES_REAL_MLP)
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("SMALLCELL_MLIP3", "SMALLCELL_REQUIRE", "MLIP3_"))}
+    base["PYTHONPATH"] = f"{REPO / 'tests'}{os.pathsep}{REPO / 'python'}"
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p",
+                           "no:cacheprovider", "-p", "conftest", str(folder)], cwd=folder,
+                          capture_output=True, text=True, timeout=600, check=False,
+                          env={**base, "WANT_PREFIX": "", **env})
+
+
+def test_real_mlp_skips_or_fails_saying_why(tmp_path: Path) -> None:
+    """No source, or no compilers: the real-mlp tests skip naming what fixes it, and fail
+    under SMALLCELL_REQUIRE_MLIP3=1 (CI)."""
+    gone = str(tmp_path / "no-such-mlip3.tar.gz")
+    res = _pytest_real_mlp(tmp_path / "a", SMALLCELL_MLIP3_SOURCE=gone)
+    assert res.returncode == 0 and "1 skipped" in res.stdout, res.stdout + res.stderr
+    assert f"MLIP-3 source not found at {gone}" in res.stdout
+    res = _pytest_real_mlp(tmp_path / "b", SMALLCELL_MLIP3_SOURCE=gone,
+                           SMALLCELL_REQUIRE_MLIP3="1")
+    assert res.returncode == 1 and "1 error" in res.stdout, res.stdout + res.stderr
+    assert f"SMALLCELL_REQUIRE_MLIP3 is set but MLIP-3 source not found at {gone}" \
+        in res.stdout
+    source = _fake_source(tmp_path / "src")
+    res = _pytest_real_mlp(tmp_path / "c", SMALLCELL_MLIP3_SOURCE=str(source),
+                           PATH=str(tmp_path / "empty"))
+    assert res.returncode == 0 and "1 skipped" in res.stdout, res.stdout + res.stderr
+    assert ("MLIP-3 not built: gcc, g++, gfortran, make not installed (`make test "
+            "MLIP3=1` installs the compilers") in res.stdout
+    res = _pytest_real_mlp(tmp_path / "d", SMALLCELL_MLIP3_SOURCE=str(source),
+                           PATH=str(tmp_path / "empty"), SMALLCELL_REQUIRE_MLIP3="1")
+    assert res.returncode == 1 and "SMALLCELL_REQUIRE_MLIP3 is set but MLIP-3 not built" \
+        in res.stdout, res.stdout + res.stderr
+
+
+def test_real_mlp_takes_the_named_build(tmp_path: Path) -> None:
+    """SMALLCELL_MLIP3_PREFIX naming a build: used as it is, nothing built."""
+    prefix = _prefix(tmp_path / "build")
+    res = _pytest_real_mlp(tmp_path / "t", SMALLCELL_MLIP3_PREFIX=str(prefix),
+                           SMALLCELL_MLIP3_SOURCE=str(tmp_path / "nothing"),
+                           WANT_PREFIX=str(prefix.resolve()))
+    assert res.returncode == 0 and "1 passed" in res.stdout, res.stdout + res.stderr
+
+
+@pytest.mark.usefixtures("toolchain")
+def test_real_mlp_builds_into_a_session_prefix_and_a_failed_build_fails(
+        tmp_path: Path) -> None:
+    """Without a named build, real_mlp builds the source through bin/build-mlip3 into the
+    cache (MLIP3_CACHE) and installs it into a prefix of the pytest session, never into
+    the clone; a build that fails fails the tests, whatever SMALLCELL_REQUIRE_MLIP3 says,
+    with the build's own message."""
+    cache = tmp_path / "cache"
+    source = _fake_source(tmp_path / "src")
+    res = _pytest_real_mlp(tmp_path / "t", SMALLCELL_MLIP3_SOURCE=str(source),
+                           MLIP3_CACHE=str(cache), WANT_PREFIX="see below")
+    assert res.returncode == 1, res.stdout + res.stderr
+    got = Path(res.stdout.split("AssertionError: ")[1].split()[0])
+    assert got.name == "prefix" and REPO not in got.parents
+    assert [p.name for p in cache.glob("*/serial/done")] == ["done"]
+    broken = _fake_source(tmp_path / "broken", makefile=BROKEN)
+    res = _pytest_real_mlp(tmp_path / "u", SMALLCELL_MLIP3_SOURCE=str(broken),
+                           MLIP3_CACHE=str(cache))
+    assert res.returncode == 1 and "building the real MLIP-3 failed (exit status 1)" \
+        in res.stdout, res.stdout + res.stderr
+    assert "something the compiler refused" in res.stdout
+
+
+def test_make_test_installs_the_mlip3_tools_only_with_consent() -> None:
+    """`make test MLIP3=1` (or SMALLCELL_INSTALL_MLIP3=1) lets bin/install-test-packages
+    install the compilers and Open MPI the real-mlp tests build MLIP-3 with; without it
+    nothing is installed (a terminal is asked). CI passes MLIP3=1 and makes a real mlp
+    that cannot be had a failure (SMALLCELL_REQUIRE_MLIP3=1)."""
+    outer = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "MLIP3",
+             "SMALLCELL_INSTALL_MLIP3"}
+    base = {k: v for k, v in os.environ.items() if k not in outer}
+
+    def consent(*args: str, **env: str) -> str:
+        out = subprocess.run(["make", "-n", "test", *args], cwd=REPO, capture_output=True,
+                             text=True, check=True, env={**base, **env}).stdout
+        [line] = [x for x in out.splitlines() if "MLIP-3's compilers" in x]
+        part = line[line.index("MLIP-3's compilers"):]
+        assert part.endswith('"make test MLIP3=1" gcc g++ gfortran make libopenmpi-dev '
+                             "openmpi-bin"), part
+        return part.split('" "')[1]
+
+    assert consent() == ""
+    assert consent("MLIP3=1") == "1"
+    assert consent(SMALLCELL_INSTALL_MLIP3="yes") == "yes"
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "SMALLCELL_REQUIRE_MLIP3=1" in ci and "MLIP3=1 PYTEST_ARGS" in ci

@@ -490,10 +490,13 @@ SCHEMA = Section(
             "MLIP-3's mlp (engines.trainer: mlip3): training, grades, selection, errors.",
             {
                 "mlp": Key("command", ["mlp"], "How to run mlp, e.g. 'mlp' or "
-                           "'mpirun -np 8 mlp_mpi'."),
+                           "'mpirun -np 8 mlp_mpi'. Unset: the bin/mlp of the build `make "
+                           "setup EXTRAS=mlip3` made (else 'mlp' on PATH)."),
                 "setup": Key("list[str]", [], "Shell lines run before mlp (module loads)."),
                 "templates_dir": Key("path", None, "MLIP-3's MTP_templates folder: the template "
-                                     "is <dir>/<level>.almtp.", nullable=True),
+                                     "is <dir>/<level>.almtp. Unset (and no template): the "
+                                     "MTP_templates of the build `make setup EXTRAS=mlip3` "
+                                     "made.", nullable=True),
                 "template": Key("path", None, "An untrained .almtp to start from instead of "
                                 "templates_dir.", nullable=True),
                 "tolerance": Key("float", 1e-3, "mlp train --tolerance.", low=0, low_open=True),
