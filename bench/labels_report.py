@@ -31,7 +31,7 @@ def _spread(xs: list[float], fmt: str) -> str:
 
 
 def _fit_text(tr: dict[str, Any]) -> str:
-    return (f"{tr['restarts'] + 1} starts screened over 100 L-BFGS iterations, the best "
+    return (f"{tr['restarts'] + 1} starts screened over 100 BFGS iterations, the best "
             f"continued until 50 iterations lower the loss by less than "
             f"{100 * tr['tolerance']:g}%, at most {tr['max_iter']} iterations; where a stage "
             f"meets its stop rule, the final refit: {tr['final_restarts'] + 1} starts each "
@@ -146,7 +146,7 @@ def report(results: list[dict[str, Any]], *, wall: float, jobs: int,
         f"({_fit_text(defaults)}). The delivered potential is the run's product (summary "
         "`potential`: it ran the last converged MD itself). Best refit, one protocol for "
         "every policy: the delivered potential's training set fitted independently from it "
-        f"and from {final_fit['fresh']} fresh templates, each until 50 L-BFGS iterations "
+        f"and from {final_fit['fresh']} fresh templates, each until 50 BFGS iterations "
         f"lower the loss by less than {100 * final_fit['tolerance']:g}% (at most "
         f"{final_fit['max_iter']} iterations); the lowest training loss is the best refit.",
         "- Cells: median [min-max] over seeds.",

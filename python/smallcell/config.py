@@ -327,13 +327,13 @@ SCHEMA = Section(
                     "ended ~3x less accurate (BENCHMARKS.md \"MLIP-3's mlp against "
                     "motep\")."),
                 "radial_basis_size": Key("int", 8, "Chebyshev radial basis functions.", low=2),
-                "max_iter": Key("int", 1000, "Iteration limit of the L-BFGS fit (a limit, not "
+                "max_iter": Key("int", 1000, "Iteration limit of the BFGS fit (a limit, not "
                                 "a budget: fits stop at `tolerance`; BENCHMARKS.md "
                                 "\"Fit protocols\").", low=1),
                 "restarts": Key("int", 2,
                                 "This many more fits from fresh random templates (motep: "
                                 "other seeds; MLIP-3: --init_random=true) besides the warm "
-                                "start; each start runs 100 L-BFGS iterations and the "
+                                "start; each start runs 100 BFGS iterations and the "
                                 "lowest loss goes on to convergence. Measured: the warm "
                                 "start won every such screen (it is ahead after 100 "
                                 "iterations), so these cost little and change little; the "
@@ -341,7 +341,7 @@ SCHEMA = Section(
                                 "start's basin (BENCHMARKS.md \"Fit protocols\").",
                                 low=0),
                 "tolerance": Key("float", 0.01,
-                                 "Embedded trainer: the fit has converged when 50 L-BFGS "
+                                 "Embedded trainer: the fit has converged when 50 BFGS "
                                  "iterations lower the loss by less than this fraction "
                                  "(max_iter still caps it).",
                                  low=0, low_open=True),

@@ -5,7 +5,7 @@ Facts this adapter is built around (measured with motep 0.2.0):
   with `legacy=True` (tested round trip).
 - its trainer evaluates the loss through one ASE calculator per configuration, most of
   a fit's time on small cells: we fit with our own loss over motep's C kernel
-  (mtp_loss.py, the same numbers) and scipy's L-BFGS-B, and log the fit in `train.log`.
+  (mtp_loss.py, the same numbers) and scipy's BFGS, and log the fit in `train.log`.
 - motep's own MaxVol grades differ from MLIP-3's; we grade with `maxvol.py` on the same
   rows MLIP-3 uses (site-energy gradients in nbh mode, energy gradients in cfg mode).
 - a train-mode calculator yields forces and the coefficient gradient from one evaluation,
@@ -284,14 +284,14 @@ def fit_min_dist(images: Sequence[Atoms], settings: TrainSettings) -> float | No
     return None if d is None else MIN_DIST_FACTOR * d
 
 
-WINDOW = 50  # L-BFGS iterations between convergence checks
+WINDOW = 50  # BFGS iterations between convergence checks
 SCREEN = 2 * WINDOW  # with restarts, every start fits this long; the lowest loss goes on
 
 
 @dataclass
 class _Attempt:
     """One fit: its parameters (changed in place), log lines, loss history in the loss's
-    own units, L-BFGS iterations, whether it converged, and its final loss."""
+    own units, BFGS iterations, whether it converged, and its final loss."""
 
     data: object  # motep MTPData
     label: str

@@ -1,10 +1,10 @@
 """The MTP training loss and its gradient over a whole training set in a few array
-operations, for the embedded trainer's L-BFGS fits.
+operations, for the embedded trainer's BFGS fits.
 
 Why it exists: motep 0.2.0's `LossFunction` evaluates every training configuration
 through an ASE calculator, then loops over the configurations in Python once per term
 (energy, forces, stress) for the loss and again for the gradient. On the 4-atom cells of
-the small-cell protocol that overhead was most of a fit: 608 configurations, 20 L-BFGS
+the small-cell protocol that overhead was most of a fit: 608 configurations, 20 L-BFGS-B
 iterations, 27 s, of which 5 s in motep's C kernel. Here motep's kernel (`calc_train`)
 writes each configuration's basis derivatives straight into its slice of one array per
 atom count, and the loss and gradient are a few einsums over those arrays.

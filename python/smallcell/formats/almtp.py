@@ -63,8 +63,8 @@ __all__ = [
 ]
 
 # (alpha_moments_count, alpha_scalar_moments) of MLIP-3's MTP_templates/<level>.almtp,
-# counted in the upstream files (levels 6..16 ship with upstream; readme: "levels 6
-# through 28", but only 6..16 were available to check).
+# counted in the upstream files (levels 6..28; 18..28 read from the templates of the
+# build of ../shared/vendor/mlip-3-7fe598d.tar.gz, tests/test_mlip3.py checks every one).
 KNOWN_LEVELS: dict[int, tuple[int, int]] = {
     6: (8, 5),
     8: (18, 9),
@@ -72,6 +72,12 @@ KNOWN_LEVELS: dict[int, tuple[int, int]] = {
     12: (84, 29),
     14: (174, 52),
     16: (350, 92),
+    18: (718, 163),
+    20: (1352, 288),
+    22: (2621, 500),
+    24: (4991, 864),
+    26: (9396, 1464),
+    28: (17366, 2445),
 }
 
 _VERSION = "1.1.0"
