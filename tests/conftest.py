@@ -165,7 +165,13 @@ def vendor_source() -> Path:
 
 @pytest.fixture(scope="session")
 def real_mlp(tmp_path_factory: pytest.TempPathFactory) -> InstalledMlip3:
-    """The real MLIP-3: the build $SMALLCELL_MLIP3_PREFIX names, else one made by
+    """The real MLIP-3 (see find_real_mlp)."""
+    return find_real_mlp(tmp_path_factory)
+
+
+def find_real_mlp(tmp_path_factory: pytest.TempPathFactory) -> InstalledMlip3:
+    """The real MLIP-3: the build $SMALLCELL_MLIP3_PREFIX names, else the clone's own
+    build (`make setup EXTRAS=mlip3`: what a user's tests should run), else one made by
     bin/build-mlip3 from mlip3_source() into a fresh prefix of this session (never the
     clone's .mlip3/). The build itself is cached outside the clone ($MLIP3_CACHE, else
     ~/.cache/smallcell/mlip3/<archive hash>/{serial,mpi}/): the first session on a machine
@@ -174,11 +180,15 @@ def real_mlp(tmp_path_factory: pytest.TempPathFactory) -> InstalledMlip3:
 
     Skips when the source or the compilers are missing, saying how to get them; a build
     that fails fails the tests (its log's tail in the message) whatever the setting."""
-    from smallcell.engines.mlip3_install import read_build
+    from smallcell.engines import mlip3_install
 
     given = os.environ.get("SMALLCELL_MLIP3_PREFIX", "").strip()
     if given and given.lower() != "none":
-        build = read_build(Path(given).expanduser())
+        build = mlip3_install.read_build(Path(given).expanduser())
+        if build is not None:
+            return build
+    elif not given:
+        build = mlip3_install.installed_mlip3()
         if build is not None:
             return build
     source = mlip3_source()
@@ -194,7 +204,7 @@ def real_mlp(tmp_path_factory: pytest.TempPathFactory) -> InstalledMlip3:
     except subprocess.TimeoutExpired:
         pytest.fail(f"building MLIP-3 took more than an hour: {' '.join(argv)}",
                     pytrace=False)
-    build = read_build(prefix) if res.returncode == 0 else None
+    build = mlip3_install.read_build(prefix) if res.returncode == 0 else None
     if build is None:
         tail = "\n".join((res.stdout + res.stderr).strip().splitlines()[-25:])
         pytest.fail(f"building the real MLIP-3 failed (exit status {res.returncode}): "

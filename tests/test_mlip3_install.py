@@ -475,6 +475,26 @@ def test_real_mlp_takes_the_named_build(tmp_path: Path) -> None:
     assert res.returncode == 0 and "1 passed" in res.stdout, res.stdout + res.stderr
 
 
+def test_real_mlp_prefers_the_clones_own_build(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no named build, the tests run the clone's `make setup EXTRAS=mlip3` build
+    (what the user will run), before building one; SMALLCELL_MLIP3_PREFIX=none skips the
+    lookup."""
+    from conftest import find_real_mlp
+    from smallcell.engines import mlip3_install
+
+    build = mlip3_install.read_build(_prefix(tmp_path / "clone-build"))
+    assert build is not None
+    monkeypatch.setattr(mlip3_install, "installed_mlip3", lambda: build)
+    monkeypatch.delenv("SMALLCELL_MLIP3_PREFIX", raising=False)
+    assert find_real_mlp(None) is build  # type: ignore[arg-type]  # nothing built
+    monkeypatch.setenv("SMALLCELL_MLIP3_PREFIX", "none")
+    monkeypatch.setenv("SMALLCELL_MLIP3_SOURCE", str(tmp_path / "no-source.tar.gz"))
+    monkeypatch.delenv("SMALLCELL_REQUIRE_MLIP3", raising=False)  # CI sets it: a skip here
+    with pytest.raises(pytest.skip.Exception, match="MLIP-3 source not found"):
+        find_real_mlp(None)  # type: ignore[arg-type]
+
+
 @pytest.mark.usefixtures("toolchain")
 def test_real_mlp_builds_into_a_session_prefix_and_a_failed_build_fails(
         tmp_path: Path) -> None:
