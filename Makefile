@@ -71,7 +71,8 @@ clean-iter: $(STAMP)  ## remove iteration I and later (asks first; FORCE=1 to sk
 test: MLIP3_TOOLS := gcc g++ gfortran make libopenmpi-dev openmpi-bin
 test: $(STAMP)  ## run the test suite, then count the skipped tests by reason; GPAW=1 / SLURM=1 / MLIP3=1 install those programs (asks on a terminal)
 	@bin/install-test-packages "GPAW (~568 MB), for the real-DFT tests," "$(GPAW)" "make test GPAW=1" gpaw gpaw-data
-	@bin/install-test-packages "Slurm, for the local-cluster tests," "$(SLURM)" "make test SLURM=1" slurmctld slurmd slurm-client munge && bin/install-test-packages "MLIP-3's compilers and Open MPI, for the real-mlp tests," "$(or $(MLIP3),$(SMALLCELL_INSTALL_MLIP3))" "make test MLIP3=1" $(MLIP3_TOOLS)
+	@bin/install-test-packages "Slurm, for the local-cluster tests," "$(SLURM)" "make test SLURM=1" slurmctld slurmd slurm-client munge
+	@bin/install-test-packages "MLIP-3's compilers and Open MPI, for the real-mlp tests," "$(or $(MLIP3),$(SMALLCELL_INSTALL_MLIP3))" "make test MLIP3=1" $(MLIP3_TOOLS)
 	SMALLCELL_INSTALL_SLURM=$(SLURM) $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 report: $(STAMP)  ## write RUN_DIR/report/index.html and report.md (figures, table, answers)
