@@ -183,12 +183,16 @@ class LocalSlurm:
 
     Attributes after start(): `conf` (slurm.conf), `env` ({"SLURM_CONF": ...}),
     `install_seconds` (0.0 when nothing was installed), `start_seconds` (daemons started
-    until the node is idle). Only one can run per machine (fixed ports 6817/6818).
+    until the node is idle). One runs per pair of `ports` (default 6817/6818, the test
+    suite's): a benchmark's cluster on other ports can run beside it.
     """
 
-    def __init__(self, root: Path | str, *, cpus: int = CPUS, start_timeout: float = 30.0):
+    def __init__(self, root: Path | str, *, cpus: int = CPUS, start_timeout: float = 30.0,
+                 ports: tuple[int, int] = (CTLD_PORT, SLURMD_PORT)):
         self.root = Path(root).resolve()
         self.cpus = cpus
+        # other ports let a benchmark's cluster run beside the test suite's
+        self.ctld_port, self.slurmd_port = ports
         self.start_timeout = start_timeout
         self.conf = self.root / "slurm.conf"
         self.munge_dir = self.root / "munge"
@@ -225,8 +229,8 @@ class LocalSlurm:
         return "\n".join([
             "ClusterName=localci",
             "SlurmctldHost=localhost",
-            f"SlurmctldPort={CTLD_PORT}",
-            f"SlurmdPort={SLURMD_PORT}",
+            f"SlurmctldPort={self.ctld_port}",
+            f"SlurmdPort={self.slurmd_port}",
             "SlurmUser=root",
             "SlurmdUser=root",
             "AuthType=auth/munge",
@@ -399,13 +403,13 @@ class LocalSlurm:
                          f"(wanted {sorted(states)})\n{self._log_tails()}")
 
     def check_ports(self) -> None:
-        busy = [p for p in (CTLD_PORT, SLURMD_PORT) if port_in_use(p)]
+        busy = [p for p in (self.ctld_port, self.slurmd_port) if port_in_use(p)]
         if busy:
             who = {p: _listeners(p) for p in busy}
             raise SlurmError(
                 f"port(s) {', '.join(map(str, busy))} already in use (slurmctld needs "
-                f"{CTLD_PORT}, slurmd {SLURMD_PORT}); listening: {who}. Another Slurm runs on "
-                "this machine: stop it before starting a local test cluster"
+                f"{self.ctld_port}, slurmd {self.slurmd_port}); listening: {who}. Another "
+                "Slurm runs on this machine: stop it, or give this one other `ports`"
             )
 
     def start(self) -> LocalSlurm:

@@ -81,6 +81,32 @@ def test_elements_for(n: int, max_size: int, per: int | None, want: int) -> None
     assert slurm.elements_for(n, max_size, per) == want
 
 
+@pytest.mark.parametrize(("n", "max_size", "per", "task", "target", "want"), [
+    (1000, 1000, None, 2.0, 60.0, 38),  # 2,000 s of work, at most 27 tasks in 60 - 5 s
+    (200, 1000, None, 0.02, 1800.0, 1),  # the tiny example's sample: one element
+    (1000, 20, None, 2.0, 60.0, 20),  # never above max_array_size: longer elements then
+    (10, 1000, None, 600.0, 60.0, 10),  # a task longer than the target: one per element
+    (1000, 1000, 100, 2.0, 60.0, 10),  # tasks_per_element overrides the time
+    (12, 1000, None, 5.0, 60.0, 2),  # 60 s of work does not fit in 55 s
+    (10, 1000, None, 0.0, 60.0, 1),  # nothing measurable: one element
+])
+def test_elements_sized_by_time(n: int, max_size: int, per: int | None, task: float,
+                                target: float, want: int) -> None:
+    m = slurm.elements_for(n, max_size, per, task, target)
+    assert m == want
+    longest = max(len(slurm.element_slice(n, m, e)) for e in range(m))
+    if per is None and m < min(n, max_size):  # sized by time: each element within target
+        assert longest * task <= target - slurm.ELEMENT_START_SECONDS
+
+
+def test_element_target_stays_within_the_walltime() -> None:
+    assert slurm.element_target(_slurm_cfg()) == 1800.0  # element_minutes' default
+    assert slurm.element_target(_slurm_cfg("  element_minutes: 1\n")) == 60.0
+    # a 10-minute label walltime with a 55 s margin leaves 545 s per element
+    capped = _slurm_cfg('  element_minutes: 60\n  walltime_margin: 55\n  label: {time: "10"}\n')
+    assert slurm.element_target(capped) == 545.0
+
+
 @pytest.mark.parametrize(("n", "m"), [(10, 3), (1400, 50), (12, 12), (7, 1), (1000, 1000),
                                       (1001, 1000), (5, 5)])
 def test_element_slices_cover_every_task_once_and_balance(n: int, m: int) -> None:
@@ -152,7 +178,12 @@ def test_records_append_and_supersede(tmp_path: Path) -> None:
 
 
 def _slurm_cfg(extra: str = "") -> dict:
-    return parse_config(TINY + extra)["slurm"]
+    """The slurm section of TINY with `extra` lines added inside it (indented)."""
+    text = TINY.replace("slurm: {max_array_size: 3, throttle: 2, walltime_margin: 5}\n",
+                        "slurm:\n  max_array_size: 3\n  throttle: 2\n")
+    if "walltime_margin" not in extra:
+        text += "  walltime_margin: 5\n"
+    return parse_config(text + extra)["slurm"]
 
 
 @pytest.mark.parametrize("stage", slurm.STAGES)
@@ -417,7 +448,10 @@ def test_collect_train_resubmits_missing_tasks_then_stops(
     recs = slurm.read_jobs(iter0.paths, 0)
     assert [r["stage"] for r in recs][-2:] == ["label", "train"]
     assert recs[-2]["n_tasks"] == 4 and recs[-2]["stalls"] == 0  # progress was made
-    assert slurm.task_list(iter0.paths, 0, "label.2") == ([3, 4, 5, 6], 3)
+    # sized by the time of the 3 tasks that finished: 4 cheap tasks fit in one element
+    assert slurm.task_list(iter0.paths, 0, "label.2") == ([3, 4, 5, 6], 1)
+    assert recs[-2]["estimate"].startswith("mean of 3 vasp task(s) of 4 atoms measured in "
+                                           "this iteration")
     # the resubmitted array finished none: stalls 1..3 resubmit, the 4th stops
     for stalls in (1, 2, 3):
         monkeypatch.setenv("SLURM_JOB_ID", recs[-1]["job_id"])

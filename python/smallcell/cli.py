@@ -358,7 +358,8 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("cancel", help="cancel this run's SLURM jobs")
     s.set_defaults(fn=cmd_cancel)
     s = sub.add_parser("job", help="what a SLURM job runs (used by the sbatch scripts)")
-    s.add_argument("stage", choices=("explore", "select", "label", "collect-train", "pilot"))
+    s.add_argument("stage", choices=("explore", "select", "label", "collect-train", "sample",
+                                     "pilot"))
     s.add_argument("--iter", type=int, metavar="I")
     s.add_argument("--list", help="task list name (array jobs)")
     s.add_argument("--element", type=int, help="array element (SLURM_ARRAY_TASK_ID)")

@@ -92,7 +92,10 @@ def _slurm_stage(doc: str, time: str, cpus: int = 1) -> Section:
 _SLURM = Section(
     "SLURM (engines.scheduler: slurm). `make submit` submits per iteration an explore array, "
     "a select job, a label array and a collect+train job, chained by "
-    "--dependency=afterany and each checking the markers. Unlike every other section, "
+    "--dependency=afterany and each checking the markers; the error sample's labels run "
+    "beside them in an array of their own, with a job that measures them and completes "
+    "the summary, so training never waits for the study (unless the stop rule reads it: "
+    "stop.rule accuracy with stop.metric sample). Unlike every other section, "
     "this one is read from the run's config file at every submission (never from the "
     "iteration's frozen copy): resources may change between submissions, results do not "
     "depend on them.",
@@ -107,10 +110,32 @@ _SLURM = Section(
                               low=1),
         "throttle": Key("int", 0, "Most elements of an array running at once (--array=...%K); "
                         "0 = no limit.", low=0),
+        "element_minutes": Key("float", 30.0,
+                               "Target length of one label array element: it runs as many "
+                               "label tasks one after another as their expected duration "
+                               "fits in this (5 s of it kept for its own start), so short "
+                               "labels make few long jobs, not one job per label, each "
+                               "paying a queue wait. Capped at slurm.label.time minus "
+                               "walltime_margin. The expected duration is the mean wall "
+                               "time of finished tasks (their done/failed markers) of the "
+                               "same kind (training or error-sample labels; the other kind "
+                               "next) and atom count, from the iteration itself (a "
+                               "resubmission) or the latest earlier one; else the nearest "
+                               "atom count measured, scaled; else first_task_seconds.",
+                               low=0, low_open=True, unit="min"),
+        "first_task_seconds": Key("float", None,
+                                  "Expected duration of one label task before any has been "
+                                  "measured (the first iteration, a new labeler). null = the "
+                                  "labeler's own first estimate for a 4-atom cell: eam 0.2 "
+                                  "s, gpaw 30 s, vasp 120 s, scaled by (atoms/4)^2 for gpaw "
+                                  "and vasp (DFT at a fixed k-point density) and linearly for "
+                                  "eam.", nullable=True, low=0, low_open=True, unit="s"),
         "tasks_per_element": Key("int", None,
                                  "Label (and explore) tasks run one after another by one array "
-                                 "element; null = ceil(tasks / max_array_size). Raised when "
-                                 "the array would exceed max_array_size.",
+                                 "element: an explicit override of element_minutes; null = "
+                                 "label elements sized by element_minutes, one explore run "
+                                 "per element. Raised when the array would exceed "
+                                 "max_array_size.",
                                  nullable=True, low=1),
         "walltime_margin": Key("float", 300.0,
                                "An array element stops taking new tasks when less than this "
@@ -131,11 +156,14 @@ _SLURM = Section(
                                 "02:00:00"),
         "select": _slurm_stage("The select job: checks the runs, selects, prepares the label "
                                "tasks and submits the label array (small).", "00:30:00"),
-        "label": _slurm_stage("Label array elements: a slice of the label tasks each (VASP "
-                              "runs inside them: size ntasks/nodes for vasp.command).",
+        "label": _slurm_stage("Label array elements (training and error-sample labels): a "
+                              "slice of the label tasks each (VASP runs inside them: size "
+                              "ntasks/nodes for vasp.command).",
                               "04:00:00"),
         "train": _slurm_stage("The collect+train job: failure policy, collect, train, "
-                              "summary, then the next iteration's submission.", "02:00:00"),
+                              "summary, then the next iteration's submission; also the "
+                              "error sample's job (the trainer's errors on the sample).",
+                              "02:00:00"),
         "pilot": _slurm_stage("The pilot job (`make pilot`): the whole local loop in one "
                               "allocation, cpus_per_task worker processes.", "1-00:00:00",
                               cpus=4),

@@ -8,21 +8,39 @@ then the job that ends a stage submits the next link of the chain (sched/slurm.p
   after another; it stops taking new ones when SMALLCELL_DEADLINE (walltime minus
   slurm.walltime_margin) has passed. A failed or crashed task never stops the others.
 - `job select`: checks the explore runs (resubmits the missing ones, or stops), aggregates
-  them, selects, prepares the label task folders and submits the label array and the
-  collect+train job after it.
-- `job collect-train`: checks the label tasks (resubmits the missing ones, or stops),
-  evaluates the error sample, applies the failure policy, collects, trains, writes the
-  summary and submits the next iteration, or ends the chain when converged or at --upto.
+  them, selects, prepares the label task folders and submits the label array with the
+  collect+train job after it, then the error sample's label array with the sample job
+  after it (training first: it is what the next iteration waits for).
+- `job collect-train`: checks the training label tasks (resubmits the missing ones, or
+  stops), applies the failure policy, collects, trains, writes the summary and submits
+  the next iteration, or ends the chain when converged or at --upto. It does not wait for
+  the error sample, unless the stop rule reads it (stages/sample.py gates_training): then
+  the sample's tasks are in its label array and it measures them first, as before.
+- `job sample`: checks the error sample's tasks (resubmits the missing ones, or stops),
+  measures the sample and, when the summary is already written, completes it
+  (loop.complete_sample: the same numbers the local loop writes).
 - `job pilot`: the whole local loop (`smallcell iter`) inside one allocation, interrupted
   before the walltime and resubmitted to go on from the folders.
 
-Why a stop is written to `iter/<i>/stopped`: nobody reads batch logs while waiting for a
-chain; `status` shows it and the next `submit` clears it.
+Label arrays are sized by time: each element runs as many tasks as their expected duration
+(stages/label.py expected_seconds) fits in slurm.element_minutes.
+
+Locks: every job holds the run lock shared (no `make iter` beside a chain); the select and
+collect+train jobs also hold the chain lock (one checking job at a time), while the error
+sample's elements and job, which run beside them, only take the sample's own lock around
+measuring it and writing the summary (iter/<i>/slurm/.sample.lock), so a late study and the
+summary never miss each other.
+
+Why a stop is written to `iter/<i>/stopped` (the sample job's: `iter/<i>/sample/stopped`):
+nobody reads batch logs while waiting for a chain; `status` shows it and the next `submit`
+clears it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,10 +56,12 @@ from smallcell.errors import DiskFull, SmallcellError
 from smallcell.sched import slurm
 from smallcell.stages.common import Iteration, progress
 from smallcell.state import (
+    STOPPED,
     RunLock,
     RunPaths,
     atomic_write_json,
     clear_stopped,
+    is_debris,
     is_done,
     mark_stopped,
     read_json,
@@ -54,6 +74,7 @@ from smallcell.state import (
 
 LOCK_WAIT = 600.0  # seconds a job waits for the run lock (its submitter may still be exiting)
 STAGE_SECONDS = "stage_seconds.json"  # iter/<i>/slurm/: the select job's timings
+SAMPLE_LOCK = ".sample.lock"  # iter/<i>/slurm/.sample.lock: measuring the sample, summary
 
 
 def job_id() -> str | None:
@@ -136,6 +157,52 @@ def start_iteration(it: Iteration, chain: slurm.Chain) -> list[dict[str, Any]]:
     return records
 
 
+def start_sample(it: Iteration, chain: slurm.Chain) -> list[dict[str, Any]]:
+    """Submit the error sample of iteration `it` from where its folders stand: an array of
+    its label tasks without a marker, sized by time, and the sample job after it."""
+    from smallcell.stages import label
+
+    records = []
+    todo = label.missing(it, which="sample")
+    after = None
+    if todo:
+        records.append(_submit_labels(it, chain, "sample-label", todo))
+        after = records[-1]["job_id"]
+    records.append(chain.submit_job(it.i, "sample", after=after))
+    return records
+
+
+def _submit_labels(it: Iteration, chain: slurm.Chain, stage: str, todo: list[int],
+                   stalls: int = 0) -> dict[str, Any]:
+    """A label or sample-label array over `todo`, its elements sized by the tasks'
+    expected duration (label.expected_seconds)."""
+    from smallcell.stages import label
+
+    est = label.expected_seconds(it, todo, chain.slurm["first_task_seconds"])
+    return chain.submit_array(it.i, stage, todo, stalls=stalls, task_seconds=est.seconds,
+                              estimate=est.source)
+
+
+def pending_samples(paths: RunPaths) -> list[int]:
+    """Complete iterations whose error sample is not measured yet (summary.json says
+    sample_pending): a chain cut short left them; `submit` and `make iter` finish them."""
+    out = []
+    for i in paths.iterations():
+        path = paths.summary(i)
+        if path.exists() and read_json(path).get("sample_pending"):
+            out.append(i)
+    return out
+
+
+def _resume_samples(paths: RunPaths, chain: slurm.Chain) -> list[dict[str, Any]]:
+    records = []
+    for j in pending_samples(paths):
+        it = Iteration.open(paths.root, j)
+        clear_stopped(it.stage("sample"))
+        records += start_sample(it, chain)
+    return records
+
+
 def submit(root: Path, config: str | os.PathLike, upto: int,
            change: bool = False) -> list[dict[str, Any]]:
     """`smallcell submit`: submit the chain from the first iteration without a summary and
@@ -155,17 +222,19 @@ def submit(root: Path, config: str | os.PathLike, upto: int,
         _check_queue(paths)  # again under the lock: nothing can submit while we hold it
         runconfig.pin(root, cfg, change=change)
         (paths.iter_root / slurm.CANCELLED).unlink(missing_ok=True)
+        samples = _resume_samples(paths, chain)  # studies a cut-short chain left unmeasured
         i, why = first_incomplete(paths, upto)
         if i is None:
             j, _ = pilot_work(paths, upto, cfg)
             if j is not None:  # the loop is over, its validation is not
                 print("the loop is complete; submitting the large-cell validation")
-                return [chain.submit_pilot(j, cfg["slurm"]["pilot"]["cpus_per_task"])]
-            print(f"nothing to submit: {why}")
-            return []
+                return [*samples, chain.submit_pilot(j, cfg["slurm"]["pilot"]["cpus_per_task"])]
+            if not samples:
+                print(f"nothing to submit: {why}")
+            return samples
         it = protocol.open_iteration(root, i, cfg)
         clear_stopped(it.dir)
-        return start_iteration(it, chain)
+        return [*samples, *start_iteration(it, chain)]
 
 
 def pilot(root: Path, config: str | os.PathLike, upto: int,
@@ -205,7 +274,8 @@ def _skip(paths: RunPaths, i: int, stage: str) -> bool:
 
 
 def _guard(paths: RunPaths, i: int, stage: str, fn: Callable[[], int]) -> int:
-    """Run a chain link; any error stops the chain with its message in iter/<i>/stopped."""
+    """Run a chain link; any error stops the chain with its message in iter/<i>/stopped
+    (the sample job's in iter/<i>/sample/stopped: the chain itself goes on)."""
     try:
         return fn()
     except SmallcellError as exc:
@@ -216,13 +286,16 @@ def _guard(paths: RunPaths, i: int, stage: str, fn: Callable[[], int]) -> int:
 
 
 def _stop(paths: RunPaths, i: int, stage: str, reason: str) -> int:
-    """Write why the chain stopped beside the iteration, say it in the job log, exit 2."""
+    """Write why the chain (or the error sample's jobs) stopped beside the iteration, say
+    it in the job log, exit 2."""
     log = f"; job log: iter/{i}/slurm/ (job {job_id()})" if job_id() else ""
+    where = paths.stage(i, "sample") if stage == "sample" else paths.it(i)
+    what = "the error sample's jobs" if stage == "sample" else "chain"
     try:
-        mark_stopped(paths.it(i), reason, stage=stage, job=job_id())
+        mark_stopped(where, reason, stage=stage, job=job_id())
     except DiskFull as exc:  # no room for the record: the job log still says why
-        log += f" (not recorded in iter/{i}/stopped: {exc})"
-    print(f"smallcell: chain stopped at iteration {i} ({stage}): {reason}{log}",
+        log += f" (not recorded in {where.relative_to(paths.root)}/{STOPPED}: {exc})"
+    print(f"smallcell: {what} stopped at iteration {i} ({stage}): {reason}{log}",
           file=sys.stderr, flush=True)
     return 2
 
@@ -271,7 +344,9 @@ def run_element(root: Path, stage: str, i: int, list_name: str, element: int) ->
 def _resubmit(it: Iteration, chain: slurm.Chain, stage: str, missing: list[int],
               checker: str) -> None:
     """Resubmit `missing` runs/tasks of `stage` with the checking job after them, or stop
-    the chain (SmallcellError with the reason and the folders), by resubmit_decision."""
+    the chain (SmallcellError with the reason and the folders), by resubmit_decision.
+    Label arrays are sized by time as at their first submission, with the tasks that
+    finished meanwhile measured."""
     from smallcell.stages import explore, label
 
     jobs = slurm.read_jobs(it.paths, it.i)
@@ -279,7 +354,8 @@ def _resubmit(it: Iteration, chain: slurm.Chain, stage: str, missing: list[int],
     d = slurm.resubmit_decision(len(missing), last, chain.slurm["resubmit"])
     what = "runs" if stage == "explore" else "tasks"
     if d.action == "resubmit":
-        rec = chain.submit_array(it.i, stage, missing, stalls=d.stalls)
+        rec = (chain.submit_array(it.i, stage, missing, stalls=d.stalls) if stage == "explore"
+               else _submit_labels(it, chain, stage, missing, d.stalls))
         chain.submit_job(it.i, checker, after=rec["job_id"])
         progress(it, stage, f"{len(missing)} {what} without a marker ({d.reason}): "
                  f"resubmitted as array {rec['job_id']} [{rec['array']}]")
@@ -290,8 +366,9 @@ def _resubmit(it: Iteration, chain: slurm.Chain, stage: str, missing: list[int],
              for f in folders[:10]]
     more = f"\n  ... and {len(folders) - 10} more" if len(folders) > 10 else ""
     logs = f"; the last array's logs: {last['log']}" if last else ""
+    kind = {"sample-label": "error-sample label"}.get(stage, stage)
     raise SmallcellError(
-        f"iteration {it.i}: {len(missing)} {stage} {what} still have no marker: {d.reason}"
+        f"iteration {it.i}: {len(missing)} {kind} {what} still have no marker: {d.reason}"
         f"{logs}\n" + "\n".join(lines) + more
         + "\nFix the cause (or raise the stage's time), then `make submit` to go on.")
 
@@ -312,10 +389,26 @@ def _since_first(it: Iteration, stage: str) -> float | None:
     return time.time() - min(times) if times else None
 
 
+def _sweep(it: Iteration, keep: tuple[str, ...] = ()) -> None:
+    """sweep_debris over the iteration's folder but its entries named in `keep`: folders
+    in which jobs running beside this one own their scratch (the error sample's)."""
+    for entry in os.scandir(it.dir):
+        if entry.name in keep:
+            continue
+        if is_debris(entry.name):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+        elif entry.is_dir(follow_symlinks=False):
+            sweep_debris(entry.path)
+
+
 def _select(it: Iteration, chain: slurm.Chain) -> int:
     from smallcell import loop
     from smallcell.sched.local import LocalRunner
-    from smallcell.stages import explore, label, select
+    from smallcell.stages import explore, label, sample, select
 
     seconds: dict[str, float] = {}
     sweep_debris(it.dir)  # scratch of killed elements (they are all over: afterany)
@@ -338,20 +431,29 @@ def _select(it: Iteration, chain: slurm.Chain) -> int:
         select.run(it)
         seconds["select"] = time.perf_counter() - t0
     n = label.n_tasks(it)
-    todo: list[int] = []
     if n:
         label.prepare(it)
-        todo = label.missing(it, n)
+    # the error sample in its own array, unless the stop rule reads it before training
+    beside = sample.pending(it) and not sample.gates_training(it.cfg)
+    todo = label.missing(it, n, "selected" if beside else "all") if n else []
     _stage_seconds(it, seconds)
     after = None
     if todo:
-        rec = chain.submit_array(it.i, "label", todo)
+        rec = _submit_labels(it, chain, "label", todo)
         after = rec["job_id"]
         progress(it, "label", f"{len(todo)} of {n} tasks submitted: array {after} "
-                 f"[{rec['array']}], {rec['elements']} element(s)")
+                 f"[{rec['array']}], {rec['elements']} element(s) of up to "
+                 f"{rec['tasks_per_element']} ({rec['estimate']}: ~{rec['task_seconds']:.3g} "
+                 "s per task)")
     rec = chain.submit_job(it.i, "train", after=after)
     progress(it, "collect", f"collect+train job {rec['job_id']}"
              + (f" after {after}" if after else ""))
+    if beside:
+        recs = start_sample(it, chain)
+        progress(it, "sample", "error sample: " + ", ".join(
+            f"{slurm.SHOWN[r['stage']]} {r['job_id']}"
+            + (f" [{r['array']}], {r['n_tasks']} task(s) in {r['elements']} element(s)"
+               if r.get("array") else "") for r in recs))
     return 0
 
 
@@ -361,16 +463,17 @@ def _collect_train(it: Iteration, chain: slurm.Chain, cfg: Config) -> int:
     from smallcell.status import potential_text
 
     n = label.n_tasks(it)
-    missing = label.missing(it, n) if n else []
+    gated = sample.gates_training(it.cfg)
+    missing = label.missing(it, n, "all" if gated else "selected") if n else []
     if missing:
         _resubmit(it, chain, "label", missing, "train")
         return 0
-    sweep_debris(it.dir)
+    _sweep(it, () if gated else (sample.STAGE,))
     timings = _stage_seconds(it)
     wall = _since_first(it, "label")
     if wall is not None and n:
         timings["label"] = wall
-    if sample.pending(it):
+    if gated and sample.pending(it):
         t0 = time.perf_counter()
         sample.run(it)
         timings["sample"] = time.perf_counter() - t0
@@ -383,7 +486,14 @@ def _collect_train(it: Iteration, chain: slurm.Chain, cfg: Config) -> int:
     total = _since_first(it, "select") or 0.0
     if it.i > 0:
         total = max(total, _since_first(it, "explore") or 0.0)
-    summary = loop.finish_iteration(it, timings, total)
+    # the sample job may be measuring the sample right now: the summary is written
+    # either before it (and completed by it) or after it (with its numbers)
+    lock = it.dir / slurm.SLURM_DIR / SAMPLE_LOCK
+    with slurm.flocked(lock, "the error sample's measurement", LOCK_WAIT):
+        summary = loop.finish_iteration(it, timings, total)
+    if summary["sample_pending"]:
+        progress(it, "sample", "the error sample's labels are still running: its numbers "
+                 "are filled into the summary when they end")
     reason = loop.stop_reason(summary, chain.upto)
     if reason:
         progress(it, "done", f"{reason}; {potential_text(summary)}; the chain ends here")
@@ -402,12 +512,35 @@ def _collect_train(it: Iteration, chain: slurm.Chain, cfg: Config) -> int:
     return 0
 
 
+def _sample(it: Iteration, chain: slurm.Chain) -> int:
+    """`job sample`: the error sample's tasks all marked (else resubmitted), measure them
+    and complete the summary if the collect+train job already wrote it."""
+    from smallcell import loop
+    from smallcell.stages import label, sample
+
+    missing = label.missing(it, which="sample")
+    if missing:
+        _resubmit(it, chain, "sample-label", missing, "sample")
+        return 0
+    with slurm.flocked(it.dir / slurm.SLURM_DIR / SAMPLE_LOCK, "the summary", LOCK_WAIT):
+        sweep_debris(it.stage(sample.STAGE))  # scratch of killed sample elements
+        if sample.pending(it):
+            sample.run(it)
+        wall = _since_first(it, "sample-label")
+        if loop.complete_sample(it, wall):
+            progress(it, "sample", f"summary of iteration {it.i} completed with the error "
+                     "sample's numbers")
+    return 0
+
+
 def run_checker(root: Path, stage: str, i: int, upto: int, config: str) -> int:
-    """`job select` / `job collect-train`: one link of the chain, under the run lock."""
+    """`job select` / `job collect-train` / `job sample`: one link of the chain. Under the
+    run lock, shared (elements and the error sample's jobs run beside it), and, but for
+    the sample job, the chain lock (one checking job at a time)."""
     paths = RunPaths(root)
-    key = "select" if stage == "select" else "train"
-    lock = RunLock(paths, f"slurm job {job_id()}: smallcell job {stage} --iter {i}",
-                   wait=LOCK_WAIT)
+    key = {"select": "select", "collect-train": "train", "sample": "sample"}[stage]
+    what = f"slurm job {job_id()}: smallcell job {stage} --iter {i}"
+    lock = RunLock(paths, what, shared=True, wait=LOCK_WAIT)
     try:
         lock.__enter__()
     except SmallcellError as exc:  # e.g. `make iter` running on the same folder
@@ -418,9 +551,16 @@ def run_checker(root: Path, stage: str, i: int, upto: int, config: str) -> int:
 
         def body() -> int:
             chain, cfg = _chain(root, config, upto, f"job {job_id()} ({stage} {i})")
-            runconfig.pin(root, cfg)  # the config file edited under a running chain
-            it = Iteration.open(root, i)
-            return _select(it, chain) if key == "select" else _collect_train(it, chain, cfg)
+            if key == "sample":  # beside the chain: no config pin, no chain lock
+                return _sample(Iteration.open(root, i), chain)
+            with slurm.flocked(paths.iter_root / slurm.CHAIN_LOCK, f"the chain ({what})",
+                               LOCK_WAIT):
+                if _skip(paths, i, key):  # a later duplicate went first while we waited
+                    return 0
+                runconfig.pin(root, cfg)  # the config file edited under a running chain
+                it = Iteration.open(root, i)
+                return _select(it, chain) if key == "select" else _collect_train(it, chain,
+                                                                                 cfg)
 
         return _guard(paths, i, stage, body)
     finally:

@@ -3,6 +3,10 @@
 Iteration 0 is the initial fit: select (the initial data set) -> label -> collect -> train.
 Iteration i >= 1: explore (MD with the potential of i-1) -> select -> label -> sample (the
 error study: errors of i-1's potential on a labeled random sample) -> collect -> train.
+The sample's labels run beside collect and train when run.jobs leaves a worker to spare
+(training never waits for the study), unless the stop rule reads the sample's errors.
+On SLURM they run in their own array and may end after the summary was written: its
+sample fields are then completed by complete_sample, the same numbers either way.
 Each stage runs only when its `done` marker is missing; `summary.json` is written last and
 marks the iteration complete. The run stops after `run.converged_iterations`
 consecutive iterations whose explore converged (no run broke and max gamma < gamma_break,
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +62,47 @@ def run_iteration(it: Iteration, runner: Runner) -> dict[str, Any]:
         explore_progress(it, rep)
     if not is_done(it.stage("select")):
         timed("select", select.run, it)
+    start = _beside(runner) if sample.pending(it) and not sample.gates_training(
+        it.cfg) and label.missing(it, which="sample") else None
     if label.n_tasks(it):
-        timed("label", label.run, it, runner)
-    if sample.pending(it):
+        timed("label", label.run, it, runner, "all" if start is None else "selected")
+    t_sample = time.perf_counter()
+    background = None
+    if start is not None:  # the sample's labels beside collect and train
+        todo = label.missing(it, which="sample")
+        progress(it, "sample", f"labeling {len(todo)} error-sample task(s) beside training")
+        background = start(label.run_task, it, todo, "sample",
+                           label.reporter(it, len(todo), 0, "sample"))
+    elif sample.pending(it):
         timed("sample", sample.run, it)
     if not is_done(it.stage("collect")):
         timed("collect", collect.run, it)
     if not is_done(it.stage("train")):
         timed("train", train.run, it, final_fit_due(it))
+    if background is not None:
+        background.wait()
+        sample.run(it)
+        timings["sample"] = time.perf_counter() - t_sample
     return finish_iteration(it, timings, time.perf_counter() - t0)
+
+
+def finish_sample(it: Iteration, runner: Runner) -> dict[str, Any]:
+    """Label what is missing of a complete iteration's error sample, measure it and
+    complete the summary (a SLURM run continued locally); return the summary."""
+    t0 = time.perf_counter()
+    sweep_debris(it.stage(sample.STAGE))  # we hold the run lock: nobody else writes here
+    label.run(it, runner, "sample")
+    if sample.pending(it):
+        sample.run(it)
+    complete_sample(it, time.perf_counter() - t0)
+    return read_json(it.paths.summary(it.i))
+
+
+def _beside(runner: Runner) -> Callable[..., Any] | None:
+    """The runner's way to start tasks beside the driver (LocalRunner.start), when it has
+    a worker to spare within run.jobs; None otherwise (then everything runs in order)."""
+    start = getattr(runner, "start", None)
+    return start if start is not None and getattr(runner, "spare", 0) >= 1 else None
 
 
 def stop_inputs(it: Iteration) -> tuple[explore.ExploreReport | None, bool, float | None]:
@@ -158,6 +195,9 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
         "train_errors": errors.get("errors", {}),
         "test_errors": errors.get("test_errors"),
         **sampled,
+        # the error sample's labels still running (SLURM): its fields above are filled in
+        # by complete_sample when they end
+        "sample_pending": sample.pending(it),
         # every reference calculation of the iteration (training labels, failed ones, the
         # error sample's): the run's cost in DFT calls
         "n_reference": labeled + failed + sampled["sample_n"] + sampled["sample_failed"],
@@ -166,6 +206,38 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
     }
     atomic_write_json(it.paths.summary(it.i), summary)
     return summary
+
+
+def sample_fields(it: Iteration, summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary keys that come from the error sample, as finish_iteration computes
+    them: its own fields, the stop rule's force error (the sample's mean under
+    stop.metric sample), the reference calculations and whether it is pending."""
+    sampled = sample.summary_fields(it)
+    prev = read_json(it.paths.summary(it.i - 1)) if it.i > 0 else {}
+    labeled, failed = int(summary["n_labeled"]), int(summary["n_failed"])
+    return {**sampled, "sample_pending": sample.pending(it),
+            "stop_force_error": stopping.force_error(
+                it.cfg["stop"], sampled["sample_force_error_mean"], prev.get("test_errors")),
+            "n_reference": labeled + failed + sampled["sample_n"] + sampled["sample_failed"]}
+
+
+def complete_sample(it: Iteration, seconds: float | None = None) -> bool:
+    """Fill the error sample's numbers into a summary written before they were measured
+    (SLURM: the study ran beside training). Only the sample's keys change: nothing the
+    chain decided depends on them (sample.gates_training), so the completed summary is
+    the one the local loop writes. Idempotent; True when the summary was rewritten."""
+    path = it.paths.summary(it.i)
+    if not path.exists():
+        return False
+    summary = read_json(path)
+    new = sample_fields(it, summary)
+    if all(summary.get(k) == v for k, v in new.items()):
+        return False
+    timings = dict(summary.get("stage_seconds") or {})
+    if seconds is not None:
+        timings["sample"] = seconds
+    atomic_write_json(path, {**summary, **new, "stage_seconds": timings})
+    return True
 
 
 def delivered(it: Iteration, prev: dict[str, Any], train_info: dict[str, Any], *,
@@ -203,6 +275,8 @@ def run(root: Path, cfg: Config, upto: int, runner: Runner) -> list[dict[str, An
     for i in range(upto + 1):
         if paths.summary(i).exists():
             s = read_json(paths.summary(i))
+            if s.get("sample_pending"):  # a SLURM run's study cut short: finish it here
+                s = finish_sample(Iteration.open(root, i), runner)
             summaries.append(s)
             if finished(s):
                 print(f"converged at iteration {i}: nothing left to do", flush=True)

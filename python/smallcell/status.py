@@ -1,9 +1,10 @@
 """`smallcell status`: one line per iteration, from markers and summaries only.
 
 Finished iterations are read from their `summary.json`; only the iteration in progress is
-scanned (its `done`/`failed` markers, with os.scandir). Nothing heavier than the standard
-library is imported, so the command answers in well under a second even for 60
-iterations x 1,500 label tasks (BENCHMARKS.md).
+scanned (its `done`/`failed` markers, with os.scandir), and the sample folder of a finished
+one whose error sample is still running on SLURM (summary.json's `sample_pending`).
+Nothing heavier than the standard library is imported, so the command answers in well
+under a second even for 60 iterations x 1,500 label tasks (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -250,6 +251,24 @@ def _scan(folder: Path) -> list[os.DirEntry]:
         return []
 
 
+def sample_line(paths: RunPaths, i: int, active: bool | None) -> list[str]:
+    """Under a complete iteration whose error sample is still being labeled or measured
+    (SLURM: the study runs beside the chain): how far it is, or why it stopped."""
+    d = paths.it(i)
+    total, done, failed = _count_tasks(d / "sample")
+    how = ("its labels and errors follow (SLURM)" if active else
+           "state unknown: squeue did not answer" if active is None else
+           "no job of it is queued: `make submit` (or `make iter`) measures it")
+    lines = [f"{'':>6}error sample: {done + failed}/{total} labeled"
+             f"{f' ({failed} failed)' if failed else ''}, errors pending: {how}"]
+    stopped = _load(d / "sample" / STOPPED)
+    if stopped:
+        first, *rest = str(stopped.get("reason", "")).splitlines() or [""]
+        lines += [f"{'':>6}error sample STOPPED: {first}", *[f"{'':>8}{x}" for x in rest[:6]],
+                  f"{'':>8}(from {d / 'sample' / STOPPED}; `make submit` continues)"]
+    return lines
+
+
 def _stop_lines(paths: RunPaths, i: int, idle: bool) -> list[str]:
     """Why iteration i stopped: its stop record (written by `make iter` on Ctrl-C or an
     error, and by a SLURM job that could not go on), else, when nothing works on it
@@ -278,7 +297,9 @@ def status_lines(root: Path) -> list[str]:
     its = paths.iterations()
     summaries = {i: _load(paths.summary(i)) for i in its}
     complete = {i for i, s in summaries.items() if s}
-    jobs, active = slurm.job_lines(paths, its, complete)
+    # iterations whose jobs are all over: complete, and no error sample still coming
+    settled = {i for i in complete if not summaries[i].get("sample_pending")}
+    jobs, active = slurm.job_lines(paths, its, settled)
     holder = lock_holder(paths) if len(complete) < len(its) else None
     for i in its:
         s = summaries[i]
@@ -287,8 +308,9 @@ def status_lines(root: Path) -> list[str]:
         moved = transition_line(s) if s else None
         if moved:
             lines.append(moved)
-        if i in jobs:
-            lines.append(f"{'':>6}{jobs[i]}")
+        if s and s.get("sample_pending"):
+            lines += sample_line(paths, i, active.get(i, False))
+        lines += [f"{'':>6}{text}" for text in jobs.get(i, [])]
         if not s:  # a stop record is shown even while stragglers of the chain still run
             lines += _stop_lines(paths, i, state == "stopped")
     last = summaries[its[-1]] if its else None

@@ -3,10 +3,22 @@
 DESIGN.md section 4. Per iteration a handful of submissions, whatever the number of tasks:
 
     explore array (one element per MD run, or a slice of runs)      [iteration i > 0]
-      └─ afterany ─► select job: checks the runs, selects, writes the label task list,
-                       └─ label array (min(n_tasks, max_array_size) elements, a slice each)
-                            └─ afterany ─► collect+train job: checks the tasks, failure
-                                 policy, collect, train, summary, then the next iteration
+      └─ afterany ─► select job: checks the runs, selects, writes the label task lists,
+                       ├─ label array (the training labels, elements sized by time)
+                       │    └─ afterany ─► collect+train job: checks the tasks, failure
+                       │         policy, collect, train, summary, then the next iteration
+                       └─ sample-label array (the error sample's labels, sized alike)
+                            └─ afterany ─► sample job: the study's errors, filled into
+                                 the summary when it is already written
+
+The error sample runs beside the training labels and never delays the next iteration,
+unless the stop rule reads it (stop.rule accuracy, stop.metric sample): then its tasks are
+part of the label array and the collect+train job measures them, as the local loop does.
+
+An array element runs a slice of the tasks one after another: as many as fit in
+slurm.element_minutes by the tasks' expected duration (measured on earlier tasks of the
+same kind and size, jobs.py), so 1,000 tasks of 2 s are ~35 one-minute elements, not
+1,000 jobs each paying a queue wait and a Python start-up.
 
 Every dependency is `afterany`, never `afterok`: a failed or killed element must not leave
 its dependent pending forever (DependencyNeverSatisfied). Instead the dependent job checks
@@ -16,18 +28,21 @@ in a row; then the chain stops with a message in `iter/<i>/stopped`.
 
 This module knows the scheduler only: sbatch scripts from templates/slurm/, sbatch/squeue/
 scancel, `iter/<i>/jobs.json` (every submission: the source of `status` and `cancel`), how
-tasks are sliced into elements and when to resubmit. It never imports stages or engines
-(jobs start stages through the command line, `bin/smallcell job ...`), and it imports only
-the standard library at module level so that `smallcell status` stays fast.
+tasks are sliced into elements (given their expected duration) and when to resubmit. It
+never imports stages or engines (jobs start stages through the command line, `bin/smallcell
+job ...`), and it imports only the standard library at module level so that `smallcell
+status` stays fast.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shlex
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,11 +57,19 @@ TEMPLATE_DIR = REPO / "templates" / "slurm"
 JOBS = "jobs.json"  # iter/<i>/jobs.json: every submission of the iteration
 SLURM_DIR = "slurm"  # iter/<i>/slurm/: scripts, task lists, job logs
 CANCELLED = "slurm.cancelled"  # iter/slurm.cancelled: `make cancel` was run; jobs exit
-STAGES = ("explore", "select", "label", "train", "pilot")
-ARRAY_STAGES = ("explore", "label")
+CHAIN_LOCK = ".chain.lock"  # iter/.chain.lock: one checking job of the chain at a time
+STAGES = ("explore", "select", "label", "train", "sample-label", "sample", "pilot")
+ARRAY_STAGES = ("explore", "label", "sample-label")
 # What `status` calls each job (the train job also collects).
 SHOWN = {"explore": "explore", "select": "select", "label": "label",
-         "train": "collect+train", "pilot": "pilot"}
+         "train": "collect+train", "sample-label": "sample labels", "sample": "error sample",
+         "pilot": "pilot"}
+# The slurm.<section> whose resources a stage's jobs get, and the template they run, where
+# not their own: the sample's labels run the labeler like the training labels, the sample
+# job runs the trainer's error check like the collect+train job.
+SECTION = {"sample-label": "label", "sample": "train"}
+TEMPLATE = {"sample-label": "label"}
+ELEMENT_START_SECONDS = 5.0  # an element's own start: the queue's dispatch, bash, Python
 # Job states after which a job (or an array element) never changes again.
 TERMINAL = frozenset({
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
@@ -69,14 +92,39 @@ QUERY_TIMEOUT = 0.5  # squeue for `status`: a slow controller must not make stat
 # ------------------------------------------------------------------------------- slices
 
 
-def elements_for(n_tasks: int, max_array_size: int, tasks_per_element: int | None) -> int:
-    """How many array elements run `n_tasks` tasks: one per task up to max_array_size
-    (null tasks_per_element), or ceil(n / tasks_per_element), never above max_array_size
-    (then each element takes more tasks). 1,400 tasks at max 50 are 50 x 28."""
+def elements_for(n_tasks: int, max_array_size: int, tasks_per_element: int | None,
+                 task_seconds: float | None = None, target_seconds: float | None = None
+                 ) -> int:
+    """How many array elements run `n_tasks` tasks, never more than max_array_size (then
+    each element takes more tasks) nor than the tasks:
+
+    - `tasks_per_element` (an explicit override): ceil(n / tasks_per_element);
+    - else with the tasks' expected duration: as few as keep each element within
+      `target_seconds` (its own start-up included): elements of at most
+      floor((target - start) / task) tasks;
+    - else one per task (explore runs: each is long, they run in parallel).
+
+    1,400 tasks at max 50 are 50 x 28; 1,000 tasks of 2 s in 1-minute elements are 38."""
     if n_tasks <= 0:
         return 0
-    want = n_tasks if tasks_per_element is None else -(-n_tasks // tasks_per_element)
+    if tasks_per_element is not None:
+        want = -(-n_tasks // tasks_per_element)
+    elif task_seconds is not None and target_seconds is not None:
+        budget = max(target_seconds - ELEMENT_START_SECONDS, 1.0)
+        fits = n_tasks if task_seconds <= 0 else max(1, int(budget // task_seconds))
+        want = -(-n_tasks // fits)
+    else:
+        want = n_tasks
     return max(1, min(want, max_array_size, n_tasks))
+
+
+def element_target(slurm: Mapping[str, Any]) -> float:
+    """Seconds one label element should last: slurm.element_minutes, within the label
+    walltime minus the margin at which an element stops taking tasks."""
+    from smallcell.config import slurm_seconds
+
+    room = slurm_seconds(slurm["label"]["time"]) - float(slurm["walltime_margin"])
+    return max(min(60.0 * float(slurm["element_minutes"]), room), 1.0)
 
 
 def element_slice(n_tasks: int, n_elements: int, element: int) -> range:
@@ -147,11 +195,36 @@ def read_jobs(paths: RunPaths, i: int) -> list[dict[str, Any]]:
     return list(read_json(path).get("jobs", []))
 
 
+@contextlib.contextmanager
+def flocked(path: Path, what: str, wait: float) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created when missing) for the block, waiting up to
+    `wait` s; released by the kernel when the holder dies. SmallcellError naming `what`
+    when it stays taken."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as fh:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise SmallcellError(f"{path}: {what} still busy after {wait:.0f} s"
+                                         ) from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def record_job(paths: RunPaths, i: int, record: Mapping[str, Any]) -> None:
     """Append one submission to iter/<i>/jobs.json (append by atomic rewrite: a reader
-    never sees half a file). Only one writer at a time: the submitter holds the run lock."""
-    jobs = [*read_jobs(paths, i), dict(record)]
-    atomic_write_json(jobs_path(paths, i), {"jobs": jobs})
+    never sees half a file). Under a lock of its own: the collect+train job and the error
+    sample's job of one iteration may both submit at the same moment."""
+    with flocked(paths.it(i) / SLURM_DIR / ".jobs.lock", f"iter/{i}/jobs.json", 60.0):
+        jobs = [*read_jobs(paths, i), dict(record)]
+        atomic_write_json(jobs_path(paths, i), {"jobs": jobs})
 
 
 def last_record(jobs: Sequence[Mapping[str, Any]], stage: str) -> Mapping[str, Any] | None:
@@ -223,7 +296,7 @@ def _environment() -> Any:
 def sbatch_options(slurm: Mapping[str, Any], stage: str) -> list[str]:
     """The #SBATCH options of a stage: its resources, the section's defaults for what the
     stage leaves null, then slurm.extra and the stage's extra options."""
-    st = slurm[stage]
+    st = slurm[SECTION.get(stage, stage)]
     opts = []
     for name in ("partition", "account", "qos"):
         value = st[name] if st[name] is not None else slurm[name]
@@ -243,8 +316,8 @@ def render_script(stage: str, slurm: Mapping[str, Any], context: Mapping[str, An
     (run_dir, iteration, upto, config, task_list, jobs, title)."""
     from smallcell.config import slurm_seconds
 
-    st = slurm[stage]
-    template = f"{stage}.sbatch.j2"
+    st = slurm[SECTION.get(stage, stage)]
+    template = f"{TEMPLATE.get(stage, stage)}.sbatch.j2"
     values = {
         "template": template,
         "sbatch_options": sbatch_options(slurm, stage),
@@ -423,6 +496,8 @@ class Chain:
     def _submit(self, i: int, stage: str, context: Mapping[str, Any], *,
                 array: str | None = None, after: str | None = None,
                 extra_record: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """sbatch one job (or array) of `stage` after the jobs `after` names (ids joined
+        by ':'), and record it in iter/<i>/jobs.json."""
         if cancelled(self.paths):
             raise SmallcellError(f"{self.paths.iter_root / CANCELLED}: this run was "
                                  "cancelled; `make submit` to start again")
@@ -452,28 +527,41 @@ class Chain:
         return record
 
     def submit_array(self, i: int, stage: str, tasks: Sequence[int], *, stalls: int = 0,
-                     after: str | None = None) -> dict[str, Any]:
+                     after: str | None = None, task_seconds: float | None = None,
+                     estimate: str = "") -> dict[str, Any]:
         """An array over `tasks` (run or task numbers): the task list goes to
-        iter/<i>/slurm/<stage>.<n>.tasks.json, each element runs its slice of it."""
+        iter/<i>/slurm/<stage>.<n>.tasks.json, each element runs its slice of it. With
+        `task_seconds` (a task's expected duration; `estimate` says where it comes from)
+        the elements are sized by slurm.element_minutes, else one per task."""
         assert stage in ARRAY_STAGES
         sl = self.slurm
-        m = elements_for(len(tasks), sl["max_array_size"], sl["tasks_per_element"])
+        target = element_target(sl) if task_seconds is not None else None
+        m = elements_for(len(tasks), sl["max_array_size"], sl["tasks_per_element"],
+                         task_seconds, target)
+        per = -(-len(tasks) // m)
         n = self._count(i, stage)
         list_name = f"{stage}.{n}"
         atomic_write_json(self._folder(i) / f"{list_name}.tasks.json",
                           {"tasks": list(tasks), "elements": m})
+        sizing: dict[str, Any] = {"tasks_per_element": per}
+        if task_seconds is not None:
+            sizing.update(task_seconds=round(task_seconds, 3), estimate=estimate,
+                          element_target_seconds=target,
+                          element_seconds=round(per * task_seconds, 1))
         return self._submit(i, stage, {"task_list": list_name,
-                                       "title": f"{stage} array of iteration {i}: "
+                                       "title": f"{SHOWN[stage]} array of iteration {i}: "
                                                 f"{len(tasks)} tasks in {m} elements"},
                             array=array_spec(m, sl["throttle"]), after=after,
                             extra_record={"n_tasks": len(tasks), "elements": m,
-                                          "stalls": stalls, "tasks": f"{list_name}.tasks.json"})
+                                          "stalls": stalls, "tasks": f"{list_name}.tasks.json",
+                                          **sizing})
 
     def submit_job(self, i: int, stage: str, *, after: str | None = None) -> dict[str, Any]:
-        """The select or collect+train job of iteration `i` (after the array `after`)."""
-        assert stage in ("select", "train")
-        what = {"select": "select", "train": "collect+train"}[stage]
-        return self._submit(i, stage, {"title": f"{what} job of iteration {i}"}, after=after)
+        """The select, collect+train or error-sample job of iteration `i` (after the
+        arrays `after` names)."""
+        assert stage in ("select", "train", "sample")
+        return self._submit(i, stage, {"title": f"{SHOWN[stage]} job of iteration {i}"},
+                            after=after)
 
     def submit_pilot(self, i: int, jobs: int, *, after: str | None = None) -> dict[str, Any]:
         """The pilot job (recorded with iteration `i`, the first one it will work on)."""
@@ -490,33 +578,65 @@ def task_list(paths: RunPaths, i: int, name: str) -> tuple[list[int], int]:
 # ----------------------------------------------------------------------------- status
 
 
-def job_lines(paths: RunPaths, iterations: Sequence[int], complete: set[int]
-              ) -> tuple[dict[int, str], dict[int, bool | None]]:
-    """One `jobs:` line per iteration with records: each submission's stage, id and array,
-    with its states (one squeue call for all iterations in progress; finished iterations
-    show their ids only: their jobs are over); and per iteration in progress with records,
-    whether any of its jobs is still pending or running (None: squeue did not answer)."""
+def job_lines(paths: RunPaths, iterations: Sequence[int], settled: set[int]
+              ) -> tuple[dict[int, list[str]], dict[int, bool | None]]:
+    """Per iteration with records: a `jobs:` line, each submission's stage, id and array
+    with its states (one squeue call for every iteration not `settled`; settled ones, whose
+    jobs are all over, show their ids only), and the per-stage tally (tally_line); and per
+    unsettled iteration with records, whether any of its jobs is still pending or running
+    (None: squeue did not answer)."""
     records = {i: read_jobs(paths, i) for i in iterations}
-    live = [str(r["job_id"]) for i, recs in records.items() if i not in complete for r in recs]
+    live = [str(r["job_id"]) for i, recs in records.items() if i not in settled for r in recs]
     states = query_states(live) if live else {}
-    out = {}
+    out: dict[int, list[str]] = {}
     active: dict[int, bool | None] = {}
     for i, recs in records.items():
         if not recs:
             continue
-        if i not in complete:
+        if i not in settled:
             active[i] = None if states is None else any(
                 is_active(states.get(str(r["job_id"]))) for r in recs)
         parts = []
         for r in recs:
             ident = f"{r['job_id']}" + (f"[{r['array']}]" if r.get("array") else "")
             text = f"{SHOWN.get(r['stage'], r['stage'])} {ident}"
-            if i not in complete:
+            if i not in settled:
                 text += " " + ("(state unknown: no answer from squeue)" if states is None else
                                summarize_states(states.get(str(r["job_id"]))))
             parts.append(text)
-        out[i] = "jobs: " + ", ".join(parts)
+        out[i] = ["jobs: " + ", ".join(parts), tally_line(recs)]
     return out, active
+
+
+def tasks_per_element(rec: Mapping[str, Any]) -> int:
+    """The most tasks one element of an array record runs (older records: from counts)."""
+    if rec.get("tasks_per_element"):
+        return int(rec["tasks_per_element"])
+    return -(-int(rec.get("n_tasks") or 0) // max(int(rec.get("elements") or 1), 1))
+
+
+def tally_line(recs: Sequence[Mapping[str, Any]]) -> str:
+    """Per stage of an iteration, the Slurm jobs submitted (each array element is a job:
+    what queue policies count) and, for arrays, their tasks and tasks per element, e.g.
+    `Slurm jobs: 5 = select 1, label 1 (12 tasks, 12/element, ~0.03 s each), ...`."""
+    by_stage: dict[str, list[Mapping[str, Any]]] = {}
+    for r in recs:
+        by_stage.setdefault(r["stage"], []).append(r)
+    parts = []
+    total = 0
+    for stage, rs in by_stage.items():
+        n_jobs = sum(int(r.get("elements") or 1) for r in rs)
+        total += n_jobs
+        text = f"{SHOWN.get(stage, stage)} {n_jobs}"
+        if stage in ARRAY_STAGES:
+            per = sorted({tasks_per_element(r) for r in rs})
+            span = f"{per[0]}" if len(per) == 1 else f"{per[0]}-{per[-1]}"
+            tasks = sum(int(r.get("n_tasks") or 0) for r in rs)
+            secs = [float(r["task_seconds"]) for r in rs if r.get("task_seconds") is not None]
+            each = f", ~{secs[-1]:.2g} s each" if secs else ""
+            text += f" ({tasks} tasks, {span}/element{each})"
+        parts.append(text)
+    return f"Slurm jobs: {total} = " + ", ".join(parts)
 
 
 def environment_note() -> str:

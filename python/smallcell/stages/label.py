@@ -9,20 +9,27 @@ runner treat them alike: tasks 0..n_selected-1 are `vasp/<k>/`, the next n_sampl
 task and ends with `labeled.cfg` + `done`, or `failed` with the reason after `retries`
 retries (failures are data: they never stop the other tasks). A task with a marker is never
 run again, so a resumed iteration only labels what is missing.
+
+Each marker also records the task's wall time and atom count: `expected_seconds` reads
+them to size SLURM array elements by time (a task's own measure beats any guess).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from smallcell.config import Config
 from smallcell.engines.base import LabelError, labeler_for
-from smallcell.errors import reraise_disk_full
+from smallcell.errors import SmallcellError, reraise_disk_full
 from smallcell.formats.cfg import (
     Cfg,
     atoms_to_cfg,
@@ -45,6 +52,16 @@ from smallcell.state import (
 
 KIND = "vasp"
 SAMPLE_KIND = "sample"
+WHICH = ("all", "selected", "sample")  # the task lists a runner or a resubmission takes
+
+# A label task's duration before any was measured, per labeler: seconds for a 4-atom cell
+# and the power of (atoms / 4) it grows with (docs/config.md, slurm.first_task_seconds).
+# eam: mostly the task's own overhead; gpaw: 21 s measured for 4-atom Pb (Debian GPAW);
+# vasp: the one to three minutes of a small-cell VASP label.
+FIRST_ESTIMATE = {"eam": (0.2, 1.0), "gpaw": (30.0, 2.0), "vasp": (120.0, 2.0)}
+REFERENCE_ATOMS = 4
+LOOK_BACK = 10  # earlier iterations searched for measured tasks
+MEASURED_MAX = 200  # markers read per iteration and kind (evenly spaced): bounded cost
 
 
 def n_selected(it: Iteration) -> int:
@@ -126,8 +143,9 @@ def check_label(atoms, max_force: float) -> str | None:
 
 def run_task(root: Path, i: int, k: int) -> bool:
     """Label task `k` of iteration `i`; True when labeled, False when marked failed."""
+    t0 = time.perf_counter()
     it = Iteration.open(root, i)
-    return label_folder(task_dir(it, k), it.cfg)
+    return label_folder(task_dir(it, k), it.cfg, t0)
 
 
 def write_input(folder: Path, cfg: Cfg, species: list[str]) -> None:
@@ -141,14 +159,16 @@ def write_input(folder: Path, cfg: Cfg, species: list[str]) -> None:
     atomic_write_text(folder / "input.cfg", format_cfg(cfg))
 
 
-def label_folder(folder: Path, config: Config) -> bool:
+def label_folder(folder: Path, config: Config, started: float | None = None) -> bool:
     """Label the task folder's input.cfg with the configured labeler and its retries;
     True when labeled, False when marked failed. Shared by the iterations' tasks and the
-    large-cell validation's."""
+    large-cell validation's. The marker records the wall time since `started` (a
+    perf_counter reading; default now) and the atom count (expected_seconds)."""
     if is_done(folder):
         return True
     if is_failed(folder):
         return False
+    t0 = time.perf_counter() if started is None else started
     species = list(config["species"])
     labeler = labeler_for(config)
     [cfg] = read_cfgs(folder / "input.cfg")
@@ -173,33 +193,56 @@ def label_folder(folder: Path, config: Config) -> bool:
         out.features = [f for f in cfg.features if f[0] != "MV_grade"]
         out.set_feature("EFS_by", labeler.name)
         atomic_write_text(folder / "labeled.cfg", format_cfg(out))
-        mark_done(folder, {"attempts": len(reasons) + 1})
+        mark_done(folder, {"attempts": len(reasons) + 1, "atoms": len(atoms),
+                           "seconds": time.perf_counter() - t0})
         return True
-    mark_failed(folder, reasons[-1], attempts=len(reasons), all_reasons=reasons)
+    mark_failed(folder, reasons[-1], attempts=len(reasons), all_reasons=reasons,
+                atoms=len(atoms), seconds=time.perf_counter() - t0)
     return False
 
 
-def run(it: Iteration, runner: Runner) -> tuple[int, int]:
-    """Label every task without a marker; return (labeled, failed) over the selected."""
+def task_numbers(it: Iteration, which: str = "all", n: int | None = None) -> range:
+    """The combined task numbers of `which` (WHICH): every task, the selected ones (their
+    labels train), or the error sample's."""
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    n = n_tasks(it) if n is None else n
+    n_sel = n_selected(it)
+    return {"all": range(n), "selected": range(min(n_sel, n)), "sample": range(n_sel, n)}[which]
+
+
+def run(it: Iteration, runner: Runner, which: str = "all") -> tuple[int, int]:
+    """Label every task of `which` (WHICH) without a marker; return (labeled, failed) over
+    the selected."""
     n = prepare(it)
-    todo = missing(it, n)
+    tasks = task_numbers(it, which, n)
+    todo = missing(it, n, which)
     if todo:
         ns = n_sample(it)
-        kinds = f" ({n - ns} selected + {ns} error sample)" if ns else ""
-        progress(it, "label", f"{n - len(todo)}/{n} tasks done{kinds}, labeling {len(todo)}")
-    state = {"n": n - len(todo), "failed": 0}
-    step = max(1, n // 10)
+        kinds = {"all": f" ({n - ns} selected + {ns} error sample)" if ns else "",
+                 "selected": " (selected)", "sample": " (error sample)"}[which]
+        progress(it, "label", f"{len(tasks) - len(todo)}/{len(tasks)} tasks done{kinds}, "
+                 f"labeling {len(todo)}")
+    runner.map(run_task, it, todo, "label", reporter(it, len(tasks), len(tasks) - len(todo)))
+    return counts(it)
+
+
+def reporter(it: Iteration, total: int, done: int, stage: str = "label"
+             ) -> Callable[[int, bool], None]:
+    """A runner's on_result: a progress line every tenth of `total` tasks and at each
+    failure (`done` of them finished before)."""
+    state = {"n": done, "failed": 0}
+    step = max(1, total // 10)
 
     def report(k: int, ok: bool) -> None:
         state["n"] += 1
         state["failed"] += not ok
-        if state["n"] % step == 0 or state["n"] == n or not ok:
-            progress(it, "label", f"{state['n']}/{n} tasks"
+        if state["n"] % step == 0 or state["n"] == total or not ok:
+            progress(it, stage, f"{state['n']}/{total} tasks"
                      f"{', ' + str(state['failed']) + ' failed' if state['failed'] else ''}"
                      f"{'' if ok else f' (task {k} failed)'}")
 
-    runner.map(run_task, it, todo, "label", report)
-    return counts(it)
+    return report
 
 
 def counts(it: Iteration) -> tuple[int, int]:
@@ -209,10 +252,97 @@ def counts(it: Iteration) -> tuple[int, int]:
     return sum(map(is_done, dirs)), sum(map(is_failed, dirs))
 
 
-def missing(it: Iteration, n: int | None = None) -> list[int]:
-    """Tasks (selected and sample) without a marker (never run, or cut short): what a
-    resubmission must run."""
+def missing(it: Iteration, n: int | None = None, which: str = "all") -> list[int]:
+    """Tasks of `which` (WHICH: all, selected or sample) without a marker (never run, or
+    cut short): what a resubmission must run."""
     n = n_tasks(it) if n is None else n
     n_sel = n_selected(it)
-    dirs = (task_dir(it, k, n_sel) for k in range(n))
-    return [k for k, d in enumerate(dirs) if not (is_done(d) or is_failed(d))]
+    return [k for k in task_numbers(it, which, n)
+            if not (is_done(d := task_dir(it, k, n_sel)) or is_failed(d))]
+
+
+# ------------------------------------------------------------------ expected duration
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A label task's expected wall time, and where the number comes from (in words, for
+    jobs.json and `make status`)."""
+
+    seconds: float
+    source: str
+
+
+def _marker(folder: str) -> dict | None:
+    for name in ("done", "failed"):
+        try:
+            with open(os.path.join(folder, name), encoding="utf-8") as fh:
+                return json.load(fh)
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue
+    return None
+
+
+def _measured(it_dir: Path, kind: str) -> dict[int, list[float]]:
+    """{atom count: [seconds, ...]} of the finished tasks of one kind of an iteration,
+    from their markers (at most MEASURED_MAX of them, evenly spaced)."""
+    try:
+        names = sorted((e.name for e in os.scandir(it_dir / kind) if e.name.isdigit()), key=int)
+    except FileNotFoundError:
+        return {}
+    stride = max(1, len(names) // MEASURED_MAX)
+    out: dict[int, list[float]] = {}
+    for name in names[::stride]:
+        m = _marker(os.path.join(it_dir, kind, name))
+        if m and isinstance(m.get("seconds"), int | float) and m.get("atoms"):
+            out.setdefault(int(m["atoms"]), []).append(float(m["seconds"]))
+    return out
+
+
+def atoms_of(it: Iteration, k: int) -> int:
+    """The atom count of task `k` (its input.cfg)."""
+    [cfg] = read_cfgs(task_dir(it, k) / "input.cfg")
+    return len(cfg.types)
+
+
+def expected_seconds(it: Iteration, tasks: Sequence[int], first: float | None = None
+                     ) -> Estimate:
+    """The expected wall time of one of `tasks` (of one kind, cells of one size): the mean
+    measured on finished tasks of the same kind and atom count, from this iteration (a
+    resubmission's finished ones) or the latest earlier one with any (the other kind when
+    this one has none); else the nearest atom count measured, scaled by the labeler's
+    power of the atom count; else the first estimate (`first`, slurm.first_task_seconds,
+    else FIRST_ESTIMATE), scaled from 4 atoms. Only iterations of the same labeler count."""
+    labeler = it.cfg["engines"]["labeler"]
+    base, power = FIRST_ESTIMATE.get(labeler, (60.0, 2.0))
+    n_sel = n_selected(it)
+    kind = KIND if tasks and tasks[0] < n_sel else SAMPLE_KIND
+    atoms = atoms_of(it, tasks[0]) if tasks else REFERENCE_ATOMS
+    nearest: tuple[int, int, float] | None = None  # (distance, atoms, seconds)
+    for j in range(it.i, max(-1, it.i - LOOK_BACK - 1), -1):
+        if j != it.i:
+            try:
+                other = Iteration.open(it.paths.root, j)
+            except SmallcellError:
+                continue
+            if other.cfg["engines"]["labeler"] != labeler:
+                continue
+        for k in (kind, SAMPLE_KIND if kind == KIND else KIND):
+            measured = _measured(it.paths.it(j), k)
+            if atoms in measured:
+                secs = measured[atoms]
+                where = "this iteration" if j == it.i else f"iteration {j}"
+                return Estimate(sum(secs) / len(secs), f"mean of {len(secs)} {k} task(s) of "
+                                f"{atoms} atoms measured in {where}")
+            for a, secs in measured.items():
+                if nearest is None or abs(a - atoms) < nearest[0]:
+                    nearest = (abs(a - atoms), a, sum(secs) / len(secs))
+    if nearest is not None:
+        _, a, secs = nearest
+        return Estimate(secs * (atoms / a) ** power, f"measured on {a} atoms, scaled to "
+                        f"{atoms} by (atoms ratio)^{power:g}")
+    if first is not None:
+        return Estimate(first * (atoms / REFERENCE_ATOMS) ** power,
+                        f"slurm.first_task_seconds, scaled to {atoms} atoms")
+    return Estimate(base * (atoms / REFERENCE_ATOMS) ** power,
+                    f"{labeler}'s first estimate, {atoms} atoms (nothing measured yet)")

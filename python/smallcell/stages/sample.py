@@ -7,6 +7,10 @@ evaluates iteration i-1's potential (the one that ran the MD and graded the quer
 the labeled ones and writes, per configuration, its gamma and its errors, their means,
 and how well gamma ranks them (metrics.py), to `sample/errors.json`. That file
 is written last, under a temporary name: it is the stage's marker.
+
+The study needs only iteration i-1's potential, so it runs beside the iteration's
+training (and, on SLURM, past it): nothing the loop decides reads it, unless the stop rule
+does (gates_training).
 """
 
 from __future__ import annotations
@@ -32,6 +36,14 @@ LABELED = "labeled.cfg"
 
 def errors_path(it: Iteration) -> Path:
     return it.stage(STAGE) / ERRORS
+
+
+def gates_training(cfg: Config) -> bool:
+    """Whether the iteration's fit must wait for the sample's errors: the accuracy stop
+    rule on the sample's force error decides the final refit (loop.final_fit_due) and
+    the stage's end. Otherwise the study is data only, and runs beside training."""
+    stop = cfg["stop"]
+    return stop["rule"] == "accuracy" and stop["metric"] == "sample"
 
 
 def pending(it: Iteration) -> bool:
