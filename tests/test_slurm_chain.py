@@ -3,7 +3,9 @@ through real sbatch, job arrays and afterany dependencies, against the local loo
 
 - a 2-iteration embedded run submitted to Slurm writes the same folders, bytes and
   summaries (timings aside) as `smallcell iter` with the same config and seeds; its label
-  arrays have more tasks than slurm.max_array_size (12 tasks in 3 elements);
+  arrays have more tasks than slurm.max_array_size (12 tasks in 3 elements); the error
+  sample of iteration 1, slowed down, ends after iteration 2's explore has run and its
+  numbers are filled into iteration 1's summary then;
 - the same run survives a slurmctld restart mid-chain, and a `cancel` + `submit` redoes no
   finished task;
 - label tasks rejected by label.max_force: above min_success_ratio the chain goes on with
@@ -39,13 +41,18 @@ TIMING_KEYS = frozenset({"time", "seconds", "train_seconds", "stage_seconds"})
 SLURM_ONLY = {slurm.JOBS, slurm.SLURM_DIR}
 # The pilot's 1-minute allocations keep 5 s for the loop, which takes about 7 s to
 # iteration 2 (2026-11: faster fits made an earlier 8-s budget enough for one allocation).
-SLURM_SECTION = """\
-engines: {scheduler: slurm}
+# Iteration 1's error-sample elements sleep first: the chain must not wait for them.
+SLOW_SAMPLE = 25
+SLURM_SECTION = f"""\
+engines: {{scheduler: slurm}}
 slurm:
   max_array_size: 3
+  tasks_per_element: 4
   walltime_margin: 55
-  label: {time: "10"}
-  pilot: {time: "1", cpus_per_task: 2}
+  label:
+    time: "10"
+    setup: ['if [ "$SLURM_JOB_NAME" = smallcell.1.sample-label ]; then sleep {SLOW_SAMPLE}; fi']
+  pilot: {{time: "1", cpus_per_task: 2}}
 """
 
 
@@ -227,12 +234,20 @@ def test_submitted_chain_equals_the_local_loop(slurm_env: dict[str, str], same_c
     for i in range(1, UPTO + 1):
         if (run / "iter" / str(i)).exists():
             assert records(run, i)[0]["stage"] == "explore"
-    # iteration 1's label array carried the error sample's tasks too, and the collect+train
-    # job measured them
+    # iteration 1's error sample ran in its own array beside the training labels, its job
+    # measured it after iteration 2's explore had run (its elements slept) and completed
+    # the summary (compared with the local loop's above)
     s1 = json.loads((run / "iter" / "1" / "summary.json").read_text())
-    label1 = next(r for r in records(run, 1) if r["stage"] == "label")
+    recs1 = records(run, 1)
+    label1 = next(r for r in recs1 if r["stage"] == "label")
+    sample1 = next(r for r in recs1 if r["stage"] == "sample-label")
     assert s1["sample_n"] > 0 and s1["sample_force_error_mean"] is not None
-    assert label1["n_tasks"] == s1["n_selected"] + s1["sample_n"] + s1["sample_failed"]
+    assert not s1["sample_pending"]
+    assert label1["n_tasks"] == s1["n_selected"]
+    assert sample1["n_tasks"] == s1["sample_n"] + s1["sample_failed"]
+    assert [r["stage"] for r in recs1].count("sample") == 1
+    explored = max(p.stat().st_mtime for p in run.glob("iter/2/explore/*/done"))
+    assert explored < (run / "iter/1/sample/errors.json").stat().st_mtime
     # the collect+train job moved the chain to the next stage of the protocol
     assert s1["stage_end"] and s1["stage"] == 0
     s2 = json.loads((run / "iter" / "2" / "summary.json").read_text())
@@ -240,6 +255,8 @@ def test_submitted_chain_equals_the_local_loop(slurm_env: dict[str, str], same_c
     # ... and, the run over, a pilot job ran the validation (compared above with the
     # local loop's, file by file)
     assert [r["stage"] for r in records(run, 2)][-1] == "pilot"
+    text = status(slurm_env, run)
+    assert "Slurm jobs: 5 = select 1, label 3 (12 tasks, 4/element" in text, text
     assert (run / "validation" / "done").exists()
     last = max(RunPaths(run).iterations())
     text = status(slurm_env, run)
@@ -334,6 +351,7 @@ def test_timeout_resumed_by_submit(slurm_env: dict[str, str], slurm_cluster: Any
 engines: {{scheduler: slurm}}
 slurm:
   max_array_size: 2
+  tasks_per_element: 6
   resubmit: 0
   walltime_margin: 5
   label: {{time: "1", setup: ['{sleeper}']}}

@@ -194,6 +194,17 @@ def pending_samples(paths: RunPaths) -> list[int]:
     return out
 
 
+def _after_studies(paths: RunPaths) -> str | None:
+    """The latest sample job of every iteration whose study is pending (':'-joined), for
+    a pilot job to start after: its `smallcell iter` needs the run to itself."""
+    ids = []
+    for j in pending_samples(paths):
+        rec = slurm.last_record(slurm.read_jobs(paths, j), "sample")
+        if rec is not None:
+            ids.append(str(rec["job_id"]))
+    return ":".join(ids) or None
+
+
 def _resume_samples(paths: RunPaths, chain: slurm.Chain) -> list[dict[str, Any]]:
     records = []
     for j in pending_samples(paths):
@@ -228,7 +239,8 @@ def submit(root: Path, config: str | os.PathLike, upto: int,
             j, _ = pilot_work(paths, upto, cfg)
             if j is not None:  # the loop is over, its validation is not
                 print("the loop is complete; submitting the large-cell validation")
-                return [*samples, chain.submit_pilot(j, cfg["slurm"]["pilot"]["cpus_per_task"])]
+                return [*samples, chain.submit_pilot(j, cfg["slurm"]["pilot"]["cpus_per_task"],
+                                                     after=_after_studies(paths))]
             if not samples:
                 print(f"nothing to submit: {why}")
             return samples
@@ -499,8 +511,11 @@ def _collect_train(it: Iteration, chain: slurm.Chain, cfg: Config) -> int:
         progress(it, "done", f"{reason}; {potential_text(summary)}; the chain ends here")
         j, _ = pilot_work(it.paths, chain.upto, cfg)
         if j is not None:
-            rec = chain.submit_pilot(j, cfg["slurm"]["pilot"]["cpus_per_task"])
-            progress(it, "done", f"large-cell validation submitted: job {rec['job_id']}")
+            rec = chain.submit_pilot(j, cfg["slurm"]["pilot"]["cpus_per_task"],
+                                     after=_after_studies(it.paths))
+            progress(it, "done", f"large-cell validation submitted: job {rec['job_id']}"
+                     + (f" after the error sample's job(s) {rec['after']}" if rec["after"]
+                        else ""))
         return 0
     if summary.get("stage_end"):
         progress(it, "done", loop.transition(summary))
