@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import os
 import shutil
@@ -42,6 +43,12 @@ from smallcell.engines.neighbors import NeighborList
 
 if TYPE_CHECKING:
     from motep.potentials.mtp.base import EngineBase
+
+# motep warns at every force call whose nearest neighbour is below min_dist. Since fits
+# move min_dist to the training set's shortest distance (min_dist_update), MD goes there
+# whenever it leaves the data, which is what gamma measures and the selection handles:
+# thousands of lines per run in the iteration log, with nothing to act on.
+logging.getLogger("motep.potentials.mtp.base").setLevel(logging.ERROR)
 
 POT = "pot.mtp"
 ACTIVE = "active_set.npz"
