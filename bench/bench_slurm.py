@@ -529,15 +529,19 @@ def markdown(r: Result) -> str:
         f"Per stage (`make status`), tiny iteration 0: {t.tally.get(0, '-')}; iteration 1: "
         f"{t.tally.get(1, '-')}.",
         "",
-        "Before issue 21 the tiny example took 150–197 s and 226 Slurm jobs here (one label "
-        "element per task: iteration 1's 8 + 200 labels were 208 jobs), about 20x `make "
-        "iter`; training waited for the error sample. With elements sized by time each "
-        "array of cheap labels is one job, and what is left of the ratio is the chain's "
-        "hops: 7 jobs one after another (select, label, collect+train; explore, select, "
-        "label, collect+train), each about a second of Slurm and a second of Python "
-        "start-up. The 1,000 stand-in tasks of 2 s ran in elements that each stayed "
-        "within their minute, where one job per task needed 1,001 sbatch calls (740 s for "
-        "1,000 EAM labels in the earlier version of this benchmark).",
+        "Before issue 21 the tiny example took 150 s and 226 Slurm jobs on this machine "
+        "(197 s in the issue): one label element per task, so iteration 1's 200 "
+        "error-sample labels alone were 200 jobs, about 20x `make iter`, and training "
+        "waited for the study. With elements sized by time each array of cheap labels is "
+        f"one job, and what is left of the {t.ratio:.1f}x is the chain's hops: 7 jobs one "
+        "after another (select, label, collect+train; explore, select, label, "
+        "collect+train), each about a second of Slurm's scheduling and a second or more "
+        "of Python start-up, against `make iter`'s one process. The stand-in's elements "
+        f"labeled for {min(h.element_work_s, default=0):.1f}-{work:.1f} s each; the rest "
+        "of their length is their start-up (bash, Python, imports), which grows when many "
+        "start at once on a busy node: budgeted at "
+        f"{slurm.ELEMENT_START_SECONDS:g} s of each target. One job per task, as before "
+        "issue 21, would have been 1,001 Slurm jobs for them.",
     ]
     notes = h.notes
     if notes:

@@ -82,12 +82,12 @@ def test_elements_for(n: int, max_size: int, per: int | None, want: int) -> None
 
 
 @pytest.mark.parametrize(("n", "max_size", "per", "task", "target", "want"), [
-    (1000, 1000, None, 2.0, 60.0, 38),  # 2,000 s of work, at most 27 tasks in 60 - 5 s
+    (1000, 1000, None, 2.0, 60.0, 40),  # 2,000 s of work, at most 25 tasks in 60 - 10 s
     (200, 1000, None, 0.02, 1800.0, 1),  # the tiny example's sample: one element
     (1000, 20, None, 2.0, 60.0, 20),  # never above max_array_size: longer elements then
     (10, 1000, None, 600.0, 60.0, 10),  # a task longer than the target: one per element
     (1000, 1000, 100, 2.0, 60.0, 10),  # tasks_per_element overrides the time
-    (12, 1000, None, 5.0, 60.0, 2),  # 60 s of work does not fit in 55 s
+    (12, 1000, None, 5.0, 60.0, 2),  # 60 s of work does not fit in 50 s
     (10, 1000, None, 0.0, 60.0, 1),  # nothing measurable: one element
 ])
 def test_elements_sized_by_time(n: int, max_size: int, per: int | None, task: float,

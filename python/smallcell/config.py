@@ -113,7 +113,7 @@ _SLURM = Section(
         "element_minutes": Key("float", 30.0,
                                "Target length of one label array element: it runs as many "
                                "label tasks one after another as their expected duration "
-                               "fits in this (5 s of it kept for its own start), so short "
+                               "fits in this (10 s of it kept for its own start), so short "
                                "labels make few long jobs, not one job per label, each "
                                "paying a queue wait. Capped at slurm.label.time minus "
                                "walltime_margin. The expected duration is the mean wall "

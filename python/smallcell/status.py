@@ -207,7 +207,7 @@ def line_in_progress(paths: RunPaths, i: int, state: str = "in progress") -> str
     runs_done = sum(os.path.exists(d / "explore" / name / DONE) for name in planned)
     extra = f" runs {runs_done}/{n_runs}" if stage == "explore" and n_runs else ""
     s_total, s_done, s_failed = _count_tasks(d / "sample")
-    if stage == "label" and s_total:
+    if stage != "explore" and s_total:  # on SLURM it runs beside collect and train too
         extra += f" error sample {s_done + s_failed}/{s_total}"
     broke = "-" if not ex else ("yes" if ex.get("broke") else "no")
     frozen = _stage_of_frozen(d)
