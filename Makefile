@@ -29,10 +29,10 @@ RUNCFG  = $(if $(CONFIG),--config $(CONFIG)) $(if $(CHANGE_CONFIG),--change-conf
 
 .DEFAULT_GOAL := help
 .PHONY: help setup iter submit pilot cancel retry status test lint clean-iter config-doc bench \
-        bench-labels bench-anomaly sweep report export validate
+        bench-labels bench-anomaly bench-mlip3 sweep report export validate
 
 help:  ## list every target with one line each
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || bin/install-debian-packages python3-venv
@@ -102,3 +102,6 @@ bench-labels: $(STAMP)  ## selection policies to convergence: labels, errors, fi
 
 bench-anomaly: $(STAMP)  ## the report's force-error anomaly: its protocol and one-factor variants, moving vs fixed test set (~30 min)
 	$(VENV)/bin/python bench/anomaly.py
+
+bench-mlip3: $(STAMP)  ## MLIP-3's mlp against motep: fit time and accuracy at levels 8 and 16 (needs make setup EXTRAS=mlip3; ~50 min)
+	$(VENV)/bin/python bench/mlip3_fits.py
