@@ -217,8 +217,9 @@ class RunPaths:
 
 
 def lock_holder(paths: RunPaths) -> str | None:
-    """Who holds the run lock exclusively right now (`make iter`, a SLURM select or
-    collect+train job), as its lock file names it; None when nobody does. A shared probe:
+    """Who holds the run lock exclusively right now (`make iter`, `make retry`), as its
+    lock file names it; None when nobody does (SLURM jobs hold it shared: `status` finds
+    them through squeue). A shared probe:
     it never blocks a holder, and a writer that starts meanwhile waits microseconds."""
     if not (paths.iter_root / LOCK).exists():
         return None
@@ -235,10 +236,11 @@ class RunLock:
     """One writer per run folder: an flock on `iter/.lock`, released by the kernel when the
     holder dies (kill -9 included), so a stale lock never blocks a resume.
 
-    SLURM jobs share the folder: array elements (each task atomic, behind its marker) hold
-    it `shared`, the jobs that write stage outputs (select, collect+train) and `make iter`
-    hold it exclusively, so a local loop can never run beside a chain's jobs. Jobs `wait`
-    for it (an element may start while the job that submitted it is still exiting)."""
+    SLURM jobs share the folder: every job holds it `shared` (array elements: each task
+    atomic, behind its marker; the checking jobs, select and collect+train, are kept one
+    at a time by the chain lock, jobs.py), `make iter` holds it exclusively, so a local
+    loop can never run beside a chain's jobs. Jobs `wait` for it (an element may start
+    while the job that submitted it is still exiting)."""
 
     def __init__(self, paths: RunPaths, command: str, *, shared: bool = False,
                  wait: float = 0.0) -> None:
