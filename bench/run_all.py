@@ -8,7 +8,7 @@ benchmark finished, so an interrupted run leaves the previous numbers in place.
     .venv/bin/python bench/run_all.py                # every benchmark but gpaw
     .venv/bin/python bench/run_all.py --only status  # just one (status: ~20 s)
     .venv/bin/python bench/run_all.py --only outcar  # OUTCAR parser vs ASE (~40 s)
-    .venv/bin/python bench/run_all.py --only slurm   # SLURM chain vs one job per task
+    .venv/bin/python bench/run_all.py --only slurm   # SLURM: arrays sized by time
                                                      # (a local Slurm; ~15 min on 2 cores)
     .venv/bin/python bench/run_all.py --only gpaw    # examples/pb-gpaw.yaml, real DFT
                                                      # (needs GPAW; ~25 min on 2 cores)
@@ -60,7 +60,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[argparse.Namespace], tuple[str, bool]
     "status": ("`smallcell status` on 90,000 task folders", _status),
     "iter": ("The embedded loop end to end (`smallcell iter`)", _iter),
     "outcar": ("OUTCAR reading: smallcell vs `ase.io.read`", _outcar),
-    "slurm": ("SLURM: the chain of arrays vs one job per task (1,000 label tasks)", _slurm),
+    "slurm": ("SLURM: label arrays sized by time, the error sample beside the chain", _slurm),
     "gpaw": ("Real DFT labels: GPAW end to end (`examples/pb-gpaw.yaml`)", _gpaw),
 }
 
