@@ -13,7 +13,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from smallcell import cli
-from smallcell.study.report import COLUMNS, diagnose, gamma_vs_error, page
+from smallcell.study.report import COLUMNS, diagnose, gamma_vs_error, page, row
 from smallcell.study.rundata import IterationData
 
 REPO = Path(__file__).resolve().parents[1]
@@ -256,3 +256,12 @@ def test_the_page_escapes_what_the_config_named() -> None:
     html = page(data, [])
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;" in html
     assert "<script" not in html and "<b>" not in html
+
+
+def test_a_pending_study_is_shown_as_pending() -> None:
+    """A SLURM run's error sample still labeling: its column says so, not 0."""
+    k = COLUMNS.index("sample n")
+    base = {"iteration": 1, "sample_n": 0}
+    assert row(IterationData({**base, "sample_pending": True}))[k] == "pending"
+    assert row(IterationData({**base, "sample_pending": False}))[k] == "0"
+    assert row(IterationData({"iteration": 2, "sample_n": 200}))[k] == "200"

@@ -60,7 +60,9 @@ def row(d: IterationData) -> list[str]:
             _f(_milli((s.get("test_errors") or {}).get("force_rmse")), ".2f"),
             _f(s.get("train_iterations"), "d"),
             "-" if conv is None else ("yes" if conv else "no"),
-            str(s.get("sample_n", 0)), _f(_milli(s.get("sample_force_error_mean")), ".2f"),
+            # a SLURM run's study still labeling (its job completes the summary later)
+            "pending" if s.get("sample_pending") else str(s.get("sample_n", 0)),
+            _f(_milli(s.get("sample_force_error_mean")), ".2f"),
             _f(_milli(s.get("sample_energy_per_atom_error_mean")), ".3f"),
             _f(s.get("sample_gamma_force_spearman"), ".2f")]
 
