@@ -485,7 +485,7 @@ def report(results: list[dict[str, Any]], *, wall: float, jobs: int, figures_dir
         f"- Protocol (`examples/report-protocol.yaml`): fcc Pb 1x1x1 (4 atoms), EAM labels, "
         f"motep level-{base['trainer']['level']} MTP; per iteration one NPT run of "
         f"{md['steps']} steps x {md['timestep']} fs at 300 K / 1 bar; threshold selection "
-        "(2.1 < gamma < 10); every fit from the untrained template, 100 L-BFGS iterations; "
+        "(2.1 < gamma < 10); every fit from the untrained template, 100 BFGS iterations; "
         f"error sample of {base['sample']['size']} MD configurations with gamma > "
         f"{base['sample']['gamma_min']}. Every run goes on to iteration {n_iter} "
         "(`run.converged_iterations: 1000`); a converged iteration that selects nothing "

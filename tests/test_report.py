@@ -191,7 +191,7 @@ def test_diagnosis_template_fits_at_their_limit_are_the_reports_scatter() -> Non
                        _it(1, 2e-3, 0.040, False, warm=False)])
     assert "refitted from the untrained template and stopped at its iteration limit (100 " \
         "iterations, not converged)" in flag
-    assert "typical factor of 1.8" in flag and "cut that factor to 1.17" in flag
+    assert "typical factor of 1.67" in flag and "cut that factor to 1.03" in flag
     assert "trainer.warm_start: true" in flag and flag.endswith(BENCH)
 
 

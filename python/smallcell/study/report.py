@@ -156,10 +156,10 @@ def _fit_causes(cur: IterationData) -> list[str]:
         return [f"it was refitted from the untrained template and stopped at its iteration "
                 f"limit ({iters} iterations, not converged): in the benchmark such fits "
                 "(the report's protocol) differed from one refit to the next by a typical "
-                "factor of 1.8 in held-out force error, with the force and energy errors "
-                "moving together (rank correlation 0.75), so a single rise is the scatter "
+                "factor of 1.67 in held-out force error, with the force and energy errors "
+                "moving together (rank correlation 0.98), so a single rise is the scatter "
                 "of unconverged fits; converged warm-started fits (trainer.warm_start: true, "
-                "tolerance 0.01, restarts 2) cut that factor to 1.17"]
+                "tolerance 0.01, restarts 2) cut that factor to 1.03"]
     if limited:
         return [f"its fit stopped at the iteration limit ({iters} iterations) before "
                 "converging: raise trainer.max_iter"]
