@@ -260,3 +260,19 @@ def test_sweep_debris_removes_only_scratch(tmp_path: Path) -> None:
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     assert left == [".hidden_note", "explore", "explore/000_T300",
                     "explore/000_T300/gamma.json", "train"]
+
+
+def test_sweep_debris_leaves_skipped_entries_alone(tmp_path: Path) -> None:
+    """`skip`: top-level entries whose scratch a process beside the caller owns (the error
+    sample's elements on SLURM) are left whole; the rest is swept, deeper names alike."""
+    from smallcell.state import sweep_debris
+
+    (tmp_path / "sample" / "3" / ".work.12").mkdir(parents=True)
+    (tmp_path / "sample" / ".x.tmp.5").write_text("")
+    (tmp_path / "vasp" / "1" / ".work.13").mkdir(parents=True)
+    (tmp_path / "vasp" / "sample" / ".work.14").mkdir(parents=True)  # not top level
+    (tmp_path / ".summary.json.tmp.9").write_text("{")
+    assert sweep_debris(tmp_path, skip=("sample",)) == 3
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == ["sample", "sample/.x.tmp.5", "sample/3", "sample/3/.work.12", "vasp",
+                    "vasp/1", "vasp/sample"]

@@ -38,9 +38,7 @@ clears it.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -61,7 +59,7 @@ from smallcell.state import (
     RunPaths,
     atomic_write_json,
     clear_stopped,
-    is_debris,
+    flocked,
     is_done,
     mark_stopped,
     read_json,
@@ -401,22 +399,6 @@ def _since_first(it: Iteration, stage: str) -> float | None:
     return time.time() - min(times) if times else None
 
 
-def _sweep(it: Iteration, keep: tuple[str, ...] = ()) -> None:
-    """sweep_debris over the iteration's folder but its entries named in `keep`: folders
-    in which jobs running beside this one own their scratch (the error sample's)."""
-    for entry in os.scandir(it.dir):
-        if entry.name in keep:
-            continue
-        if is_debris(entry.name):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
-        elif entry.is_dir(follow_symlinks=False):
-            sweep_debris(entry.path)
-
-
 def _select(it: Iteration, chain: slurm.Chain) -> int:
     from smallcell import loop
     from smallcell.sched.local import LocalRunner
@@ -480,7 +462,8 @@ def _collect_train(it: Iteration, chain: slurm.Chain, cfg: Config) -> int:
     if missing:
         _resubmit(it, chain, "label", missing, "train")
         return 0
-    _sweep(it, () if gated else (sample.STAGE,))
+    # the error sample's elements, running beside this job, own their scratch
+    sweep_debris(it.dir, skip=() if gated else (sample.STAGE,))
     timings = _stage_seconds(it)
     wall = _since_first(it, "label")
     if wall is not None and n:
@@ -501,7 +484,7 @@ def _collect_train(it: Iteration, chain: slurm.Chain, cfg: Config) -> int:
     # the sample job may be measuring the sample right now: the summary is written
     # either before it (and completed by it) or after it (with its numbers)
     lock = it.dir / slurm.SLURM_DIR / SAMPLE_LOCK
-    with slurm.flocked(lock, "the error sample's measurement", LOCK_WAIT):
+    with flocked(lock, "the error sample's measurement", LOCK_WAIT):
         summary = loop.finish_iteration(it, timings, total)
     if summary["sample_pending"]:
         progress(it, "sample", "the error sample's labels are still running: its numbers "
@@ -537,7 +520,7 @@ def _sample(it: Iteration, chain: slurm.Chain) -> int:
     if missing:
         _resubmit(it, chain, "sample-label", missing, "sample")
         return 0
-    with slurm.flocked(it.dir / slurm.SLURM_DIR / SAMPLE_LOCK, "the summary", LOCK_WAIT):
+    with flocked(it.dir / slurm.SLURM_DIR / SAMPLE_LOCK, "the summary", LOCK_WAIT):
         sweep_debris(it.stage(sample.STAGE))  # scratch of killed sample elements
         if sample.pending(it):
             sample.run(it)
@@ -568,7 +551,7 @@ def run_checker(root: Path, stage: str, i: int, upto: int, config: str) -> int:
             chain, cfg = _chain(root, config, upto, f"job {job_id()} ({stage} {i})")
             if key == "sample":  # beside the chain: no config pin, no chain lock
                 return _sample(Iteration.open(root, i), chain)
-            with slurm.flocked(paths.iter_root / slurm.CHAIN_LOCK, f"the chain ({what})",
+            with flocked(paths.iter_root / slurm.CHAIN_LOCK, f"the chain ({what})",
                                LOCK_WAIT):
                 if _skip(paths, i, key):  # a later duplicate went first while we waited
                     return 0

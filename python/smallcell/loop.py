@@ -161,7 +161,6 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
     labeled, failed = label.counts(it)
     errors = read_json(it.stage("train") / "errors.json")
     coll = read_json(it.stage("collect") / "done")
-    sampled = sample.summary_fields(it)
     prev = read_json(it.paths.summary(it.i - 1)) if it.i > 0 else {}
     refit = bool(errors.get("final_fit"))
     stage = protocol.summary_fields(it, conv, int(coll["n_new"]), force_error, refit)
@@ -194,13 +193,7 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
         "active_set_configs": errors.get("active_set_configs"),
         "train_errors": errors.get("errors", {}),
         "test_errors": errors.get("test_errors"),
-        **sampled,
-        # the error sample's labels still running (SLURM): its fields above are filled in
-        # by complete_sample when they end
-        "sample_pending": sample.pending(it),
-        # every reference calculation of the iteration (training labels, failed ones, the
-        # error sample's): the run's cost in DFT calls
-        "n_reference": labeled + failed + sampled["sample_n"] + sampled["sample_failed"],
+        **sample_fields(it, labeled, failed, prev),
         "stage_seconds": timings,
         "seconds": seconds,
     }
@@ -208,13 +201,15 @@ def finish_iteration(it: Iteration, timings: dict[str, float], seconds: float) -
     return summary
 
 
-def sample_fields(it: Iteration, summary: dict[str, Any]) -> dict[str, Any]:
-    """The summary keys that come from the error sample, as finish_iteration computes
-    them: its own fields, the stop rule's force error (the sample's mean under
-    stop.metric sample), the reference calculations and whether it is pending."""
+def sample_fields(it: Iteration, labeled: int, failed: int, prev: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """The summary keys that come from the error sample (finish_iteration writes them,
+    complete_sample fills them in later): its own fields, whether its labels are still
+    running (SLURM), the stop rule's force error (the sample's mean under stop.metric
+    sample; `prev`: the previous summary) and every reference calculation of the
+    iteration (`labeled` and `failed` training labels, the sample's): the run's cost in
+    DFT calls."""
     sampled = sample.summary_fields(it)
-    prev = read_json(it.paths.summary(it.i - 1)) if it.i > 0 else {}
-    labeled, failed = int(summary["n_labeled"]), int(summary["n_failed"])
     return {**sampled, "sample_pending": sample.pending(it),
             "stop_force_error": stopping.force_error(
                 it.cfg["stop"], sampled["sample_force_error_mean"], prev.get("test_errors")),
@@ -230,7 +225,8 @@ def complete_sample(it: Iteration, seconds: float | None = None) -> bool:
     if not path.exists():
         return False
     summary = read_json(path)
-    new = sample_fields(it, summary)
+    prev = read_json(it.paths.summary(it.i - 1)) if it.i > 0 else {}
+    new = sample_fields(it, int(summary["n_labeled"]), int(summary["n_failed"]), prev)
     if all(summary.get(k) == v for k, v in new.items()):
         return False
     timings = dict(summary.get("stage_seconds") or {})

@@ -22,7 +22,7 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,11 +118,16 @@ def is_debris(name: str) -> bool:
     return name.startswith(".") and (".tmp." in name or name.startswith(".work."))
 
 
-def sweep_debris(folder: str | os.PathLike) -> int:
-    """Remove the scratch left by killed processes under `folder`. Only safe while the run
-    lock is held (no other writer can own them); returns how many were removed."""
+def sweep_debris(folder: str | os.PathLike, skip: Collection[str] = ()) -> int:
+    """Remove the scratch left by killed processes under `folder`, but in its entries
+    named in `skip` (folders whose scratch a process running beside the caller owns: the
+    error sample's on SLURM). Only safe while no other writer can own the rest (the run or
+    chain lock); returns how many were removed."""
     removed = 0
     for dirpath, dirnames, filenames in os.walk(folder):
+        if skip and dirpath == os.fspath(folder):
+            dirnames[:] = [d for d in dirnames if d not in skip]
+            filenames = [f for f in filenames if f not in skip]
         for name in [d for d in dirnames if is_debris(d)]:
             shutil.rmtree(os.path.join(dirpath, name), ignore_errors=True)
             dirnames.remove(name)
@@ -216,6 +221,35 @@ class RunPaths:
         return sorted(int(n) for n in names if n.isascii() and n.isdigit())
 
 
+def _flock(fh: Any, mode: int, wait: float) -> bool:
+    """Take flock `mode` on the open file `fh`, polling for up to `wait` seconds; False
+    when it stays taken."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fh, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def flocked(path: Path, what: str, wait: float) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created when missing) for the block, waiting up to
+    `wait` s; released by the kernel when the holder dies. SmallcellError naming `what`
+    when it stays taken."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as fh:
+        if not _flock(fh, fcntl.LOCK_EX, wait):
+            raise SmallcellError(f"{path}: {what} still busy after {wait:.0f} s")
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def lock_holder(paths: RunPaths) -> str | None:
     """Who holds the run lock exclusively right now (`make iter`, `make retry`), as its
     lock file names it; None when nobody does (SLURM jobs hold it shared: `status` finds
@@ -253,23 +287,13 @@ class RunLock:
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+", encoding="utf-8")  # held open for the whole run
-        mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
-        deadline = time.monotonic() + self.wait
-        while True:
-            try:
-                fcntl.flock(fh, mode | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() < deadline:
-                    time.sleep(0.05)
-                    continue
-                fh.seek(0)
-                holder = fh.read().strip() or "another process"
-                fh.close()
-                raise SmallcellError(
-                    f"{self.path}: this run folder is in use by {holder}; wait for it to "
-                    "finish or stop it (its lock is released automatically when it exits)"
-                ) from None
+        if not _flock(fh, fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX, self.wait):
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise SmallcellError(
+                f"{self.path}: this run folder is in use by {holder}; wait for it to "
+                "finish or stop it (its lock is released automatically when it exits)")
         if not self.shared:  # shared holders are many: the file names the last sole one
             fh.seek(0)
             fh.truncate()

@@ -349,27 +349,26 @@ def _fit(a: _Attempt, images: list[Atoms], settings: TrainSettings) -> _Attempt:
     a.log += ["linear least squares for the moment and species coefficients",
               f"loss 0: {before_lls!r}", f"loss 1: {start!r}", "=" * 72,
               f"(loss normalized by {scale!r}; BFGS)", "loss 0: 1.0"]
-    window = {"before": 1.0, "converged": False}
+    before, converged = 1.0, False  # the loss at the last window's end; window test met
 
     def report(intermediate_result) -> None:  # scipy passes the result by this name
+        nonlocal before, converged
         now = float(intermediate_result.fun)
         a.history.append(scale * now)
         done = len(a.history) - 2
         a.log.append(f"loss {done}: {now!r}")
         if done % WINDOW == 0:
-            before = window["before"]
             a.log.append(f"window: {done} iterations spent, loss {now:.6g} "
                          f"({100 * (before - now) / before:.3g}% lower)")
-            window["before"] = now
-            if before - now < settings.tolerance * before:
-                window["converged"] = True
+            converged = before - now < settings.tolerance * before
+            before = now
+            if converged:
                 raise StopIteration
 
     res = minimize(fn.value_and_grad, data.parameters, jac=True, method="BFGS",
                    callback=report, options={"maxiter": settings.max_iter, "gtol": 1e-12})
     data.parameters = res.x
     a.iterations = int(res.nit)
-    converged = window["converged"]
     if not converged and res.nit < settings.max_iter:  # BFGS found no lower point
         converged = True
         a.log.append(f"BFGS stopped after {res.nit} iterations: {res.message}")

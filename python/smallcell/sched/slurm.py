@@ -36,19 +36,17 @@ status` stays fast.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shlex
 import subprocess
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from smallcell.errors import SmallcellError
-from smallcell.state import RunPaths, atomic_write_json, atomic_write_text, read_json
+from smallcell.state import RunPaths, atomic_write_json, atomic_write_text, flocked, read_json
 
 REPO = Path(__file__).resolve().parents[3]
 SMALLCELL = REPO / "bin" / "smallcell"
@@ -195,29 +193,6 @@ def read_jobs(paths: RunPaths, i: int) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return list(read_json(path).get("jobs", []))
-
-
-@contextlib.contextmanager
-def flocked(path: Path, what: str, wait: float) -> Iterator[None]:
-    """Hold an exclusive flock on `path` (created when missing) for the block, waiting up to
-    `wait` s; released by the kernel when the holder dies. SmallcellError naming `what`
-    when it stays taken."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+", encoding="utf-8") as fh:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise SmallcellError(f"{path}: {what} still busy after {wait:.0f} s"
-                                         ) from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def record_job(paths: RunPaths, i: int, record: Mapping[str, Any]) -> None:

@@ -41,6 +41,8 @@ from smallcell.formats.cfg import (
 from smallcell.stages.common import Iteration, Runner, progress
 from smallcell.stages.select import SAMPLE, SELECTED
 from smallcell.state import (
+    DONE,
+    FAILED,
     atomic_output,
     atomic_write_text,
     is_done,
@@ -274,7 +276,7 @@ class Estimate:
 
 
 def _marker(folder: str) -> dict | None:
-    for name in ("done", "failed"):
+    for name in (DONE, FAILED):
         try:
             with open(os.path.join(folder, name), encoding="utf-8") as fh:
                 return json.load(fh)
