@@ -29,7 +29,7 @@ RUNCFG  = $(if $(CONFIG),--config $(CONFIG)) $(if $(CHANGE_CONFIG),--change-conf
 
 .DEFAULT_GOAL := help
 .PHONY: help setup iter submit pilot cancel retry status test lint clean-iter config-doc bench \
-        bench-labels bench-anomaly bench-mlip3 sweep report export validate
+        bench-labels bench-anomaly bench-mlip3 bench-cells sweep report export validate
 
 help:  ## list every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -105,3 +105,6 @@ bench-anomaly: $(STAMP)  ## the report's force-error anomaly: its protocol and o
 
 bench-mlip3: $(STAMP)  ## MLIP-3's mlp against motep: fit time and accuracy at levels 8 and 16 (needs make setup EXTRAS=mlip3; ~50 min)
 	$(VENV)/bin/python bench/mlip3_fits.py
+
+bench-cells: $(STAMP)  ## cell size: the small-cell protocol against direct 2x2x2 and 3x3x3 learning, large-cell error vs DFT cost (~45 min)
+	$(VENV)/bin/python bench/cell_size.py
