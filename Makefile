@@ -29,7 +29,7 @@ RUNCFG  = $(if $(CONFIG),--config $(CONFIG)) $(if $(CHANGE_CONFIG),--change-conf
 
 .DEFAULT_GOAL := help
 .PHONY: help setup iter submit pilot cancel retry status test lint clean-iter config-doc bench \
-        bench-labels bench-anomaly bench-mlip3 bench-cells sweep report export validate
+        bench-labels bench-anomaly bench-mlip3 bench-cells bench-dft-cost sweep report export validate
 
 help:  ## list every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -78,8 +78,8 @@ test: $(STAMP)  ## run the test suite, then count the skipped tests by reason; G
 report: $(STAMP)  ## write RUN_DIR/report/index.html and report.md (figures, table, answers)
 	$(SC) report
 
-validate: $(STAMP)  ## the final potential on validation.cell: gamma and errors (validation/)
-	$(SC) validate $(RUNCFG)
+validate: $(STAMP)  ## the final potential on validation.cell: gamma and errors (validation/); I= validates iteration I's (iter/I/validate/)
+	$(SC) validate $(if $(I),--iter $(I)) $(RUNCFG)
 
 export: $(STAMP)  ## write RUN_DIR/export/{train,test,sample}.extxyz (data for other MLIPs)
 	$(SC) export $(if $(I),--upto $(I))
@@ -108,3 +108,6 @@ bench-mlip3: $(STAMP)  ## MLIP-3's mlp against motep: fit time and accuracy at l
 
 bench-cells: $(STAMP)  ## cell size: the small-cell protocol against direct 2x2x2 and 3x3x3 learning, large-cell error vs DFT cost (~45 min)
 	$(VENV)/bin/python bench/cell_size.py
+
+bench-dft-cost: $(STAMP)  ## GPAW single points of Pb (4-32 atoms) and the DFT cost model fitted to them (needs GPAW; ~1 h)
+	$(VENV)/bin/python bench/dft_cost.py

@@ -73,6 +73,7 @@ class IterResult:
     cpu_s: float = 0.0  # user+sys of the command and its workers
     load_before: float = 0.0
     validation: dict[str, Any] | None = None  # validation/summary.json, if it ran
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)  # iter/<i>/validate/
     summaries: list[dict[str, Any]] = field(default_factory=list)
     log_tail: str = ""
     run_dir: Path | None = None  # kept (keep=True or a failed run), else deleted
@@ -147,6 +148,9 @@ def run_case(case: Case, keep: bool = False) -> IterResult:
             path = iters / str(i) / "summary.json"
             if path.exists():
                 res.summaries.append(json.loads(path.read_text(encoding="utf-8")))
+            path = iters / str(i) / "validate" / "summary.json"
+            if path.exists():
+                res.checkpoints.append(json.loads(path.read_text(encoding="utf-8")))
     checked = run_dir / "validation" / "summary.json"
     if checked.exists():
         res.validation = json.loads(checked.read_text(encoding="utf-8"))
@@ -192,7 +196,18 @@ def _table(r: IterResult) -> str:
 
 
 def _validation(r: IterResult) -> str:
-    return f"\nValidation: {validation_text(r.validation)}.\n" if r.validation else ""
+    text = f"\nValidation: {validation_text(r.validation)}.\n" if r.validation else ""
+    if r.checkpoints:
+        secs = sum(float(c.get("seconds") or 0) for c in r.checkpoints)
+        # the target (issue 19): under 20% added to the run's wall time
+        share = secs / max(r.wall - secs, 1e-9)
+        text += ("\nPer-stage validations (issue 19; target: under 20% added to the wall "
+                 f"time): {len(r.checkpoints)}, {secs:.1f} s in all, **{100 * share:.1f}%** "
+                 f"added to the {r.wall - secs:.1f} s without them: "
+                 f"{verdict(share < 0.20)}\n" + "".join(
+                     f"- iteration {c['iteration']}: {validation_text(c)}; "
+                     f"{c['seconds']:.1f} s\n" for c in r.checkpoints))
+    return text
 
 
 def markdown(m: Machine, date: str, results: list[IterResult]) -> str:

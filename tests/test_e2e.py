@@ -111,9 +111,12 @@ def test_progress_summary_and_status(tiny_run: tuple[Path, str, str]) -> None:
                  for i in range(4)]
     train = sum(x["n_labeled"] for x in summaries)
     sample = sum(x["sample_n"] for x in summaries)
+    dft = sum(x["dft_seconds"] for x in summaries) / 3600
+    dft_train = sum(x["dft_seconds_train"] for x in summaries) / 3600
     assert lines[6] == (f"cost: {train + sample} reference calculations in all: {train} "
                         f"training labels (0 more failed), {sample} for the error sample, 0 "
-                        "for the large-cell validation")
+                        f"for the large-cell validation; {dft:.3g} DFT core-hours (GPAW "
+                        f"cost model), {dft_train:.3g} h of it for training labels")
     assert lines[6][len("cost: "):] in out
     make = subprocess.run(["make", "-s", "status", f"RUN_DIR={run}"], cwd=REPO,
                           capture_output=True, text=True, check=False)

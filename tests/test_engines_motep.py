@@ -428,3 +428,22 @@ def test_md_keeps_a_uniform_sample_of_all_queries(fit: Fit, tmp_path: Path) -> N
     assert len(got) == 4 and all(lo < g < hi for g in got)
     off = run_md(_start(), fit.pot, SPECIES, _settings(), tmp_path / "c")
     assert off["n_sample_eligible"] is None and not (tmp_path / "c" / "queried.cfg").exists()
+
+
+def test_one_explorer_runs_one_potential_on_cells_of_different_sizes(fit: Fit,
+                                                                      tmp_path: Path) -> None:
+    """A worker's explorer keeps the potential it loaded; the same potential then runs a
+    larger cell (a per-stage validation on 3x3x3) and a smaller one (the next stage's MD):
+    both must work (the cached calculator once failed with "Wrong number of cutoff
+    radii: 108 != 8")."""
+    from smallcell.engines.embedded_md import EmbeddedExplorer
+    from smallcell.engines.motep_mtp import MotepTrainer
+
+    explorer = EmbeddedExplorer(MotepTrainer(), "nbh")
+    for n, cell in ((108, (3, 3, 3)), (8, (1, 1, 2)), (4, (1, 1, 1))):
+        atoms = displace(supercell("fcc", 4.95, cell, "Pb"), 0.05, "uniform",
+                         np.random.default_rng(n))
+        (tmp_path / str(n)).mkdir()
+        res = explorer.run(tmp_path / str(n), atoms, SPECIES,
+                           _settings(steps=2, gamma_break=1e6, ensemble="npt"), fit.folder)
+        assert res["steps_done"] == 2, n

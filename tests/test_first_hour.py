@@ -22,7 +22,8 @@ def test_readme_status_example_is_the_real_table() -> None:
     cost = [line for line in example if line.startswith("cost: ")]
     assert cost and re.fullmatch(
         r"cost: \d+ reference calculations in all: \d+ training labels \(\d+ more failed\), "
-        r"\d+ for the error sample, \d+ for the large-cell validation", cost[0])
+        r"\d+ for the error sample, \d+ for the large-cell validation; [\d.]+ DFT "
+        r"core-hours \(GPAW cost model\), [\d.]+ h of it for training labels", cost[0])
 
 
 def _help(*words: str) -> str:

@@ -44,7 +44,8 @@ stages:
     max_iterations: 1
     md_steps: 30
     temperatures: {start: 300, stop: 500, step: 100}
-validation: {cell: [3, 3, 3], steps: 40, sample: 4}
+validation: {cell: [3, 3, 3], steps: 40, sample: 4, stage_steps: 30, stage_sample: 3,
+             test_set: 5}
 """
 
 
@@ -463,3 +464,127 @@ def test_validate_needs_a_cell(tmp_path: Path, capsys) -> None:
     assert cli.main(["--run-dir", str(tmp_path), "validate", "--config",
                      str(tmp_path / "c.yaml")]) == 2
     assert "validation.cell is not set" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ per-stage validation
+
+
+def test_each_stage_end_is_validated_on_the_target_cell(three: tuple[Path, str]) -> None:
+    """Issue 19: the potential ending each stage but the last runs the validation MD on
+    3x3x3 and is measured on one fixed test set (drawn once, never trained on) and on its
+    own MD sample, with the labels and DFT cost spent so far; the final validation is
+    measured on the same test set."""
+    root, out = three
+    s = _summaries(root)
+    ends = [x["iteration"] for x in s if x.get("stage_end") and not finished(x)]
+    assert len(ends) == 2
+    sources = set()
+    for i in ends:
+        cdir = root / "iter" / str(i) / "validate"
+        c = read_json(cdir / "summary.json")
+        assert (cdir / "done").exists() and c["iteration"] == i and c["n_atoms"] == 108
+        assert c["steps"] == 30 and c["stage"] == s[i]["stage"] and c["stage_end"]
+        assert c["sample_n"] == 3 and c["testset"]["n"] == c["testset"]["n_labeled"] == 5
+        sources.add(c["testset"]["source"])
+        upto = [x for x in s if x["iteration"] <= i]
+        assert c["labels_so_far"] == sum(x["n_labeled"] for x in upto)
+        assert c["dft_seconds_so_far"] == pytest.approx(sum(x["dft_seconds_train"]
+                                                            for x in upto))
+        # the test set's errors are the potential's own, recomputed here
+        pot = MotepPotential.load(root / "iter" / str(i) / "train", ["Pb"], "nbh")
+        src = root / c["testset"]["source"]
+        sq = []
+        for k in range(5):
+            [lab] = read_cfgs(src / "testset" / str(k) / "labeled.cfg")
+            ref = cfg_to_atoms(lab, ["Pb"])
+            _, f, _ = pot.evaluate(ref.copy())
+            sq.append(np.sum((f - ref.get_forces()) ** 2, axis=1))
+        assert c["testset"]["force_rmse"] == pytest.approx(np.sqrt(np.mean(sq)), rel=1e-6)
+        assert f"[iter {i} | validate] per-stage validation" in out
+    assert sources == {f"iter/{ends[0]}/validate"}  # drawn once, by the first one
+    final = read_json(root / "validation" / "summary.json")
+    assert final["testset"]["source"] == f"iter/{ends[0]}/validate"
+    # never trained on: no test-set configuration is in any training set
+    last = s[-1]["iteration"]
+    train = {c.positions.tobytes() for c in read_cfgs(root / "iter" / str(last) / "collect"
+                                                       / "train.cfg")}
+    test = read_cfgs(root / "iter" / str(ends[0]) / "validate" / "select" / "testset.cfg")
+    assert len(test) == 5 and not any(c.positions.tobytes() in train for c in test)
+
+
+def test_dft_cost_is_recorded_per_iteration(three: tuple[Path, str]) -> None:
+    """Every iteration's summary prices each reference calculation (training labels,
+    failed ones, the error sample) by the cost model; status shows the running total."""
+    from smallcell import cost
+
+    root, _ = three
+    s = _summaries(root)
+    for x in s:
+        d = root / "iter" / str(x["iteration"])
+        train = [read_json(m)["atoms"] for m in sorted(d.glob("vasp/*/done"))]
+        smp = [read_json(m)["atoms"] for m in sorted(d.glob("sample/*/done"))]
+        assert x["dft_seconds_train"] == pytest.approx(sum(map(cost.model_seconds, train)))
+        assert x["dft_seconds"] == pytest.approx(sum(map(cost.model_seconds, train + smp)))
+        assert x["dft_modeled"] is True
+    lines = status_lines(root)
+    assert lines[0].endswith("DFT h")
+    total = sum(x["dft_seconds"] for x in s) / 3600
+    last = next(ln for ln in lines if ln.lstrip().startswith(f"{s[-1]['iteration']} "))
+    assert last.split()[-1] == f"{total:.3g}"
+    assert any("per-stage validation 3x3x3 (108 atoms" in ln for ln in lines)
+    assert "DFT core-hours (GPAW cost model)" in next(ln for ln in lines
+                                                  if ln.startswith("cost: "))
+
+
+def test_the_report_answers_the_cell_size_question(three: tuple[Path, str],
+                                                   tmp_path: Path) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(three[0], root)
+    assert cli.main(["--run-dir", str(root), "report"]) == 0
+    md = (root / "report" / "report.md").read_text()
+    section = md.split("## Cell size")[1].split("\n## ")[0]
+    s = _summaries(root)
+    ends = [x["iteration"] for x in s if x.get("stage_end") and not finished(x)]
+    for i in ends:
+        c = read_json(root / "iter" / str(i) / "validate" / "summary.json")
+        assert (f"iteration {i}: {c['n_broke']}/3 MD runs on 3x3x3 (108 atoms)" in section)
+        assert f"force RMSE {1000 * c['testset']['force_rmse']:.1f} meV/Å" in section
+    assert "final validation, iteration" in section and "cost per stage" in section
+    assert "1x1x1: " in section and "the large-cell validations themselves" in section
+    assert (root / "report" / "large_cell_error_vs_cost.png").stat().st_size > 1000
+    assert "large_cell_error_vs_cost" in (root / "report" / "index.html").read_text()
+
+
+def test_a_per_stage_validation_reruns_nothing_and_keeps_other_settings(
+        three: tuple[Path, str], tmp_path: Path) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(three[0], root)
+    i = next(x["iteration"] for x in _summaries(root) if x.get("stage_end"))
+    cdir = root / "iter" / str(i) / "validate"
+    before = (cdir / "summary.json").read_bytes()
+    config = str(root / "p.yaml")
+    args = ["--run-dir", str(root), "validate", "--iter", str(i), "--config", config]
+    assert cli.main(args) == 0
+    assert (cdir / "summary.json").read_bytes() == before
+    text = (root / "p.yaml").read_text().replace("stage_steps: 30", "stage_steps: 20")
+    (root / "p.yaml").write_text(text)
+    assert cli.main(args) == 0
+    assert (cdir.with_name("validate.old1") / "summary.json").read_bytes() == before  # kept
+    assert read_json(cdir / "summary.json")["steps"] == 20
+    # the fixed test set moved aside with it: this one drew a new one
+    assert read_json(cdir / "summary.json")["testset"]["source"] == f"iter/{i}/validate"
+
+
+def test_when_a_per_stage_validation_is_due() -> None:
+    from smallcell.stages.checkpoint import due
+
+    cfg = parse_config(THREE)
+    end = {"iteration": 3, "stage": 0, "n_stages": 3, "stage_end": "converged"}
+    mid = {"iteration": 4, "stage": 1, "n_stages": 3, "stage_end": None}
+    last = {"iteration": 6, "stage": 2, "n_stages": 3, "stage_end": "converged"}
+    assert due(cfg, end) and not due(cfg, mid) and not due(cfg, last)
+    every = parse_config(THREE.replace("test_set: 5}", "test_set: 5, every: 2}"))
+    assert due(every, mid) and not due(every, {**mid, "iteration": 5})
+    off = parse_config(THREE.replace("test_set: 5}", "test_set: 5, every_stage: false}"))
+    assert not due(off, end)
+    assert not due(parse_config(THREE.split("validation:")[0]), end)

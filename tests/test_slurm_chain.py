@@ -252,6 +252,10 @@ def test_submitted_chain_equals_the_local_loop(slurm_env: dict[str, str], same_c
     assert s1["stage_end"] and s1["stage"] == 0
     s2 = json.loads((run / "iter" / "2" / "summary.json").read_text())
     assert s2["stage"] == 1 and s2["cell"] == [1, 1, 2] and s2["stage_end"]
+    # ... and submitted the first stage's per-stage validation beside the chain, one job
+    # (its folder compared with the local loop's above)
+    assert [r["stage"] for r in recs1].count("checkpoint") == 1
+    assert (run / "iter" / "1" / "validate" / "done").exists()
     # ... and, the run over, a pilot job ran the validation (compared above with the
     # local loop's, file by file)
     assert [r["stage"] for r in records(run, 2)][-1] == "pilot"

@@ -566,7 +566,10 @@ def test_status_of_complete_iterations(tiny_run: Path) -> None:
         assert words[0] == str(i) and words[1] == "1/1" and words[2] == "1x1x1"
         assert words[3] == ("converged" if finished(s) else "refit" if s.get("check_due")
                             else "complete")
-        assert words[-1] == str(s["n_train"])
+        assert words[-2] == str(s["n_train"])
+        hours = sum(read_json(tiny_run / "iter" / str(j) / "summary.json")["dft_seconds"]
+                    for j in range(i + 1)) / 3600  # the running DFT cost
+        assert words[-1] == f"{hours:.3g}"
         assert "in progress" not in line
     assert lines[1].split()[4:7] == ["0", "6", "6"]  # presel, select, label of iteration 0
     res = _sc("--run-dir", str(tiny_run), "status")

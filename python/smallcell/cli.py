@@ -47,6 +47,7 @@ def cmd_iter(args: argparse.Namespace) -> int:
     from smallcell.state import RunLock, RunPaths
     from smallcell.status import (
         HEADER,
+        dft_so_far,
         line_for_summary,
         potential_text,
         run_cost,
@@ -71,8 +72,9 @@ def cmd_iter(args: argparse.Namespace) -> int:
     shown = summaries[-20:]  # one screen; `make status` lists them all
     if len(summaries) > len(shown):
         print(f"  ... {len(summaries) - len(shown)} earlier iterations: make status")
-    for s in shown:
-        print(line_for_summary(s))
+    hours = dft_so_far(summaries)[-len(shown):]
+    for s, h in zip(shown, hours, strict=True):
+        print(line_for_summary(s, h))
         if transition_line(s):
             print(transition_line(s))
     print(f"\n{len(summaries)} iterations, {summaries[-1].get('n_train', 0)} configurations "
@@ -206,6 +208,8 @@ def cmd_job(args: argparse.Namespace) -> int:
         return jobs.run_pilot(root, args.upto, args.config, args.jobs)
     if args.iter is None:
         raise SmallcellError(f"job {args.stage} needs --iter")
+    if args.stage == "checkpoint":
+        return jobs.run_checkpoint(root, args.iter, args.config, args.jobs)
     return jobs.run_checker(root, args.stage, args.iter, args.upto, args.config)
 
 
@@ -289,9 +293,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     check_engines(cfg, local_jobs=args.jobs if args.jobs is not None else cfg["run"]["jobs"])
     root = _root(args)
     jobs = args.jobs if args.jobs is not None else cfg["run"]["jobs"]
-    with RunLock(RunPaths(root), "smallcell validate"), LocalRunner(jobs) as runner:
+    paths = RunPaths(root)
+    if args.iter is not None and not paths.summary(args.iter).exists():
+        raise SmallcellError(f"{paths.summary(args.iter)}: missing: iteration {args.iter} "
+                             "has not finished, so it has no potential to validate")
+    with RunLock(paths, "smallcell validate"), LocalRunner(jobs) as runner:
         _pin(args, cfg)
-        validate.run(root, cfg, runner)
+        if args.iter is None:
+            validate.run(root, cfg, runner)
+        else:
+            from smallcell.stages import checkpoint
+
+            s = checkpoint.run(root, cfg, args.iter, runner)
+            print(f"per-stage validation of iteration {args.iter}: {checkpoint.describe(s)}")
+            return 0
     print(validation_line(root))
     return 0
 
@@ -359,13 +374,14 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_cancel)
     s = sub.add_parser("job", help="what a SLURM job runs (used by the sbatch scripts)")
     s.add_argument("stage", choices=("explore", "select", "label", "collect-train", "sample",
-                                     "pilot"))
+                                     "checkpoint", "pilot"))
     s.add_argument("--iter", type=int, metavar="I")
     s.add_argument("--list", help="task list name (array jobs)")
     s.add_argument("--element", type=int, help="array element (SLURM_ARRAY_TASK_ID)")
     s.add_argument("--upto", type=int, default=0, metavar="N")
     s.add_argument("--config", default=None, help=config_help)
-    s.add_argument("--jobs", type=int, default=1, help="worker processes (pilot)")
+    s.add_argument("--jobs", type=int, default=1,
+                   help="worker processes (pilot, checkpoint)")
     s.set_defaults(fn=cmd_job)
     s = sub.add_parser("status", help="one line per iteration")
     s.set_defaults(fn=cmd_status)
@@ -380,6 +396,9 @@ def parser() -> argparse.ArgumentParser:
                    help="accept a config whose results-bearing keys differ from the run's "
                         "(recorded in iter/config-changes.json and the report)")
     s.add_argument("--jobs", type=int, default=None, help="worker processes (default: run.jobs)")
+    s.add_argument("--iter", type=int, default=None, metavar="I",
+                   help="validate iteration I's potential instead (a per-stage validation "
+                        "in iter/I/validate/, measured on the fixed test set too)")
     s.set_defaults(fn=cmd_validate)
     s = sub.add_parser("export", help="the training, test and error-sample sets as extended "
                        "XYZ (for other MLIPs)")

@@ -622,6 +622,23 @@ SCHEMA = Section(
                 "sample": Key("int", 20, "Configurations drawn at random from the MD "
                               "(0.1 < gamma < 10) and labeled to measure the potential's "
                               "errors; 0 = gamma statistics only.", low=0),
+                "every_stage": Key("bool", True, "Per-stage validation: also validate the "
+                                   "potential that ends each stage but the last (the final "
+                                   "validation measures that one), in iter/<i>/validate/, so "
+                                   "the large-cell error is seen falling stage by stage."),
+                "every": Key("int", None, "Also validate every this many iterations "
+                             "(iterations i with i % every == 0); null = stage ends only.",
+                             nullable=True, low=1),
+                "stage_steps": Key("int", None, "MD steps per run of a per-stage "
+                                   "validation; null = steps.", nullable=True, low=1),
+                "stage_sample": Key("int", 10, "Configurations of each per-stage "
+                                    "validation's own MD labeled to measure its errors.",
+                                    low=0),
+                "test_set": Key("int", 20, "The fixed large-cell test set: drawn once, from "
+                                "the first per-stage validation's MD, labeled once, and "
+                                "every later validation (the final one included) is measured "
+                                "on it, so stages are compared on the same configurations; "
+                                "0 = none.", low=0),
             },
         ),
         "stages": Seq(

@@ -38,6 +38,7 @@ clears it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -192,23 +193,48 @@ def pending_samples(paths: RunPaths) -> list[int]:
     return out
 
 
-def _after_studies(paths: RunPaths) -> str | None:
-    """The latest sample job of every iteration whose study is pending (':'-joined), for
-    a pilot job to start after: its `smallcell iter` needs the run to itself."""
+def pending_checkpoints(paths: RunPaths, cfg: Config) -> list[int]:
+    """Complete iterations whose per-stage validation is due and not done (a job of it
+    may still run, or it stopped)."""
+    from smallcell.stages import checkpoint
+
+    out = []
+    for i in paths.iterations():
+        path = paths.summary(i)
+        if (path.exists() and checkpoint.due(cfg, read_json(path))
+                and not is_done(checkpoint.folder(paths.root, i))):
+            out.append(i)
+    return out
+
+
+def _after_studies(paths: RunPaths, cfg: Config) -> str | None:
+    """The latest sample job of every iteration whose study is pending, and the latest
+    job of every per-stage validation not done (':'-joined), for a pilot job to start
+    after: its `smallcell iter` needs the run to itself."""
     ids = []
-    for j in pending_samples(paths):
-        rec = slurm.last_record(slurm.read_jobs(paths, j), "sample")
-        if rec is not None:
-            ids.append(str(rec["job_id"]))
+    for stage, its in (("sample", pending_samples(paths)),
+                       ("checkpoint", pending_checkpoints(paths, cfg))):
+        for j in its:
+            rec = slurm.last_record(slurm.read_jobs(paths, j), stage)
+            if rec is not None:
+                ids.append(str(rec["job_id"]))
     return ":".join(ids) or None
 
 
-def _resume_samples(paths: RunPaths, chain: slurm.Chain) -> list[dict[str, Any]]:
+def _resume_samples(paths: RunPaths, chain: slurm.Chain, cfg: Config
+                    ) -> list[dict[str, Any]]:
+    """Submit again what a cut-short chain left beside it: error samples not measured and
+    per-stage validations not done."""
+    from smallcell.stages import checkpoint
+
     records = []
     for j in pending_samples(paths):
         it = Iteration.open(paths.root, j)
         clear_stopped(it.stage("sample"))
         records += start_sample(it, chain)
+    for j in pending_checkpoints(paths, cfg):
+        clear_stopped(checkpoint.folder(paths.root, j))
+        records.append(chain.submit_checkpoint(j, cfg["slurm"]["pilot"]["cpus_per_task"]))
     return records
 
 
@@ -231,14 +257,14 @@ def submit(root: Path, config: str | os.PathLike, upto: int,
         _check_queue(paths)  # again under the lock: nothing can submit while we hold it
         runconfig.pin(root, cfg, change=change)
         (paths.iter_root / slurm.CANCELLED).unlink(missing_ok=True)
-        samples = _resume_samples(paths, chain)  # studies a cut-short chain left unmeasured
+        samples = _resume_samples(paths, chain, cfg)  # studies a cut-short chain left unmeasured
         i, why = first_incomplete(paths, upto)
         if i is None:
             j, _ = pilot_work(paths, upto, cfg)
             if j is not None:  # the loop is over, its validation is not
                 print("the loop is complete; submitting the large-cell validation")
                 return [*samples, chain.submit_pilot(j, cfg["slurm"]["pilot"]["cpus_per_task"],
-                                                     after=_after_studies(paths))]
+                                                     after=_after_studies(paths, cfg))]
             if not samples:
                 print(f"nothing to submit: {why}")
             return samples
@@ -453,7 +479,7 @@ def _select(it: Iteration, chain: slurm.Chain) -> int:
 
 def _collect_train(it: Iteration, chain: slurm.Chain, cfg: Config) -> int:
     from smallcell import loop
-    from smallcell.stages import collect, label, sample, train
+    from smallcell.stages import checkpoint, collect, label, sample, train
     from smallcell.status import potential_text
 
     n = label.n_tasks(it)
@@ -495,13 +521,16 @@ def _collect_train(it: Iteration, chain: slurm.Chain, cfg: Config) -> int:
         j, _ = pilot_work(it.paths, chain.upto, cfg)
         if j is not None:
             rec = chain.submit_pilot(j, cfg["slurm"]["pilot"]["cpus_per_task"],
-                                     after=_after_studies(it.paths))
+                                     after=_after_studies(it.paths, cfg))
             progress(it, "done", f"large-cell validation submitted: job {rec['job_id']}"
                      + (f" after the error sample's job(s) {rec['after']}" if rec["after"]
                         else ""))
         return 0
     if summary.get("stage_end"):
         progress(it, "done", loop.transition(summary))
+    if checkpoint.due(cfg, summary) and not is_done(checkpoint.folder(it.paths.root, it.i)):
+        rec = chain.submit_checkpoint(it.i, cfg["slurm"]["pilot"]["cpus_per_task"])
+        progress(it, "done", f"per-stage validation submitted: job {rec['job_id']}")
     nxt = protocol.open_iteration(it.paths.root, it.i + 1, cfg)
     clear_stopped(nxt.dir)
     records = start_iteration(nxt, chain)
@@ -563,6 +592,39 @@ def run_checker(root: Path, stage: str, i: int, upto: int, config: str) -> int:
         return _guard(paths, i, stage, body)
     finally:
         lock.__exit__()
+
+
+def run_checkpoint(root: Path, i: int, config: str, jobs: int) -> int:
+    """`job checkpoint`: the per-stage validation of iteration i's potential, beside the
+    chain (the run lock shared, as the chain's jobs hold it; the checkpoint's own lock
+    keeps a duplicate job from working beside it). A failure is recorded in its folder
+    (iter/<i>/validate/stopped): the chain goes on without it."""
+    from smallcell.sched.local import LocalRunner
+    from smallcell.stages import checkpoint
+
+    paths = RunPaths(root)
+    what = f"slurm job {job_id()}: smallcell job checkpoint --iter {i}"
+    folder = checkpoint.folder(root, i)
+    try:
+        with RunLock(paths, what, shared=True, wait=LOCK_WAIT):
+            if _skip(paths, i, "checkpoint"):
+                return 0
+            folder.mkdir(exist_ok=True)
+            with flocked(folder / ".lock", f"the per-stage validation ({what})", LOCK_WAIT), \
+                    LocalRunner(jobs) as runner:
+                clear_stopped(folder)
+                s = checkpoint.run(root, load_config(config), i, runner)
+        print(f"per-stage validation of iteration {i}: {checkpoint.describe(s)}", flush=True)
+        return 0
+    except SmallcellError as exc:
+        reason = str(exc)
+    except Exception:
+        reason = f"unexpected error in the checkpoint job:\n{traceback.format_exc()}"
+    with contextlib.suppress(OSError, SmallcellError):
+        mark_stopped(folder, reason, stage="checkpoint", job=job_id())
+    print(f"smallcell: the per-stage validation of iteration {i} stopped: {reason}",
+          file=sys.stderr, flush=True)
+    return 2
 
 
 def run_pilot(root: Path, upto: int, config: str, jobs: int) -> int:

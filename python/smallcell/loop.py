@@ -27,7 +27,16 @@ from smallcell.config import Config
 from smallcell.engines.base import trainer_for
 from smallcell.errors import SmallcellError
 from smallcell.formats.errors import FormatError
-from smallcell.stages import collect, explore, label, sample, select, train, validate
+from smallcell.stages import (
+    checkpoint,
+    collect,
+    explore,
+    label,
+    sample,
+    select,
+    train,
+    validate,
+)
 from smallcell.stages.common import Iteration, Runner, progress
 from smallcell.state import (
     RunPaths,
@@ -208,12 +217,23 @@ def sample_fields(it: Iteration, labeled: int, failed: int, prev: dict[str, Any]
     running (SLURM), the stop rule's force error (the sample's mean under stop.metric
     sample; `prev`: the previous summary) and every reference calculation of the
     iteration (`labeled` and `failed` training labels, the sample's): the run's cost in
-    DFT calls."""
+    DFT calls, and in DFT seconds (smallcell.cost; the training labels' share apart)."""
     sampled = sample.summary_fields(it)
+    cost = label.dft_cost(it)
     return {**sampled, "sample_pending": sample.pending(it),
             "stop_force_error": stopping.force_error(
                 it.cfg["stop"], sampled["sample_force_error_mean"], prev.get("test_errors")),
-            "n_reference": labeled + failed + sampled["sample_n"] + sampled["sample_failed"]}
+            "n_reference": labeled + failed + sampled["sample_n"] + sampled["sample_failed"],
+            "dft_seconds": cost["train"] + cost["sample"], "dft_seconds_train": cost["train"],
+            "dft_modeled": dft_modeled(it.cfg)}
+
+
+def dft_modeled(cfg: Config) -> bool:
+    """Whether the run's DFT cost is the cost model's (the embedded labeler) rather than
+    the labels' measured wall time."""
+    from smallcell import cost
+
+    return cost.is_modeled(cfg["engines"]["labeler"])
 
 
 def complete_sample(it: Iteration, seconds: float | None = None) -> bool:
@@ -264,6 +284,13 @@ def stop_reason(summary: dict[str, Any], upto: int) -> str | None:
     return None
 
 
+def _checkpoint(root: Path, cfg: Config, summary: dict[str, Any], runner: Runner) -> None:
+    """The per-stage validation of the iteration of `summary`, when due and not done."""
+    i = int(summary["iteration"])
+    if checkpoint.due(cfg, summary) and not is_done(checkpoint.folder(root, i)):
+        checkpoint.run(root, cfg, i, runner)
+
+
 def run(root: Path, cfg: Config, upto: int, runner: Runner) -> list[dict[str, Any]]:
     """Complete iterations 0..upto (or until converged); return all summaries."""
     paths = RunPaths(root)
@@ -273,6 +300,7 @@ def run(root: Path, cfg: Config, upto: int, runner: Runner) -> list[dict[str, An
             s = read_json(paths.summary(i))
             if s.get("sample_pending"):  # a SLURM run's study cut short: finish it here
                 s = finish_sample(Iteration.open(root, i), runner)
+            _checkpoint(root, cfg, s, runner)
             summaries.append(s)
             if finished(s):
                 print(f"converged at iteration {i}: nothing left to do", flush=True)
@@ -283,6 +311,7 @@ def run(root: Path, cfg: Config, upto: int, runner: Runner) -> list[dict[str, An
                                  "finish first")
         it = protocol.open_iteration(root, i, cfg)
         s = _recording_stops(it, runner)
+        _checkpoint(root, cfg, s, runner)
         summaries.append(s)
         reason = stop_reason(s, upto)
         if reason and finished(s):

@@ -23,7 +23,7 @@ CAPPED = "iteration cap"
 HEADER = (f"{'iter':>4} {'stage':>5} {'cell':>7} {'state':>8} {'presel':>7} {'select':>6} "
           f"{'label':>6} "
           f"{'fail':>5} {'gmax':>9} {'gmean':>7} {'broke':>5} {'E meV/at':>8} "
-          f"{'F eV/Å':>7} {'train s':>7} {'n_train':>7}")
+          f"{'F eV/Å':>7} {'train s':>7} {'n_train':>7} {'DFT h':>7}")
 
 
 def _fmt(v: Any, spec: str, width: int) -> str:
@@ -124,33 +124,70 @@ def transition_line(s: dict[str, Any]) -> str | None:
 
 
 def reference_calls(summaries: list[dict[str, Any]],
-                    validation: dict[str, Any] | None = None) -> dict[str, int]:
+                    validation: dict[str, Any] | None = None,
+                    checkpoints: list[dict[str, Any]] = ()) -> dict[str, Any]:
     """Every reference (DFT) calculation the run made, by purpose: training labels, the
     failed ones (they cost core-hours too), the error sample's (failed included) and the
-    large-cell validation's. Why: with VASP these are the run's cost, and the training
-    labels alone were a fraction of it (the error sample adds sample.size per iteration)."""
+    large-cell validations' (the final one and the per-stage ones); and their DFT cost in
+    seconds (summary `dft_seconds`, smallcell.cost). Why: with VASP these are the run's
+    cost, and the training labels alone were a fraction of it (the error sample adds
+    sample.size per iteration)."""
     train = sum(int(s.get("n_labeled", 0)) for s in summaries)
     failed = sum(int(s.get("n_failed", 0)) for s in summaries)
     sample = sum(int(s.get("sample_n", 0)) + int(s.get("sample_failed", 0)) for s in summaries)
-    v = validation or {}
-    checked = int(v.get("sample_n", 0)) + int(v.get("sample_failed", 0))
+    checks = [v for v in (validation, *checkpoints) if v]
+    checked = sum(int(v.get("n_reference", int(v.get("sample_n", 0))
+                                + int(v.get("sample_failed", 0)))) for v in checks)
     return {"train": train, "failed": failed, "sample": sample, "validation": checked,
-            "total": train + failed + sample + checked}
+            "total": train + failed + sample + checked,
+            "dft_train": sum(float(s.get("dft_seconds_train") or 0) for s in summaries),
+            "dft_seconds": sum(float(s.get("dft_seconds") or 0) for s in summaries + checks),
+            "dft_modeled": any(s.get("dft_modeled") for s in summaries)}
+
+
+def dft_so_far(summaries: list[dict[str, Any]]) -> list[float]:
+    """The run's DFT cost in hours up to each of `summaries` (iteration order)."""
+    out, total = [], 0.0
+    for x in summaries:
+        total += float(x.get("dft_seconds") or 0)
+        out.append(total / 3600)
+    return out
+
+
+def checkpoints(root: Path, iterations: list[int]) -> list[dict[str, Any]]:
+    """The finished per-stage validations (iter/<i>/validate/summary.json) of `iterations`."""
+    paths = RunPaths(root)
+    found = (_load(paths.it(i) / "validate" / SUMMARY) for i in iterations)
+    return [s for s in found if s]
 
 
 def run_cost(root: Path, summaries: list[dict[str, Any]]) -> str:
-    """The run's reference calculations in words, its validation's included."""
-    return cost_text(reference_calls(summaries, _load(Path(root) / "validation" / SUMMARY)))
+    """The run's reference calculations in words, its validations' included."""
+    its = [int(s["iteration"]) for s in summaries]
+    return cost_text(reference_calls(summaries, _load(Path(root) / "validation" / SUMMARY),
+                                     checkpoints(root, its)))
 
 
-def cost_text(c: dict[str, int]) -> str:
+def dft_hours(seconds: float, modeled: bool) -> str:
+    """A DFT cost in words: core-hours of the GPAW cost model (embedded labels), or hours
+    of the labels' measured wall time."""
+    return (f"{seconds / 3600:.3g} DFT core-hours (GPAW cost model)" if modeled else
+            f"{seconds / 3600:.3g} h of DFT wall time")
+
+
+def cost_text(c: dict[str, Any]) -> str:
     """reference_calls in words."""
-    return (f"{c['total']} reference calculations in all: {c['train']} training labels "
+    text = (f"{c['total']} reference calculations in all: {c['train']} training labels "
             f"({c['failed']} more failed), {c['sample']} for the error sample, "
             f"{c['validation']} for the large-cell validation")
+    if c.get("dft_seconds"):
+        text += (f"; {dft_hours(c['dft_seconds'], c['dft_modeled'])}, "
+                 f"{c['dft_train'] / 3600:.3g} h of it for training labels")
+    return text
 
 
-def line_for_summary(s: dict[str, Any]) -> str:
+def line_for_summary(s: dict[str, Any], dft_so_far: float | None = None) -> str:
+    """A finished iteration's line; `dft_so_far`: the run's DFT cost up to it (hours)."""
     err = s.get("train_errors") or {}
     e = err.get("energy_rmse")
     cell = "x".join(str(n) for n in s.get("cell", [])) or "-"
@@ -166,7 +203,7 @@ def line_for_summary(s: dict[str, Any]) -> str:
             f"{_fmt(s.get('gamma_max'), '.3g', 9)} {_fmt(s.get('gamma_mean'), '.3g', 7)} "
             f"{broke:>5} {_fmt(None if e is None else 1000 * e, '.2f', 8)} "
             f"{_fmt(err.get('force_rmse'), '.4f', 7)} {_fmt(s.get('train_seconds'), '.1f', 7)} "
-            f"{_fmt(s.get('n_train'), 'd', 7)}")
+            f"{_fmt(s.get('n_train'), 'd', 7)} {_fmt(dft_so_far, '.3g', 7)}")
 
 
 def _stage_of_frozen(d: Path) -> str:
@@ -223,6 +260,10 @@ def validation_text(s: dict[str, Any]) -> str:
     errors = ("" if err is None else f"; force error {1000 * err:.1f} meV/Å, |dE| "
               f"{1000 * s['sample_energy_per_atom_error_mean']:.2f} meV/atom on "
               f"{s.get('sample_n')} labeled configurations")
+    t = s.get("testset") or {}
+    if t.get("force_rmse") is not None:
+        errors += (f"; fixed test set ({t.get('n_labeled')}): force RMSE "
+                   f"{1000 * t['force_rmse']:.1f} meV/Å")
     return (f"{cell} ({s.get('n_atoms')} atoms, {s.get('n_runs')} MD runs of "
             f"{s.get('steps')} steps), iteration {s.get('iteration')}'s potential: "
             f"{s.get('n_broke')} broke, gamma max {s.get('gamma_max', 0):.3g} mean "
@@ -232,16 +273,23 @@ def validation_text(s: dict[str, Any]) -> str:
 def validation_line(root: Path) -> str | None:
     """The large-cell validation (validation/), in one line: done, or how far it got."""
     vdir = Path(root) / "validation"
-    s = _load(vdir / "summary.json")
+    return checkpoint_text(vdir) if vdir.is_dir() else None
+
+
+def checkpoint_text(vdir: Path) -> str:
+    """A large-cell validation folder (validation/ or a per-stage iter/<i>/validate/) in
+    words: its result, how far it got, or why it stopped."""
+    s = _load(vdir / SUMMARY)
     if s:
         return "validation " + validation_text(s)
-    if not vdir.is_dir():
-        return None
     runs = [e for e in _scan(vdir / "explore") if not e.name.startswith(".")]
     ran = sum(os.path.exists(os.path.join(e.path, DONE)) for e in runs)
     total, done, failed = _count_tasks(vdir / "label")
+    t_total, t_done, t_failed = _count_tasks(vdir / "testset")
+    stopped = _load(vdir / STOPPED)
+    why = f"; STOPPED: {str(stopped.get('reason', '')).splitlines()[0]}" if stopped else ""
     return (f"validation in progress: {ran}/{len(runs)} MD runs done, "
-            f"{done + failed}/{total} labels")
+            f"{done + failed + t_done + t_failed}/{total + t_total} labels{why}")
 
 
 def _scan(folder: Path) -> list[os.DirEntry]:
@@ -301,13 +349,17 @@ def status_lines(root: Path) -> list[str]:
     settled = {i for i in complete if not summaries[i].get("sample_pending")}
     jobs, active = slurm.job_lines(paths, its, settled)
     holder = lock_holder(paths) if len(complete) < len(its) else None
+    hours = dict(zip(sorted(complete), dft_so_far([summaries[i] for i in sorted(complete)]),
+                     strict=True))
     for i in its:
         s = summaries[i]
         state = activity(holder, active.get(i, False)) if not s else ""
-        lines.append(line_for_summary(s) if s else line_in_progress(paths, i, state))
+        lines.append(line_for_summary(s, hours[i]) if s else line_in_progress(paths, i, state))
         moved = transition_line(s) if s else None
         if moved:
             lines.append(moved)
+        if s and os.path.isdir(paths.it(i) / "validate"):
+            lines.append(f"{'':>6}per-stage " + checkpoint_text(paths.it(i) / "validate"))
         if s and s.get("sample_pending"):
             lines += sample_line(paths, i, active.get(i, False))
         lines += [f"{'':>6}{text}" for text in jobs.get(i, [])]

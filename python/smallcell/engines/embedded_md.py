@@ -131,7 +131,10 @@ class EmbeddedExplorer:
 
     def run(self, out: Path, atoms: Atoms, species: list[str], s: MDSettings,
             train_dir: Path) -> dict[str, object]:
-        key = (str(train_dir), self.al_mode, *species)
+        # the atom count too: the calculator's neighbour data are sized by the first
+        # structure it saw (a potential that ran the 108-atom validation, then the next
+        # stage's 8-atom MD in the same worker, failed with "Wrong number of cutoff radii")
+        key = (str(train_dir), self.al_mode, len(atoms), *species)
         if key not in self._cache:
             self._cache.clear()
             self._cache[key] = self.trainer.load(train_dir, species, self.al_mode)

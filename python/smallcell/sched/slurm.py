@@ -56,16 +56,19 @@ JOBS = "jobs.json"  # iter/<i>/jobs.json: every submission of the iteration
 SLURM_DIR = "slurm"  # iter/<i>/slurm/: scripts, task lists, job logs
 CANCELLED = "slurm.cancelled"  # iter/slurm.cancelled: `make cancel` was run; jobs exit
 CHAIN_LOCK = ".chain.lock"  # iter/.chain.lock: one checking job of the chain at a time
-STAGES = ("explore", "select", "label", "train", "sample-label", "sample", "pilot")
+STAGES = ("explore", "select", "label", "train", "sample-label", "sample", "checkpoint",
+          "pilot")
 ARRAY_STAGES = ("explore", "label", "sample-label")
 # What `status` calls each job (the train job also collects).
 SHOWN = {"explore": "explore", "select": "select", "label": "label",
          "train": "collect+train", "sample-label": "sample labels", "sample": "error sample",
-         "pilot": "pilot"}
+         "checkpoint": "per-stage validation", "pilot": "pilot"}
 # The slurm.<section> whose resources a stage's jobs get, and the template they run, where
 # not their own: the sample's labels run the labeler like the training labels, the sample
-# job runs the trainer's error check like the collect+train job.
-SECTION = {"sample-label": "label", "sample": "train"}
+# job runs the trainer's error check like the collect+train job, the per-stage validation
+# (MD, labels and errors in one allocation, as the pilot runs the final validation) gets
+# the pilot's resources.
+SECTION = {"sample-label": "label", "sample": "train", "checkpoint": "pilot"}
 TEMPLATE = {"sample-label": "label"}
 # An element's own start: bash, Python and imports, up to 8.5 s measured when 16 elements
 # start together on a busy 2-core node (BENCHMARKS.md): budgeted out of its target length.
@@ -539,6 +542,12 @@ class Chain:
         assert stage in ("select", "train", "sample")
         return self._submit(i, stage, {"title": f"{SHOWN[stage]} job of iteration {i}"},
                             after=after)
+
+    def submit_checkpoint(self, i: int, jobs: int) -> dict[str, Any]:
+        """The per-stage validation of iteration `i`'s potential (stages/checkpoint.py),
+        beside the chain: nothing waits for it."""
+        return self._submit(i, "checkpoint", {"jobs": jobs, "title": f"per-stage validation "
+                                              f"of iteration {i}'s potential"})
 
     def submit_pilot(self, i: int, jobs: int, *, after: str | None = None) -> dict[str, Any]:
         """The pilot job (recorded with iteration `i`, the first one it will work on)."""

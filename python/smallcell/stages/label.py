@@ -348,3 +348,33 @@ def expected_seconds(it: Iteration, tasks: Sequence[int], first: float | None = 
                         f"slurm.first_task_seconds, scaled to {atoms} atoms")
     return Estimate(base * (atoms / REFERENCE_ATOMS) ** power,
                     f"{labeler}'s first estimate, {atoms} atoms (nothing measured yet)")
+
+
+def folders_cost(folders: Sequence[Path], labeler: str) -> float:
+    """The DFT cost (smallcell.cost: seconds) of the task folders with a marker, failed
+    ones included (a failed DFT run costs its core-hours too). The atom count comes from
+    the marker, or from input.cfg for markers written before it was recorded."""
+    from smallcell import cost
+
+    total = 0.0
+    for folder in folders:
+        m = _marker(str(folder))
+        if m is None:
+            continue
+        atoms = m.get("atoms")
+        if not atoms:
+            [cfg] = read_cfgs(Path(folder) / "input.cfg")
+            atoms = len(cfg.types)
+        secs = m.get("seconds")
+        total += cost.task_cost(labeler, int(atoms),
+                                float(secs) if isinstance(secs, int | float) else None)
+    return total
+
+
+def dft_cost(it: Iteration) -> dict[str, float]:
+    """The iteration's DFT cost by purpose (seconds, see smallcell.cost): its training
+    labels (`vasp/`, failed included) and its error sample's (`sample/`)."""
+    labeler = it.cfg["engines"]["labeler"]
+    n_sel, n_smp = n_selected(it), n_sample(it)
+    return {"train": folders_cost([selected_dir(it, k) for k in range(n_sel)], labeler),
+            "sample": folders_cost([sample_dir(it, j) for j in range(n_smp)], labeler)}

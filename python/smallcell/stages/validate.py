@@ -21,6 +21,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from smallcell import protocol
 from smallcell.config import Config, parse_config
 from smallcell.errors import SmallcellError
@@ -40,6 +42,7 @@ from smallcell.state import (
 from smallcell.structures import MDRun, md_runs, rng_for, supercell
 
 FOLDER = "validation"
+TESTSET = "testset"  # the fixed test set's task folders (checkpoint.py)
 SEED_KEY = -1  # md_runs' iteration for the validation's seeds: apart from every iteration
 
 
@@ -68,8 +71,14 @@ def settings(cfg: Config) -> Config:
     return out
 
 
-def _runs(vcfg: Config) -> list[MDRun]:
+def runs(vcfg: Config) -> list[MDRun]:
+    """The validation's MD runs (also the per-stage validations', checkpoint.py)."""
     return md_runs(vcfg, SEED_KEY)
+
+
+def atom_count(vcfg: Config) -> int:
+    st = vcfg["structure"]
+    return len(supercell(st["lattice"], st["a"], st["cell"], vcfg["species"][0]))
 
 
 def _config(root: Path) -> Config:
@@ -79,7 +88,7 @@ def _config(root: Path) -> Config:
 def md_task(root: Path, i: int, k: int) -> dict[str, object]:
     """MD run `k` of the validation with iteration `i`'s potential (any process)."""
     vcfg = _config(root)
-    run = _runs(vcfg)[k]
+    run = runs(vcfg)[k]
     return explore.run_md(folder(root) / "explore" / run.name, vcfg, run,
                           RunPaths(root).stage(i, "train"))
 
@@ -147,49 +156,72 @@ def run(root: Path, cfg: Config, runner: Runner) -> dict[str, Any]:
     if not (vdir / "config.yaml").exists():
         atomic_write_json(vdir / "potential.json", {"iteration": last})
         atomic_write_text(vdir / "config.yaml", want.dump())
+    from smallcell.stages import checkpoint
+
     vcfg = _config(root)
     it = Iteration.open(root, last)
-    runs = _runs(vcfg)
-    st = vcfg["structure"]
-    n_atoms = len(supercell(st["lattice"], st["a"], st["cell"], vcfg["species"][0]))
-    todo = [k for k, r in enumerate(runs) if not is_done(vdir / "explore" / r.name)]
-    progress(it, FOLDER, f"{len(runs)} MD runs of {vcfg['md']['steps']} steps on the "
+    md = runs(vcfg)
+    n_atoms = atom_count(vcfg)
+    todo = [k for k, r in enumerate(md) if not is_done(vdir / "explore" / r.name)]
+    progress(it, FOLDER, f"{len(md)} MD runs of {vcfg['md']['steps']} steps on the "
              f"{'x'.join(map(str, vcfg['structure']['cell']))} cell ({n_atoms} atoms) with "
              f"iteration {last}'s potential" + (f", {len(todo)} to run" if todo else ""))
     runner.map(md_task, it, todo, "validate md")
-    results = [read_json(vdir / "explore" / r.name / "gamma.json") for r in runs]
+    results = [read_json(vdir / "explore" / r.name / "gamma.json") for r in md]
     rep = explore.aggregate(results)
     progress(it, FOLDER, f"{rep.n_runs} runs, {rep.n_broke} broke, gamma max "
              f"{rep.gamma_max:.4g} mean {rep.gamma_mean:.4g}")
-    dirs = _label(root, vcfg, runs, it, runner)
+    dirs = _label(root, vcfg, md, it, runner)
     measured = sample.measure(dirs, vdir / "sample", paths.stage(last, "train"), vcfg)
     atomic_write_json(vdir / "sample" / "errors.json", measured)
     if dirs:
         progress(it, FOLDER, sample.describe(measured))
-    summary = _summary(paths, last, vcfg, runs, results, rep, measured, n_atoms)
+    # the fixed test set of the per-stage validations, when the run has one
+    tested = checkpoint.measure_testset(root, paths.stage(last, "train"), vcfg,
+                                        vdir / "testset_errors")
+    summary = {**_summary(paths, last, vcfg, md, results, rep, measured, n_atoms),
+               "testset": tested, **checkpoint.so_far(root, last),
+               **checkpoint.own_cost(dirs, vcfg)}
     atomic_write_json(vdir / "summary.json", summary)
     mark_done(vdir)
     return summary
 
 
-def _label(root: Path, vcfg: Config, runs: list[MDRun], it: Iteration,
+def draw(vdir: Path, md: list[MDRun], n_own: int, n_test: int, rng: np.random.Generator,
+         species: list[str], origin: str) -> None:
+    """Draw, once, `n_own` configurations of the MD in vdir/explore/ (select/sample.cfg,
+    task inputs in label/<k>/) and `n_test` more for the fixed test set of the per-stage
+    validations (select/testset.cfg, inputs in testset/<k>/; checkpoint.py): one draw
+    without replacement, so the two never overlap. sample.cfg is written last. `origin`:
+    the MD folder as configurations name it (select.draw_from)."""
+    drawn = vdir / "select" / select.SAMPLE
+    if drawn.exists():
+        return
+    cfgs, record = select.draw_from([vdir / "explore" / r.name for r in md], n_own + n_test,
+                                    rng, origin)
+    test, own = cfgs[:n_test], cfgs[n_test:]
+    (vdir / "select").mkdir(exist_ok=True)
+    atomic_write_json(vdir / "select" / "sample.json", {**record, "n_testset": len(test)})
+    for k, c in enumerate(test):
+        label.write_input(vdir / TESTSET / str(k), c, species)
+    for k, c in enumerate(own):
+        label.write_input(vdir / "label" / str(k), c, species)
+    if test:
+        with atomic_output(vdir / "select" / f"{TESTSET}.cfg") as tmp:
+            write_cfgs(tmp, test)
+    with atomic_output(drawn) as tmp:
+        write_cfgs(tmp, own)
+
+
+def _label(root: Path, vcfg: Config, md: list[MDRun], it: Iteration,
            runner: Runner) -> list[Path]:
     """Draw the sample once (select/sample.cfg), label it; the task folders."""
     vdir = folder(root)
-    drawn = vdir / "select" / select.SAMPLE
-    if not drawn.exists():
-        cfgs, record = select.draw_from([vdir / "explore" / r.name for r in runs],
-                                        vcfg["sample"]["size"],
-                                        rng_for(vcfg["run"]["seed"], "validation sample"),
-                                        FOLDER + "/explore")
-        (vdir / "select").mkdir(exist_ok=True)
-        atomic_write_json(vdir / "select" / "sample.json", record)
-        with atomic_output(drawn) as tmp:
-            write_cfgs(tmp, cfgs)
-    dirs = []
-    for k, cfg in enumerate(iter_cfgs(drawn)):
-        label.write_input(vdir / "label" / str(k), cfg, list(vcfg["species"]))
-        dirs.append(vdir / "label" / str(k))
+    draw(vdir, md, vcfg["sample"]["size"], 0,
+         rng_for(vcfg["run"]["seed"], "validation sample"), list(vcfg["species"]),
+         FOLDER + "/explore")
+    n = sum(1 for _ in iter_cfgs(vdir / "select" / select.SAMPLE))
+    dirs = [vdir / "label" / str(k) for k in range(n)]
     todo = [k for k, d in enumerate(dirs) if not (is_done(d) or is_failed(d))]
     if todo:
         progress(it, FOLDER, f"labeling {len(todo)} of {len(dirs)} sample configurations")
@@ -197,21 +229,34 @@ def _label(root: Path, vcfg: Config, runs: list[MDRun], it: Iteration,
     return dirs
 
 
-def _summary(paths: RunPaths, last: int, vcfg: Config, runs: list[MDRun],
-             results: list[dict], rep: explore.ExploreReport, measured: dict[str, Any],
-             n_atoms: int) -> dict[str, Any]:
-    small = read_json(paths.summary(last))
+def md_summary(it: Iteration, vcfg: Config, md: list[MDRun], results: list[dict],
+               rep: explore.ExploreReport, n_atoms: int) -> dict[str, Any]:
+    """The summary keys of a large-cell MD with iteration `it`'s potential (the final
+    validation's and the per-stage ones')."""
+    s = read_json(it.paths.summary(it.i))
     return {
-        "iteration": last,
-        "potential": f"iter/{last}/train",
+        "iteration": it.i,
+        "stage": s.get("stage", 0),
+        "stage_name": s.get("stage_name"),
+        "stage_end": s.get("stage_end"),
+        "potential": f"iter/{it.i}/train",
         "cell": vcfg["structure"]["cell"],
         "n_atoms": n_atoms,
         "steps": vcfg["md"]["steps"],
         "runs": [{"run": r.name, "temperature": r.temperature, "pressure": r.pressure,
                   "steps_done": g.get("steps_done"), "broke": g.get("broke"),
                   "gamma_max": g.get("max"), "gamma_mean": g.get("mean")}
-                 for r, g in zip(runs, results, strict=True)],
+                 for r, g in zip(md, results, strict=True)],
         **{k: v for k, v in rep.as_dict().items() if not k.startswith("gamma_hist")},
+    }
+
+
+def _summary(paths: RunPaths, last: int, vcfg: Config, md: list[MDRun],
+             results: list[dict], rep: explore.ExploreReport, measured: dict[str, Any],
+             n_atoms: int) -> dict[str, Any]:
+    small = read_json(paths.summary(last))
+    return {
+        **md_summary(Iteration.open(paths.root, last), vcfg, md, results, rep, n_atoms),
         **sample.summarize(measured),
         # the last small-cell iteration, to compare: its MD's gamma, its error sample
         # (which measured the potential before it) and its fit's training/test errors

@@ -252,13 +252,44 @@ def loss_history(data: Sequence[IterationData], out: Path) -> Path:
     return save(fig, out / "loss_history.png")
 
 
+def large_cell_error_vs_cost(large: Sequence[dict], out: Path) -> Path:
+    """The large-cell force error of each validated potential against the DFT cost the
+    run had spent to make it (the cell-size question: what does each stage buy?)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for key, name, marker in (("testset", "fixed test set (force RMSE)", "o"),
+                              ("own", "own MD sample (mean force error)", "s")):
+        pts = [(s["dft_seconds_so_far"] / 3600, _large_force(s, key), s) for s in large
+               if _large_force(s, key) is not None]
+        if not pts:
+            continue
+        ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], marker=marker, label=name)
+        if key == "testset":
+            for x, y, s in pts:
+                ax.annotate(f"{s.get('stage_name') or s['iteration']}"
+                            + (" (final)" if s.get("final") else ""), (x, y),
+                            textcoords="offset points", xytext=(4, 4), fontsize=8)
+    _finish(ax, "DFT cost of the training labels so far (h)",
+            "large-cell force error (meV/Å)",
+            "Large-cell error per stage against DFT cost")
+    return save(fig, out / "large_cell_error_vs_cost.png")
+
+
+def _large_force(s: dict, key: str) -> float | None:
+    v = ((s.get("testset") or {}).get("force_rmse") if key == "testset"
+         else s.get("sample_force_error_mean"))
+    return None if v is None else 1000 * v
+
+
 ALL = (gamma_vs_force_error, gamma_vs_energy_error, labels_per_iteration,
        gamma_max_per_iteration, gamma_mean_std_per_iteration, gamma_histograms,
-       errors_per_iteration, loss_history)
+       errors_per_iteration, loss_history, large_cell_error_vs_cost)
 
 
-def draw_all(data: Sequence[IterationData], out: Path) -> list[Path]:
-    """Every figure the data allows, in ALL's order."""
+def draw_all(data: Sequence[IterationData], out: Path,
+             large: Sequence[dict] = ()) -> list[Path]:
+    """Every figure the data allows, in ALL's order (`large`: the run's large-cell
+    validations, rundata.load_large_cell)."""
     out.mkdir(parents=True, exist_ok=True)
     drawn = [labels_per_iteration(data, out), errors_per_iteration(data, out)]
     if any(d.sample_configs for d in data):
@@ -269,5 +300,7 @@ def draw_all(data: Sequence[IterationData], out: Path) -> list[Path]:
         drawn.append(gamma_histograms(data, out))
     if any(d.loss_history for d in data):
         drawn.append(loss_history(data, out))
+    if sum(_large_force(s, "testset") is not None for s in large) >= 2:
+        drawn.append(large_cell_error_vs_cost(large, out))
     order = [f.__name__ for f in ALL]
     return sorted(drawn, key=lambda p: order.index(p.stem))

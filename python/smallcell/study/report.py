@@ -26,12 +26,13 @@ from smallcell.status import (
     CAPPED,
     CONVERGED,
     cost_text,
+    dft_hours,
     finished,
     potential_text,
     reference_calls,
 )
 from smallcell.study import figures
-from smallcell.study.rundata import IterationData, load, load_validation
+from smallcell.study.rundata import IterationData, load, load_large_cell, load_validation
 
 COLUMNS = ("iteration", "stage", "cell", "MD runs", "broke", "preselected", "selected", "labeled",
            "failed", "n_train", "gamma max", "gamma mean", "gamma std", "train E meV/atom",
@@ -198,15 +199,17 @@ def diagnose(data: Sequence[IterationData]) -> list[str]:
     return out
 
 
-def answers(data: Sequence[IterationData],
-            checked: dict[str, Any] | None = None) -> dict[str, str]:
+def answers(data: Sequence[IterationData], checked: dict[str, Any] | None = None,
+            large: Sequence[dict[str, Any]] = ()) -> dict[str, str]:
     """The three questions, answered with this run's numbers."""
     ex = [d for d in data if d.explored]
     labels = [d.summary.get("n_labeled", 0) for d in data]
     calls = [_calls(d.summary) for d in data]
     q1 = gamma_vs_error(data)
+    stages_checked = [s for s in large if not s.get("final")]
     q2 = (f"{len(data)} iterations ({len(ex)} with MD); "
-          f"{cost_text(reference_calls([d.summary for d in data], checked))}. Training "
+          f"{cost_text(reference_calls([d.summary for d in data], checked, stages_checked))}"
+          ". Training "
           "labels (all reference calculations) per iteration: "
           + ", ".join(f"{d.i}: {n} ({c})" for d, n, c in zip(data, labels, calls, strict=True))
           + f". Largest: {max(labels)} training labels (iteration "
@@ -378,6 +381,60 @@ def validation(checked: dict[str, Any] | None) -> list[str]:
     return out
 
 
+def _where(s: dict[str, Any]) -> str:
+    """Which potential a large-cell measurement is of, in words."""
+    name = f"stage {int(s.get('stage', 0)) + 1} ({s.get('stage_name') or '-'})"
+    if s.get("final"):
+        return f"final validation, iteration {s['iteration']} ({name})"
+    return (f"end of {name}, iteration {s['iteration']}" if s.get("stage_end") else
+            f"iteration {s['iteration']} ({name})")
+
+
+def cell_size(data: Sequence[IterationData], large: Sequence[dict[str, Any]]) -> list[str]:
+    """The cell-size question from the run's own records: the large-cell error of each
+    validated potential (per-stage validations and the final one) beside the labels and
+    DFT cost spent to make it, and what each stage cost."""
+    sums = [d.summary for d in data]
+    modeled = any(s.get("dft_modeled") for s in sums)
+    hours = lambda sec: dft_hours(sec, modeled)  # noqa: E731
+    out = []
+    for s in large:
+        t = s.get("testset") or {}
+        test = (f"fixed test set ({t.get('n_labeled')} configurations of {t.get('source')}): "
+                f"force RMSE {_f(_milli(t.get('force_rmse')), '.1f')} meV/Å, energy "
+                f"{_f(_milli(t.get('energy_rmse')), '.2f')} meV/atom, stress "
+                f"{_f(t.get('stress_rmse'), '.3f')} GPa; " if t.get("force_rmse") is not None
+                else "")
+        own = (f"own MD sample ({s.get('sample_n')}): force "
+               f"{_f(_milli(s.get('sample_force_error_mean')), '.1f')} meV/Å; "
+               if s.get("sample_force_error_mean") is not None else "")
+        out.append(f"{_where(s)}: {s.get('n_broke')}/{s.get('n_runs')} MD runs on "
+                   f"{'x'.join(map(str, s.get('cell', [])))} ({s.get('n_atoms')} atoms) broke, "
+                   f"gamma max {_f(s.get('gamma_max'), '.3g')}; {test}{own}made with "
+                   f"{s.get('labels_so_far')} training labels costing "
+                   f"{hours(float(s.get('dft_seconds_so_far') or 0))}")
+    if not large:
+        out.append("no large-cell validation yet: set validation.cell (e.g. [3, 3, 3]); "
+                   "validation.every_stage validates each stage's potential")
+    per: dict[int, list[dict[str, Any]]] = {}
+    for x in sums:
+        per.setdefault(int(x.get("stage", 0)), []).append(x)
+    if any(x.get("dft_seconds") for x in sums):
+        h = lambda xs, key: sum(float(x.get(key) or 0) for x in xs) / 3600  # noqa: E731
+        out.append(f"cost per stage ({hours(0).split(' ', 1)[1]}; the error sample "
+                   "included): " + "; ".join(
+                       f"{xs[0].get('stage_name') or k + 1}: "
+                       f"{sum(int(x.get('n_labeled', 0)) for x in xs)} training labels, "
+                       f"{h(xs, 'dft_seconds'):.3g} h ({h(xs, 'dft_seconds_train'):.3g} for "
+                       "training labels)" for k, xs in sorted(per.items())))
+    if large:
+        out.append(f"the large-cell validations themselves: "
+                   f"{sum(int(s.get('n_reference', 0)) for s in large)} reference "
+                   f"calculations, {hours(sum(float(s.get('dft_seconds') or 0) for s in large))}"
+                   " (not in the costs above)")
+    return out
+
+
 def config_changes(changes: Sequence[dict[str, Any]]) -> list[str]:
     """The config changes the user accepted mid-run (runconfig.py), one line each."""
     return [f"from iteration {c['from_iteration']} ({c['time']}, {c['config']} instead of "
@@ -389,19 +446,22 @@ def config_changes(changes: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _sections(data: Sequence[IterationData], checked: dict[str, Any] | None,
-              changes: Sequence[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+              changes: Sequence[dict[str, Any]], large: Sequence[dict[str, Any]] = ()
+              ) -> list[tuple[str, list[str]]]:
     flags = diagnose(data) or ["none found"]
     return [("Stages", stages(data)), ("Large-cell validation", validation(checked)),
+            ("Cell size", cell_size(data, large)),
             ("Anomalies", flags), ("Config changes", config_changes(changes))]
 
 
 def markdown(data: Sequence[IterationData], pngs: Sequence[Path],
              checked: dict[str, Any] | None = None,
-             changes: Sequence[dict[str, Any]] = ()) -> str:
+             changes: Sequence[dict[str, Any]] = (),
+             large: Sequence[dict[str, Any]] = ()) -> str:
     lines = ["# smallcell report", "", f"**{verdict(data, checked)}**", "", "## Answers", ""]
-    for q, a in answers(data, checked).items():
+    for q, a in answers(data, checked, large).items():
         lines += [f"- **{q}** {a}"]
-    for title, items in _sections(data, checked, changes):
+    for title, items in _sections(data, checked, changes, large):
         lines += ["", f"## {title}", ""] + [f"- {x}" for x in items]
     lines += ["", "## Per iteration", "", "| " + " | ".join(COLUMNS) + " |",
               "| " + " | ".join(["---:"] * len(COLUMNS)) + " |"]
@@ -412,13 +472,14 @@ def markdown(data: Sequence[IterationData], pngs: Sequence[Path],
 
 def page(data: Sequence[IterationData], pngs: Sequence[Path],
          checked: dict[str, Any] | None = None,
-         changes: Sequence[dict[str, Any]] = ()) -> str:
+         changes: Sequence[dict[str, Any]] = (),
+         large: Sequence[dict[str, Any]] = ()) -> str:
     """index.html: everything inline (figures as data URIs), no external file."""
     e = html.escape
     qa = "".join(f"<dt>{e(q)}</dt><dd>{e(a)}</dd>"
-                 for q, a in answers(data, checked).items())
+                 for q, a in answers(data, checked, large).items())
     lists = "".join(f"<h2>{e(title)}</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in items)
-                    + "</ul>" for title, items in _sections(data, checked, changes))
+                    + "</ul>" for title, items in _sections(data, checked, changes, large))
     head = "".join(f"<th>{e(c)}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row(d)) + "</tr>"
                    for d in data)
@@ -447,7 +508,8 @@ def build(root: Path, out: Path | None = None) -> Path:
         raise FileNotFoundError(root / "iter" / "<i>" / "summary.json")
     checked = load_validation(root)
     out = out or root / "report"
-    pngs = figures.draw_all(data, out)
+    large = load_large_cell(root, data)
+    pngs = figures.draw_all(data, out, large)
     changes = runconfig.changes(RunPaths(root))
-    atomic_write_text(out / "report.md", markdown(data, pngs, checked, changes))
-    return atomic_write_text(out / "index.html", page(data, pngs, checked, changes))
+    atomic_write_text(out / "report.md", markdown(data, pngs, checked, changes, large))
+    return atomic_write_text(out / "index.html", page(data, pngs, checked, changes, large))

@@ -86,3 +86,15 @@ def load(root: Path) -> list[IterationData]:
 def load_validation(root: Path) -> dict[str, Any] | None:
     """The large-cell validation's summary (validation/summary.json), if it ran."""
     return _json(Path(root) / "validation" / "summary.json")
+
+
+def load_large_cell(root: Path, data: list[IterationData]) -> list[dict[str, Any]]:
+    """Every large-cell measurement of the run's potentials, in iteration order: the
+    per-stage validations (iter/<i>/validate/) and the final one (its `final` key set)."""
+    from smallcell.status import checkpoints
+
+    out = checkpoints(root, [d.i for d in data])
+    final = load_validation(root)
+    if final and final.get("iteration") in {d.i for d in data}:
+        out.append({**final, "final": True})
+    return sorted(out, key=lambda s: (int(s["iteration"]), bool(s.get("final"))))
