@@ -46,6 +46,10 @@ def test_seed_ratios_pair_seeds_and_use_each_reference_runs_own_final_error() ->
     assert [(s, t) for s, _, t in pairs] == [(1, 21.0), (2, 10.0)]
     assert pairs[0][1] == pytest.approx(50 / 200)
     assert pairs[1][1] is None
+    # a looser target (1.5 x each direct run's final error) is met by both pairs
+    loose = cell_size.seed_ratios(protocol, direct, 1.5)
+    assert loose[0][1] == pytest.approx(20 / 200)  # 25 <= 31.5, direct at 200 (20 <= 31.5)
+    assert loose[1][1] == pytest.approx(30 / 400)  # 12 <= 15, direct first at 400
 
 
 def test_spread_and_md_budget() -> None:
