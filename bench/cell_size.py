@@ -435,17 +435,13 @@ def by_strategy(results: Sequence[dict[str, Any]]) -> dict[str, dict[int, dict[s
     return out
 
 
-def _fmt_cost(c: float | None, unit: str) -> str:
-    return "not reached" if c is None else f"{c:,.0f} {unit}"
-
-
 # --------------------------------------------------------------------------- figures
 
 
 COLORS = {"protocol": "tab:blue", "direct-2x2x2": "tab:orange", "direct-3x3x3": "tab:red"}
 
 
-def figures(results: Sequence[dict[str, Any]], out: Path, unit: str) -> list[Path]:
+def figures(results: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     """Large-cell force error against cumulative cost (log x) and against labels: one
     colour per strategy, one thin line per seed, the delivered potential starred, the
     direct-3x3x3 final error (median over seeds) dashed."""
@@ -462,7 +458,8 @@ def figures(results: Sequence[dict[str, Any]], out: Path, unit: str) -> list[Pat
     paths = []
     for xkey, fname, xlabel in (
             ("cost", "cells_error_vs_cost.png",
-             f"cumulative DFT cost of the training labels, initial set included ({unit})"),
+             "cumulative DFT cost of the training labels, initial set included\n"
+             "(modeled GPAW core-seconds, smallcell.cost.model_seconds)"),
             ("labels", "cells_error_vs_labels.png", "cumulative training labels")):
         fig, ax = plt.subplots(figsize=(7.5, 4.6), constrained_layout=True)
         for strat, runs in groups.items():
@@ -515,9 +512,8 @@ def report(data: dict[str, Any], figures_dir: Path) -> str:
 
     results = data["results"]
     price(results, cost_model.model_seconds)
-    unit = cost_model.COST_UNIT
     groups = by_strategy(results)
-    figs = figures(results, figures_dir, unit)
+    figs = figures(results, figures_dir)
     s = data["settings"]
     # the runs' own measurement: a later resume (e.g. to add the refit check) keeps it
     m = data.get("measured") or data
@@ -555,11 +551,13 @@ def report(data: dict[str, Any], figures_dir: Path) -> str:
         f"{s['test']['skip']}); never trained on. Errors: the trainer's own `errors` "
         "(force RMSE of |F_ref - F_ML| per atom, energy RMSE per atom)",
         f"- DFT cost: each training label (initial set included) priced by "
-        f"`smallcell.cost.model_seconds(atoms)`: {cost_model.describe()}",
+        f"`smallcell.cost.model_seconds(atoms)` ({cost_model.COST_UNIT}): "
+        f"{cost_model.describe()}. MD atom-steps: the steps actually run (a broken run stops "
+        "early), all iterations: the budget is equal per run, not per study",
         "",
-        "| strategy | seeds | stage ends | labels | labeled atoms | DFT cost (model, "
-        f"{unit}) | MD atom-steps | wall min | force meV/Å | energy meV/atom | stress GPa |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| strategy | seeds | stage ends | iterations | labels | labeled atoms | DFT cost (model, "
+        "core-s) | MD atom-steps | wall min | force meV/Å | energy meV/atom | stress GPa |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for strat in STRATEGIES:
         runs = list(groups.get(strat, {}).values())
@@ -567,7 +565,9 @@ def report(data: dict[str, Any], figures_dir: Path) -> str:
             continue
         ends = "; ".join(sorted({"/".join(r["stage_ends"]) for r in runs}))
         lines.append(
-            f"| {strat} | {len(runs)} | {ends} | {spread([r['labels'] for r in runs], '.0f')} | "
+            f"| {strat} | {len(runs)} | {ends} | "
+            f"{spread([r['iterations'][-1]['iteration'] for r in runs], '.0f')} | "
+            f"{spread([r['labels'] for r in runs], '.0f')} | "
             f"{spread([r['iterations'][-1]['atoms_labeled'] for r in runs], ',.0f')} | "
             f"{spread([r['cost'] for r in runs], ',.0f')} | "
             f"{spread([r['md_atom_steps'] for r in runs], ',.0f')} | "
@@ -575,7 +575,9 @@ def report(data: dict[str, Any], figures_dir: Path) -> str:
             f"{spread([r['final']['force_rmse'] for r in runs], '.1f')} | "
             f"{spread([r['final']['energy_rmse'] for r in runs], '.2f')} | "
             f"{spread([r['final']['stress_rmse'] for r in runs], '.3f')} |")
-    lines += ["", "Final = the potential each run delivers (the last summary's `potential`: "
+    lines += ["", "Iterations: the last iteration's number (iteration 0 fits the initial set; "
+              "check iterations included). Final = the potential each run delivers (the last "
+              "summary's `potential`: "
               "it passed its own check MD where the last stage converged, and is the last fit "
               "where it stopped at its cap); median [min-max] over seeds."]
     ref_runs = groups.get(REFERENCE, {})
@@ -600,7 +602,7 @@ def report(data: dict[str, Any], figures_dir: Path) -> str:
                 cells.append("not reached" if not got else
                              f"{spread(got, ',.0f')} ({len(got)}/{len(cs)})")
             lines.append(f"| {strat} | " + " | ".join(cells) + " |")
-        lines += ["", _headline(groups, unit)]
+        lines += ["", _headline(groups)]
     prot = list(groups.get("protocol", {}).values())
     if prot:
         lines += ["", "**How small can the cells be**: the large-cell errors of the potential "
@@ -662,6 +664,13 @@ def answers(groups: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     ]
 
 
+def _loss_spread(refit: dict[str, Any]) -> float:
+    """How far apart the starts of one refit ended: largest / lowest loss - 1 (0: every
+    start found the same minimum, so the fit, not the data, cannot be what differs)."""
+    losses = [a["loss"] for a in refit["attempts"]]
+    return max(losses) / min(losses) - 1
+
+
 def refit_lines(groups: dict[str, dict[int, dict[str, Any]]],
                 settings: dict[str, Any] | None) -> list[str]:
     """The refit check's table: the loop's delivered potential against the best refit of
@@ -675,8 +684,9 @@ def refit_lines(groups: dict[str, dict[int, dict[str, Any]]],
            f"than {100 * settings['tolerance']:g}% (at most {settings['max_iter']}), the "
            "lowest training loss kept; errors on the 108-atom test set (median [min-max]):",
            "", "| strategy | seeds | loop's fit: force meV/Å | refit: force meV/Å | "
-           "refit: energy meV/atom | start kept | refit iterations | refit s |",
-           "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+           "refit: energy meV/atom | start kept | largest loss / lowest loss - 1 | "
+           "refit iterations | refit s |",
+           "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
     for st in STRATEGIES:
         rs = [r for s2, r in rows if s2 == st]
         if not rs:
@@ -686,6 +696,7 @@ def refit_lines(groups: dict[str, dict[int, dict[str, Any]]],
             f"| {st} | {len(rs)} | {spread([r['final']['force_rmse'] for r in rs], '.1f')} | "
             f"{spread([r['refit']['force_rmse'] for r in rs], '.1f')} | "
             f"{spread([r['refit']['energy_rmse'] for r in rs], '.2f')} | {kept} | "
+            f"{max(_loss_spread(r['refit']) for r in rs):.1e} (worst seed) | "
             f"{spread([r['refit']['iterations'] for r in rs], '.0f')} | "
             f"{spread([sum(a['seconds'] for a in r['refit']['attempts']) for r in rs], '.0f')} |")
     return out
@@ -697,7 +708,7 @@ def _trainer_text(tr: dict[str, Any]) -> str:
     return ", ".join(parts) if parts else "config defaults"
 
 
-def _headline(groups: dict[str, dict[int, dict[str, Any]]], unit: str) -> str:
+def _headline(groups: dict[str, dict[int, dict[str, Any]]]) -> str:
     """The protocol's cost to reach each direct strategy's final large-cell force error,
     per seed pair (same seed number): ratio protocol / direct; then the same for looser
     targets, and the end state (total cost and final error, protocol / direct)."""
