@@ -191,6 +191,26 @@ def test_missing_gpaw_is_a_failed_task_with_the_install_hint(tmp_path: Path) -> 
     assert (tmp_path / "attempts" / "1" / "gpaw.err").is_file()
 
 
+def test_gpaw_runs_one_blas_thread_unless_told(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Labels run side by side: each GPAW process gets one BLAS/OpenMP thread, unless the
+    user's environment sets a count (kept as it is)."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nenv > env.txt\nexit 1\n")
+    fake.chmod(0o755)
+    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "4")
+    task = tmp_path / "task"
+    task.mkdir()
+    with pytest.raises(LabelError):
+        GpawLabeler(GpawSettings(python=str(fake))).label(task, pb())
+    env = dict(line.split("=", 1) for line in (task / "env.txt").read_text().splitlines()
+               if "=" in line)
+    assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == "1"
+    assert env["MKL_NUM_THREADS"] == "4"
+
+
 # ------------------------------------------------------------------ real GPAW
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -48,12 +49,21 @@ from smallcell.engines.process import (
 from smallcell.state import atomic_output, atomic_write_json, atomic_write_text
 
 SCRIPT = Path(__file__).with_name("gpaw_task.py")
+# One BLAS/OpenMP thread per GPAW process unless the user's environment says otherwise:
+# labels run run.jobs side by side (or one MPI rank per core through gpaw.launcher), and
+# Debian's threaded OpenBLAS would start one thread per core in each of them.
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 INPUT, RESULT, TEXT = "gpaw.json", "result.json", "gpaw.txt"
 SCF_NOT_CONVERGED = 3  # gpaw_task.py's exit status when the SCF ran out of iterations
 OUTPUTS = (TEXT, RESULT, "gpaw.out", "gpaw.err", "label.json")
 SMEARINGS = ("fermi-dirac", "marzari-vanderbilt", "methfessel-paxton")
 CONVERGENCE_KEYS = ("energy", "density", "eigenstates", "forces")
 INSTALL_HINT = "install GPAW with `make setup EXTRAS=gpaw` (Debian's gpaw and gpaw-data)"
+
+
+def thread_env() -> dict[str, str]:
+    """The thread variables a GPAW process gets: 1 for each one not already set."""
+    return {k: "1" for k in THREAD_VARS if k not in os.environ}
 
 
 @dataclass
@@ -217,7 +227,7 @@ class GpawLabeler:
         argv = s.argv()
         try:
             rc = run_logged(argv, task_dir, task_dir / "gpaw.out", task_dir / "gpaw.err",
-                            s.timeout, KILL_GRACE)
+                            s.timeout, KILL_GRACE, env=thread_env())
         except ProgramNotFound as exc:
             raise LabelError(f"gpaw: {exc.program!r} {exc.reason}; check gpaw.python and "
                              f"gpaw.launcher; {INSTALL_HINT}") from exc
