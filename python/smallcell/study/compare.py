@@ -605,6 +605,18 @@ def _curves(out: Path, specs: Sequence[ModelSpec], fixed: EvalSet, ref: Predicti
     return curves
 
 
+def _warn_unfinished(root: Path, say: Say) -> None:
+    """A comparison is meant for a finished run; on one still going its final set is
+    only the latest, and the next compare adds the models of the sets that follow."""
+    from smallcell.status import finished
+
+    paths = RunPaths(root)
+    last = max(i for i in paths.iterations() if paths.summary(i).exists())
+    if not finished(read_json(paths.summary(last))):
+        say(f"[compare] warning: the run has not finished (iteration {last} is its last); "
+            f"comparing on the training set of iterations 0..{last}")
+
+
 def parity_data(out: Path, specs: Sequence[ModelSpec], fixed: EvalSet, cfg: Config
                 ) -> dict[str, tuple[Predictions, Predictions]]:
     """(reference, prediction) on the fixed set for each final MTP and the committee's
@@ -635,6 +647,7 @@ def run(root: Path, out: Path, cfg: Config, deepmd: bool = True, say: Say = prin
     out.mkdir(parents=True, exist_ok=True)
     with flocked(out / ".lock", f"another `smallcell compare` writing {out}", 0):
         tsets = training_sets(root)
+        _warn_unfinished(root, say)
         sets = eval_sets(root, out)
         specs = plan(cfg, tsets, deepmd)
         infos = {s.name: train_model(s, cfg, out, say) for s in specs}

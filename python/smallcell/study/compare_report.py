@@ -185,7 +185,10 @@ def uncertainty_figure(results: dict[str, Any], out: Path) -> Path:
         ax.set_xlabel("false-positive rate", fontsize=8)
         ax.set_ylabel("true-positive rate", fontsize=8)
         ax.set_title(f"ROC of {UNCERTAINTY[s].split(' (')[0]}", fontsize=9)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no error above twice the median", ha="center", fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(f"Which uncertainty finds the errors? ({u['pairs']['gamma|mtp']['n']} "
                  "labeled MD configurations of the error samples)")
