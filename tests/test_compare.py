@@ -265,3 +265,26 @@ def test_no_data_to_measure_on_is_refused(tmp_path: Path) -> None:
     root = _run(tmp_path / "run", 0)
     with pytest.raises(SmallcellError, match="nothing to measure the models on"):
         _compare(root)
+
+
+def test_curve_points_spread_over_the_run() -> None:
+    sets = [compare.TrainingSet(k, Path(f"{k}.cfg"), str(k), k) for k in range(12)]
+    assert [s.k for s in compare.curve_sets(sets, None)] == list(range(11))
+    assert [s.k for s in compare.curve_sets(sets, 4)] == [0, 5, 10]
+    assert [s.k for s in compare.curve_sets(sets, 1)] == []
+    assert [s.k for s in compare.curve_sets(sets[:3], 4)] == [0, 1]
+
+
+def test_a_held_out_set_is_the_fixed_set(compared: Path, tmp_path: Path) -> None:
+    """With a held-out set (here one from elsewhere, as the label benchmark passes its
+    own) the learning curves are measured on it, and the final models on every set."""
+    import shutil
+
+    root = tmp_path / "run"
+    shutil.copytree(compared, root)
+    held = root / "iter" / "1" / "sample" / "labeled.cfg"
+    results = compare.run(root, root / "compare", load_config(root / "c.yaml"),
+                          deepmd=False, say=lambda _m: None, test=held)
+    assert results["fixed_set"] == "test"
+    assert set(results["models"]["mtp-l04"]["sets"]) == {"test", "samples"}
+    assert results["learning_curves"]["mtp-l04"][0]["n_configs"] == 3

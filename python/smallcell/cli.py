@@ -273,7 +273,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cfg = _run_config(args)
     out = Path(args.out) if Path(args.out).is_absolute() else root / args.out
     t0 = time.perf_counter()
-    compare.run(root, out, cfg, deepmd=not args.mtp_only)
+    compare.run(root, out, cfg, deepmd=not args.mtp_only,
+                test=Path(args.test).resolve() if args.test else None,
+                curve_points=args.curve_points)
     print(f"\ncompare: {out}/compare.md, {out}/{compare.RESULTS}, figures "
           f"{', '.join(compare_report.FIGURES)}; {time.perf_counter() - t0:.1f} s")
     return 0
@@ -441,6 +443,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--mtp-only", action="store_true",
                    help="the MTP levels alone, without DeePMD (no `make setup "
                         "EXTRAS=deepmd` needed)")
+    s.add_argument("--test", default=None, metavar="CFG",
+                   help="a labeled held-out set (default: the run's iter/0/select/test.cfg)")
+    s.add_argument("--curve-points", type=int, default=None, metavar="N",
+                   help="at most N learning-curve points per model (default: one per "
+                        "iteration that added labels)")
     s.set_defaults(fn=cmd_compare)
     s = sub.add_parser("report", help="write report/index.html and report/report.md")
     s.set_defaults(fn=cmd_report)

@@ -62,7 +62,7 @@ from smallcell.errors import SmallcellError
 from smallcell.formats.cfg import cfg_to_atoms, iter_cfgs
 from smallcell.metrics import correlations, roc_auc
 from smallcell.stages.initial import held_out
-from smallcell.stages.sweep import MAX_ROUNDS, _cpu_seconds, _sha256, fit_level
+from smallcell.stages.sweep import MAX_ROUNDS, _cpu_seconds, _sha256, check_labeled, fit_level
 from smallcell.state import (
     RunPaths,
     atomic_output,
@@ -156,13 +156,13 @@ class EvalSet:
     groups: tuple[int, ...] | None = None
 
 
-def eval_sets(root: Path, out: Path) -> dict[str, EvalSet]:
-    """The held-out set, the pooled error samples and the pooled large-cell
-    configurations that the run has, copied under out/data/ (the run's files are never
-    written)."""
+def eval_sets(root: Path, out: Path, test: Path | None = None) -> dict[str, EvalSet]:
+    """The held-out set (`test`, else the run's own), the pooled error samples and the
+    pooled large-cell configurations that the run has, copied under out/data/ (the run's
+    files are never written)."""
     paths = RunPaths(root)
     sets: dict[str, EvalSet] = {}
-    test = held_out(root)
+    test = test or held_out(root)
     if test is not None:
         dest = out / DATA / "test.cfg"
         _pool([test], dest)
@@ -237,16 +237,31 @@ def committee_seeds(cfg: Config) -> list[int]:
     return list(seeds(cfg))
 
 
-def plan(cfg: Config, sets: Sequence[TrainingSet], deepmd: bool) -> list[ModelSpec]:
+def curve_sets(sets: Sequence[TrainingSet], points: int | None) -> list[TrainingSet]:
+    """The training sets the learning curves are fitted to besides the final one: every
+    earlier one, or `points` - 1 of them spread evenly over the run (the first included;
+    for runs of many iterations, e.g. the label benchmark's)."""
+    early = list(sets[:-1])
+    if points is None or len(early) <= points - 1:
+        return early
+    if points <= 1:
+        return []
+    picks = np.unique(np.round(np.linspace(0, len(early) - 1, points - 1)).astype(int))
+    return [early[k] for k in picks]
+
+
+def plan(cfg: Config, sets: Sequence[TrainingSet], deepmd: bool,
+         curve_points: int | None = None) -> list[ModelSpec]:
     """Every model of the comparison: final models first (MTPs, then the committee),
-    then the learning curves' earlier points (each MTP level, the first member's seed)."""
+    then the learning curves' earlier points (each MTP level, the first member's seed;
+    at most `curve_points` points per curve, the final one included)."""
     final = sets[-1]
     seed = int(cfg["run"]["seed"])
     mtps = [("mtp", f"mtp-l{lv:02d}", lv, seed) for lv in mtp_levels(cfg)]
     dps = [("deepmd", f"deepmd-s{s}", None, s) for s in committee_seeds(cfg)] if deepmd else []
     specs = [ModelSpec(f, kind, lv, s, final, True) for kind, f, lv, s in mtps + dps]
     curves = mtps + dps[:1]
-    specs += [ModelSpec(f, kind, lv, s, t, False) for t in sets[:-1]
+    specs += [ModelSpec(f, kind, lv, s, t, False) for t in curve_sets(sets, curve_points)
               for kind, f, lv, s in curves]
     return specs
 
@@ -633,11 +648,13 @@ def parity_data(out: Path, specs: Sequence[ModelSpec], fixed: EvalSet, cfg: Conf
 # ---------------------------------------------------------------- the whole comparison
 
 
-def run(root: Path, out: Path, cfg: Config, deepmd: bool = True, say: Say = print
-        ) -> dict[str, Any]:
+def run(root: Path, out: Path, cfg: Config, deepmd: bool = True, say: Say = print, *,
+        test: Path | None = None, curve_points: int | None = None) -> dict[str, Any]:
     """Train what is missing, evaluate what is missing, write results.json, compare.md
     and the figures; return the results. `deepmd`: False compares the MTP levels alone
-    (no DeePMD committee; for machines without `make setup EXTRAS=deepmd`)."""
+    (no DeePMD committee; for machines without `make setup EXTRAS=deepmd`). `test`: a
+    labeled held-out set from elsewhere (the run's own, iter/0/select/test.cfg, by
+    default). `curve_points`: at most this many learning-curve points per model."""
     from smallcell.study import compare_report
 
     if deepmd:
@@ -648,8 +665,10 @@ def run(root: Path, out: Path, cfg: Config, deepmd: bool = True, say: Say = prin
     with flocked(out / ".lock", f"another `smallcell compare` writing {out}", 0):
         tsets = training_sets(root)
         _warn_unfinished(root, say)
-        sets = eval_sets(root, out)
-        specs = plan(cfg, tsets, deepmd)
+        if test is not None:
+            check_labeled(test, list(cfg["species"]))
+        sets = eval_sets(root, out, test)
+        specs = plan(cfg, tsets, deepmd, curve_points)
         infos = {s.name: train_model(s, cfg, out, say) for s in specs}
         fixed = fixed_set(sets)
         for s in specs:
