@@ -230,11 +230,18 @@ def mtp_levels(cfg: Config) -> list[int]:
     return [level, level + 2]
 
 
-def committee_seeds(cfg: Config) -> list[int]:
-    """The committee members' seeds: `deepmd.committee` of them from `deepmd.seed`."""
-    from smallcell.engines.deepmd import committee_seeds as seeds
+def deepmd_settings(cfg: Config) -> Any:
+    """The `deepmd:` section as the adapter's settings (engines/deepmd.py)."""
+    from smallcell.engines.deepmd import DeepmdSettings
 
-    return list(seeds(cfg))
+    return DeepmdSettings.from_mapping(cfg["deepmd"])
+
+
+def committee_seeds(cfg: Config) -> list[int]:
+    """The committee members' seeds: `deepmd.committee` of them, `deepmd.seed` + k
+    (DeepmdSettings.member)."""
+    s = deepmd_settings(cfg)
+    return [s.member(k).seed for k in range(int(s.committee))]
 
 
 def curve_sets(sets: Sequence[TrainingSet], points: int | None) -> list[TrainingSet]:
@@ -251,13 +258,15 @@ def curve_sets(sets: Sequence[TrainingSet], points: int | None) -> list[Training
 
 
 def plan(cfg: Config, sets: Sequence[TrainingSet], deepmd: bool,
-         curve_points: int | None = None) -> list[ModelSpec]:
+         curve_points: int | None = None, levels: Sequence[int] | None = None
+         ) -> list[ModelSpec]:
     """Every model of the comparison: final models first (MTPs, then the committee),
     then the learning curves' earlier points (each MTP level, the first member's seed;
-    at most `curve_points` points per curve, the final one included)."""
+    at most `curve_points` points per curve, the final one included). `levels`: the MTP
+    levels (default mtp_levels: the run's and the next)."""
     final = sets[-1]
     seed = int(cfg["run"]["seed"])
-    mtps = [("mtp", f"mtp-l{lv:02d}", lv, seed) for lv in mtp_levels(cfg)]
+    mtps = [("mtp", f"mtp-l{lv:02d}", lv, seed) for lv in (levels or mtp_levels(cfg))]
     dps = [("deepmd", f"deepmd-s{s}", None, s) for s in committee_seeds(cfg)] if deepmd else []
     specs = [ModelSpec(f, kind, lv, s, final, True) for kind, f, lv, s in mtps + dps]
     curves = mtps + dps[:1]
@@ -292,12 +301,12 @@ def _train_mtp(spec: ModelSpec, cfg: Config, train_dir: Path, say: Say) -> dict[
 
 def _train_deepmd(spec: ModelSpec, cfg: Config, train_dir: Path, say: Say) -> dict[str, Any]:
     """One committee member: the adapter's fit with this member's seed."""
-    from smallcell.engines.deepmd import DeepmdTrainer, settings_for
+    from smallcell.engines.deepmd import DeepmdTrainer
 
     species = list(cfg["species"])
-    info = DeepmdTrainer().train(_images(spec.data.path, species), species, train_dir,
-                                 settings_for(cfg, seed=spec.seed), None)
-    return dict(info)
+    settings = dataclasses.replace(deepmd_settings(cfg), seed=spec.seed)
+    cfgs = list(iter_cfgs(spec.data.path))
+    return dict(DeepmdTrainer(settings).train(cfgs, species, train_dir, settings, None))
 
 
 def train_model(spec: ModelSpec, cfg: Config, out: Path, say: Say = print
@@ -401,16 +410,20 @@ def _predict_mtp(train_dir: Path, images: Sequence, cfg: Config
 
 def _predict_deepmd(train_dir: Path, path: Path, images: Sequence, cfg: Config, work: Path
                     ) -> tuple[Predictions, float]:
-    """The DeePMD model's predictions through the adapter."""
+    """The DeePMD model's predictions through the adapter (its stress, in GPa, back to
+    ASE's eV/Å^3), and the seconds of the evaluations alone (model loading and process
+    start-up excluded, as the MTP's loading is)."""
     from smallcell.engines.deepmd import DeepmdTrainer
 
-    got = DeepmdTrainer().predict(train_dir, list(cfg["species"]), path, work)
+    got = DeepmdTrainer(deepmd_settings(cfg)).predict(train_dir, list(cfg["species"]),
+                                                      path, work)
+    rows = got["configs"]
     n = np.array([len(a) for a in images])
-    forces = np.concatenate([np.asarray(f, float).reshape(-1, 3) for f in got["forces"]])
-    stress = np.array([np.full(6, np.nan) if s is None else np.asarray(s, float)
-                       for s in got["stress"]])
-    return Predictions(np.asarray(got["energy"], float), forces, stress, n,
-                       np.full(len(n), np.nan)), float(got["seconds"])
+    forces = np.concatenate([np.asarray(r["forces"], float).reshape(-1, 3) for r in rows])
+    stress = np.array([np.full(6, np.nan) if r["stress"] is None
+                       else np.asarray(r["stress"], float) / EV_A3_TO_GPA for r in rows])
+    return Predictions(np.array([r["energy"] for r in rows], float), forces, stress, n,
+                       np.full(len(n), np.nan)), float(got["eval_seconds"])
 
 
 def evaluate(spec: ModelSpec, s: EvalSet, cfg: Config, out: Path, say: Say = print
@@ -649,18 +662,20 @@ def parity_data(out: Path, specs: Sequence[ModelSpec], fixed: EvalSet, cfg: Conf
 
 
 def run(root: Path, out: Path, cfg: Config, deepmd: bool = True, say: Say = print, *,
-        test: Path | None = None, curve_points: int | None = None) -> dict[str, Any]:
+        test: Path | None = None, curve_points: int | None = None,
+        levels: Sequence[int] | None = None) -> dict[str, Any]:
     """Train what is missing, evaluate what is missing, write results.json, compare.md
     and the figures; return the results. `deepmd`: False compares the MTP levels alone
     (no DeePMD committee; for machines without `make setup EXTRAS=deepmd`). `test`: a
     labeled held-out set from elsewhere (the run's own, iter/0/select/test.cfg, by
-    default). `curve_points`: at most this many learning-curve points per model."""
+    default). `curve_points`: at most this many learning-curve points per model;
+    `levels`: other MTP levels than the run's and the next."""
     from smallcell.study import compare_report
 
-    if deepmd:
-        from smallcell.engines.deepmd import require
+    if deepmd:  # DeePMD-kit missing: say how to install it before anything is trained
+        from smallcell.engines.deepmd import programs
 
-        require()
+        programs(deepmd_settings(cfg))
     out.mkdir(parents=True, exist_ok=True)
     with flocked(out / ".lock", f"another `smallcell compare` writing {out}", 0):
         tsets = training_sets(root)
@@ -668,7 +683,7 @@ def run(root: Path, out: Path, cfg: Config, deepmd: bool = True, say: Say = prin
         if test is not None:
             check_labeled(test, list(cfg["species"]))
         sets = eval_sets(root, out, test)
-        specs = plan(cfg, tsets, deepmd, curve_points)
+        specs = plan(cfg, tsets, deepmd, curve_points, levels)
         infos = {s.name: train_model(s, cfg, out, say) for s in specs}
         fixed = fixed_set(sets)
         for s in specs:
