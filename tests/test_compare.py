@@ -288,3 +288,67 @@ def test_a_held_out_set_is_the_fixed_set(compared: Path, tmp_path: Path) -> None
     assert results["fixed_set"] == "test"
     assert set(results["models"]["mtp-l04"]["sets"]) == {"test", "samples"}
     assert results["learning_curves"]["mtp-l04"][0]["n_configs"] == 3
+
+
+# ------------------------------------------------------------------ DeePMD (gated)
+
+
+def _deepmd_module():
+    import importlib.util
+
+    if importlib.util.find_spec("smallcell.engines.deepmd") is None:
+        pytest.skip("the DeePMD adapter (engines/deepmd.py) is not in this tree")
+    from smallcell.engines import deepmd
+
+    return deepmd
+
+
+def _deepmd_available() -> None:
+    deepmd = _deepmd_module()
+    try:
+        deepmd.programs(deepmd.DeepmdSettings())
+    except SmallcellError as exc:
+        pytest.skip(f"DeePMD-kit not installed: {exc}")
+
+
+def test_missing_deepmd_names_the_setup_before_training(compared: Path, tmp_path: Path
+                                                       ) -> None:
+    import shutil
+
+    _deepmd_module()
+    root = tmp_path / "run"
+    shutil.copytree(compared, root)
+    (root / "d.yaml").write_text(CONFIG + f"deepmd: {{venv: {tmp_path / 'none'}}}\n")
+    with pytest.raises(SmallcellError, match="make setup EXTRAS=deepmd"):
+        compare.run(root, root / "cmp", load_config(root / "d.yaml"), say=lambda _m: None)
+    assert not (root / "cmp" / "models").exists()
+
+
+def test_committee_and_both_uncertainties(compared: Path, tmp_path: Path) -> None:
+    """A committee of 4 short DeePMD fits beside the MTPs: the committee's mean, DP-GEN's
+    max force deviation against both models' errors, a DeePMD learning curve of the
+    first member; a rerun trains nothing."""
+    import shutil
+
+    _deepmd_available()
+    root = tmp_path / "run"
+    shutil.copytree(compared, root)
+    (root / "d.yaml").write_text(CONFIG + "deepmd: {steps: 100, committee: 4, seed: 7}\n")
+    cfg = load_config(root / "d.yaml")
+    assert compare.committee_seeds(cfg) == [7, 8, 9, 10]
+    said: list[str] = []
+    r = compare.run(root, root / "compare", cfg, say=said.append)
+    members = [f"deepmd-s{s}" for s in (7, 8, 9, 10)]
+    assert set(r["models"]) == {"mtp-l04", "mtp-l06", *members, compare.COMMITTEE}
+    assert r["models"][compare.COMMITTEE]["members"] == [f"{m}-k2" for m in members]
+    assert set(r["uncertainty"]["pairs"]) == {"gamma|mtp", "gamma|committee",
+                                              "max_devi_f|mtp", "max_devi_f|committee"}
+    assert all(v > 0 for v in r["uncertainty"]["values"]["max_devi_f"])
+    assert [p["k"] for p in r["learning_curves"]["deepmd-s7"]] == [0, 1, 2]
+    assert "deepmd-s8" not in r["learning_curves"]
+    for m in members:
+        assert (root / "compare" / "models" / f"{m}-k2" / "train" / "frozen_model.pb").is_file()
+    assert r["models"]["deepmd-s7"]["train_cpu_seconds"] > 0
+    said.clear()
+    compare.run(root, root / "compare", cfg, say=said.append)
+    assert not [m for m in said if m.startswith("[compare] training ")]
