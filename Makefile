@@ -4,6 +4,8 @@ SHELL   := /bin/bash
 PYTHON  ?= python3
 VENV    := .venv
 STAMP   := $(VENV)/.installed
+DEEPMD_VENV  := .venv-deepmd
+DEEPMD_STAMP := $(DEEPMD_VENV)/.installed
 CONFIG  ?=
 CHANGE_CONFIG ?=
 N       ?=
@@ -23,6 +25,7 @@ MPI     ?=
 # MPI=0/1 for EXTRAS=mlip3 from the command line only: some clusters' modules export MPI
 MLIP3_MPI := $(if $(filter environment%,$(origin MPI)),,$(MPI))
 GPAW    ?= $(SMALLCELL_INSTALL_GPAW)
+DEEPMD  ?= $(SMALLCELL_INSTALL_DEEPMD)
 SLURM   ?= $(SMALLCELL_INSTALL_SLURM)
 SC      := bin/smallcell --run-dir $(RUN_DIR)
 # a run remembers its config: CONFIG= only to start one (or with CHANGE_CONFIG=1 to change it)
@@ -41,8 +44,16 @@ $(STAMP): requirements.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-setup: $(STAMP)  ## create .venv (idempotent); EXTRAS=gpaw adds GPAW (Debian's gpaw, gpaw-data); EXTRAS=mlip3 builds MLIP-3's mlp into .mlip3/ (MLIP3_SOURCE=, MLIP3_PREFIX=, MLIP3_CACHE=, MPI=0/1)
+# DeePMD-kit in its own venv (TensorFlow, ~1.9 GB): smallcell runs its programs, never imports it
+$(DEEPMD_STAMP): requirements-deepmd.txt
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || bin/install-debian-packages python3-venv
+	$(PYTHON) -m venv $(DEEPMD_VENV)
+	$(DEEPMD_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-deepmd.txt
+	touch $@
+
+setup: $(STAMP)  ## create .venv (idempotent); EXTRAS=gpaw adds GPAW (Debian's gpaw, gpaw-data); EXTRAS=mlip3 builds MLIP-3's mlp into .mlip3/ (MLIP3_SOURCE=, MLIP3_PREFIX=, MLIP3_CACHE=, MPI=0/1); EXTRAS=deepmd creates .venv-deepmd/ (DeePMD-kit, for comparisons)
 	$(if $(filter gpaw,$(EXTRAS)),bin/install-debian-packages gpaw gpaw-data)
+	$(if $(filter deepmd,$(EXTRAS)),$(MAKE) --no-print-directory $(DEEPMD_STAMP))
 	$(if $(filter mlip3,$(EXTRAS)),$(PYTHON) bin/build-mlip3 --install-packages --record .mlip3-prefix \
 	    $(if $(MLIP3_SOURCE),--source "$(MLIP3_SOURCE)") $(if $(MLIP3_PREFIX),--prefix "$(MLIP3_PREFIX)") \
 	    $(if $(MLIP3_CACHE),--cache "$(MLIP3_CACHE)") $(if $(MLIP3_MPI),--mpi "$(MLIP3_MPI)"))
@@ -70,7 +81,8 @@ clean-iter: $(STAMP)  ## remove iteration I and later (asks first; FORCE=1 to sk
 	$(SC) clean-iter $(I) $(if $(FORCE),--force)
 
 test: MLIP3_TOOLS := gcc g++ gfortran make libopenmpi-dev openmpi-bin
-test: $(STAMP)  ## run the test suite, then count the skipped tests by reason; GPAW=1 / SLURM=1 / MLIP3=1 install those programs (asks on a terminal)
+test: $(STAMP)  ## run the test suite, then count the skipped tests by reason; GPAW=1 / SLURM=1 / MLIP3=1 / DEEPMD=1 install those programs (asks on a terminal)
+	@bin/install-test-deepmd "$(DEEPMD)" "$(DEEPMD_STAMP)"
 	@bin/install-test-packages "GPAW (~568 MB), for the real-DFT tests," "$(GPAW)" "make test GPAW=1" gpaw gpaw-data
 	@bin/install-test-packages "Slurm, for the local-cluster tests," "$(SLURM)" "make test SLURM=1" slurmctld slurmd slurm-client munge
 	@bin/install-test-packages "MLIP-3's compilers and Open MPI, for the real-mlp tests," "$(or $(MLIP3),$(SMALLCELL_INSTALL_MLIP3))" "make test MLIP3=1" $(MLIP3_TOOLS)

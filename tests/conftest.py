@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: What to add to a skip reason that contains the key: how to run those tests.
 HINTS = {
     "GPAW not installed": "`make test GPAW=1` installs it",
+    "DeePMD-kit not installed": "`make test DEEPMD=1` installs it",
 }
 CONSENT = ("1", "y", "yes", "true")
 #: The MLIP-3 source the real-mlp tests build (SMALLCELL_MLIP3_SOURCE overrides it).

@@ -514,6 +514,72 @@ SCHEMA = Section(
                                low_open=True, unit="s"),
             },
         ),
+        "deepmd": Section(
+            "DeePMD-kit models (`make setup EXTRAS=deepmd`: its own venv .venv-deepmd/, "
+            "TensorFlow backend) for comparisons with the MTP (`smallcell compare`), never "
+            "for the loop's exploration: DeePMD has no extrapolation grade. Defaults are "
+            "sized for a one-element metal (fcc Pb) on small cells: one model on 60 "
+            "four-atom configurations trains and freezes in 15.6 s wall on 2 cores "
+            "(README \"DeePMD-kit\"). A committee member k trains with seed + k.",
+            {
+                "descriptor": Key("str", "se_e2_a", "Descriptor type (two-body embedding, "
+                                  "all angular information: DeePMD's smooth edition).",
+                                  choices=("se_e2_a",)),
+                "rcut": Key("float", 5.0, "Cutoff radius; the default is trainer.max_dist's "
+                            "default, so both potentials see the same neighbours.", low=0,
+                            low_open=True, unit="Å"),
+                "rcut_smth": Key("float", 0.5, "Where the smooth switching of 1/r to zero "
+                                 "at rcut starts (DeePMD's examples: 0.5).", low=0, unit="Å"),
+                "sel": Key("int", 32, "Most neighbours within rcut (per type; one element: "
+                           "one number). fcc Pb has 18 within 5 Å at 4.95 Å; DeePMD "
+                           "refuses data with more.", low=1),
+                "neuron": Key("list[int]", [8, 16, 32], "Embedding net layer widths.",
+                              min_length=1, low=1),
+                "axis_neuron": Key("int", 4, "Columns of the embedding matrix kept for the "
+                                   "descriptor (M2).", low=1),
+                "fitting_neuron": Key("list[int]", [32, 32, 32], "Fitting net layer widths.",
+                                      min_length=1, low=1),
+                "steps": Key("int", 2000, "Training steps (batches). Measured on 2 cores: "
+                             "`dp train` of the defaults 11-15 s (the 2000 steps "
+                             "themselves 6.8 s, the rest TensorFlow's start-up), `dp "
+                             "freeze` 4.6 s; 4000 steps 33 s for a held-out "
+                             "force RMSE of 35 instead of 39 meV/Å.", low=1),
+                "start_lr": Key("float", 1e-3, "Learning rate at step 0 (exponential decay).",
+                                low=0, low_open=True),
+                "stop_lr": Key("float", 1e-5, "Learning rate at the last step.", low=0,
+                               low_open=True),
+                "decay_steps": Key("int", None, "Steps between learning-rate decays; null = "
+                                   "steps / 20 (DeePMD's default, 5000, would not decay a "
+                                   "short fit at all).", nullable=True, low=1),
+                "start_pref_e": Key("float", 0.02, "Loss prefactor of energies at the start.",
+                                    low=0),
+                "limit_pref_e": Key("float", 1.0, "... at the end (the prefactors move with "
+                                    "the learning rate).", low=0),
+                "start_pref_f": Key("float", 1000.0, "Loss prefactor of forces at the start.",
+                                    low=0),
+                "limit_pref_f": Key("float", 1.0, "... at the end.", low=0),
+                "start_pref_v": Key("float", 0.02, "Loss prefactor of virials at the start "
+                                    "(0 and 0: stresses not fitted; the MTP fits them).",
+                                    low=0),
+                "limit_pref_v": Key("float", 1.0, "... at the end.", low=0),
+                "batch_size": Key("int", 1, "Configurations per training step (null = "
+                                  "DeePMD's auto: 32 atoms, 8 four-atom cells, measured "
+                                  "about 5x slower per step here).", nullable=True, low=1),
+                "seed": Key("int", 1, "Seed of the network initialisation and batches; "
+                            "committee member k uses seed + k.", low=0),
+                "committee": Key("int", 4, "Models per committee (the spread of their "
+                                 "forces is the uncertainty estimate).", low=4),
+                "threads": Key("int", 1, "TensorFlow intra-op and inter-op threads (and "
+                               "OMP_NUM_THREADS) of each DeePMD process. Measured: one "
+                               "thread per model is the fastest on these small cells.",
+                               low=1),
+                "venv": Key("path", None, "The venv with DeePMD-kit (its bin/dp and "
+                            "bin/python); null = $SMALLCELL_DEEPMD_VENV, else the repo's "
+                            ".venv-deepmd/.", nullable=True),
+                "timeout": Key("float", None, "Seconds before a dp call is killed; null = "
+                               "no limit.", nullable=True, low=0, low_open=True, unit="s"),
+            },
+        ),
         "mlip3": Section(
             "MLIP-3's mlp (engines.trainer: mlip3): training, grades, selection, errors.",
             {
@@ -1047,6 +1113,16 @@ def _cross_checks(cfg: Config, report: _Report) -> None:
     _slurm_checks(cfg, fail)
     if cfg["engines"]["labeler"] == "eam" and cfg["species"] != ["Pb"]:
         fail("engines.labeler", "the eam labeler knows only Pb; set species: [Pb]")
+    dm = cfg["deepmd"]
+    if dm["rcut_smth"] >= dm["rcut"]:
+        fail("deepmd.rcut_smth", f"deepmd.rcut_smth ({dm['rcut_smth']:g}) must be smaller "
+             f"than deepmd.rcut ({dm['rcut']:g})")
+    if dm["stop_lr"] > dm["start_lr"]:
+        fail("deepmd.stop_lr", f"deepmd.stop_lr ({dm['stop_lr']:g}) must not exceed "
+             f"deepmd.start_lr ({dm['start_lr']:g})")
+    if dm["decay_steps"] is not None and dm["decay_steps"] > dm["steps"]:
+        fail("deepmd.decay_steps", f"deepmd.decay_steps ({dm['decay_steps']}) must not "
+             f"exceed deepmd.steps ({dm['steps']}): the learning rate would never decay")
     if cfg["trainer"]["min_dist"] >= cfg["trainer"]["max_dist"]:
         fail("trainer.min_dist", "trainer.min_dist must be smaller than trainer.max_dist")
     init = cfg["initial"]

@@ -33,8 +33,9 @@ from smallcell.state import RunPaths, atomic_write_json, atomic_write_text
 RECORD = "config.yaml"
 CHANGES = "config-changes.json"
 # slurm: resources; validation: its folder records its own settings and a validation with
-# other ones is moved aside (stages/validate.py), so the loop's results never depend on it
-FREE_SECTIONS = ("slurm", "validation")
+# other ones is moved aside (stages/validate.py), so the loop's results never depend on it;
+# deepmd: read only by comparisons (`smallcell compare`), never by the loop
+FREE_SECTIONS = ("slurm", "validation", "deepmd")
 FREE_KEYS = ("run.jobs", "run.max_iterations")
 DEFAULT = "config.yaml"
 

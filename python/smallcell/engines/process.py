@@ -88,7 +88,8 @@ def kill_group(proc: subprocess.Popen[bytes], grace: float = KILL_GRACE) -> None
 
 def run_logged(argv: Sequence[str], cwd: str | os.PathLike[str],
                stdout_path: str | os.PathLike[str], stderr_path: str | os.PathLike[str],
-               timeout: float | None, grace: float = KILL_GRACE) -> int | None:
+               timeout: float | None, grace: float = KILL_GRACE,
+               env: dict[str, str] | None = None) -> int | None:
     """Run `argv` (no shell) in `cwd`, stdout and stderr to the given files (truncated;
     relative paths are relative to the current directory, not `cwd`), stdin from
     /dev/null, in its own process group.
@@ -97,7 +98,8 @@ def run_logged(argv: Sequence[str], cwd: str | os.PathLike[str],
     than `timeout` seconds and was killed (SIGTERM to the group, `grace` seconds, SIGKILL).
     Any exception while waiting (Ctrl-C, a walltime signal turned into an exception) kills
     the group the same way and is re-raised. Raises :class:`ProgramNotFound` when the
-    program is missing or not executable.
+    program is missing or not executable. `env`: variables set for the program on top of
+    this process's environment.
     """
     argv = [str(a) for a in argv]
     if not argv:
@@ -105,7 +107,8 @@ def run_logged(argv: Sequence[str], cwd: str | os.PathLike[str],
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         try:
             proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    env=None if env is None else {**os.environ, **env})
         except FileNotFoundError as exc:
             raise ProgramNotFound(argv[0], exc.strerror or "not found") from exc
         except PermissionError as exc:
