@@ -7,6 +7,7 @@ true force errors, with the ROC curves of flagging the large errors). The report
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from smallcell.study.figures import _plain_log, pyplot, save
 FIGURES = ("parity.png", "learning_curves.png", "uncertainty.png")
 UNCERTAINTY = {"gamma": "MTP gamma", "max_devi_f": "committee max force deviation (eV/Å)"}
 ERROR_OF = {"mtp": "MTP", "committee": "committee mean"}
+#: each uncertainty against its own model's error first, then against the other's
+PAIRS = ("gamma|mtp", "max_devi_f|committee", "gamma|committee", "max_devi_f|mtp")
 
 
 def _m(v: float | None, scale: float = 1000.0, spec: str = ".2f") -> str:
@@ -37,13 +40,25 @@ def label(family: str) -> str:
     return "DeePMD committee (mean)" if family == "deepmd-committee" else family
 
 
+def families(names: Iterable[str]) -> list[str]:
+    """Model families in reading order: the MTPs by level, the DeePMD members by seed,
+    the committee last (results.json sorts its keys alphabetically)."""
+    def key(f: str) -> tuple[int, int]:
+        digits = "".join(ch for ch in f if ch.isdigit())
+        rank = 0 if f.startswith("mtp") else 1 if f.startswith("deepmd-s") else 2
+        return rank, int(digits) if digits else 0
+
+    return sorted(names, key=key)
+
+
 def accuracy_table(results: dict[str, Any], name: str) -> str:
     """Markdown: every final model's errors on set `name`, its training and evaluation
     cost."""
     head = ["model", "E RMSE meV/atom", "E MAE", "F RMSE meV/Å", "F MAE", "S RMSE GPa",
             "S MAE", "train CPU s", "train wall s", "µs/atom/step"]
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
-    for family, m in results["models"].items():
+    for family in families(results["models"]):
+        m = results["models"][family]
         e = m["sets"][name]
         lines.append("| " + " | ".join([
             label(family), _m(e["energy_rmse"], spec=".3f"), _m(e["energy_mae"], spec=".3f"),
@@ -58,11 +73,11 @@ def iteration_table(results: dict[str, Any]) -> str:
     per = results.get("per_iteration") or {}
     if not per:
         return ""
-    families = list(results["models"])
-    lines = ["| error sample of iteration | " + " | ".join(map(label, families)) + " |",
-             "|---:" + "|---:" * len(families) + "|"]
-    for i, row in per.items():
-        lines.append(f"| {i} | " + " | ".join(_m(row[f]["force_rmse"]) for f in families)
+    fams = families(results["models"])
+    lines = ["| error sample of iteration | " + " | ".join(map(label, fams)) + " |",
+             "|---:" + "|---:" * len(fams) + "|"]
+    for i, row in sorted(per.items(), key=lambda kv: int(kv[0])):
+        lines.append(f"| {i} | " + " | ".join(_m(row[f]["force_rmse"]) for f in fams)
                      + " |")
     return "\n".join(lines)
 
@@ -71,8 +86,8 @@ def curve_table(results: dict[str, Any]) -> str:
     """Markdown: the learning curves' points (errors on the fixed set)."""
     lines = ["| model | data of iterations | training configurations | E RMSE meV/atom | "
              "F RMSE meV/Å |", "|---|---:|---:|---:|---:|"]
-    for family, points in results["learning_curves"].items():
-        for p in points:
+    for family in families(results["learning_curves"]):
+        for p in results["learning_curves"][family]:
             lines.append(f"| {label(family)} | 0..{p['k']} | {p['n_train']} | "
                          f"{_m(p['energy_rmse'], spec='.3f')} | {_m(p['force_rmse'])} |")
     return "\n".join(lines)
@@ -85,7 +100,8 @@ def uncertainty_table(results: dict[str, Any]) -> str:
         return ""
     lines = ["| uncertainty | true force error of | Spearman ρ | ROC AUC | flagged "
              "(error > 2 x median) |", "|---|---|---:|---:|---:|"]
-    for key, p in u["pairs"].items():
+    for key in (k for k in PAIRS if k in u["pairs"]):
+        p = u["pairs"][key]
         score, err = key.split("|")
         lines.append(f"| {UNCERTAINTY[score]} | {ERROR_OF[err]} | {_g(p['spearman'])} | "
                      f"{_g(p['auc'])} | {p['n_flagged']} of {p['n']} |")
@@ -123,7 +139,8 @@ def learning_curves(results: dict[str, Any], out: Path) -> Path:
     configurations, one line per model family."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for family, points in results["learning_curves"].items():
+    for family in families(results["learning_curves"]):
+        points = results["learning_curves"][family]
         n = [p["n_train"] for p in points]
         for ax, key in zip(axes, ("force_rmse", "energy_rmse"), strict=True):
             ax.plot(n, [1000 * p[key] for p in points], "-o", ms=4, label=label(family))
@@ -248,7 +265,8 @@ def section(results: dict[str, Any]) -> list[str]:
              f"{_m(m['sets'][fixed]['force_rmse'])} meV/Å, energy "
              f"{_m(m['sets'][fixed]['energy_rmse'], spec='.3f')} meV/atom; training "
              f"{m['train_cpu_seconds']:.0f} CPU s; {_g(m['us_per_atom_step'], '.1f')} "
-             "µs/atom/step" for f, m in results["models"].items()]
+             "µs/atom/step" for f, m in ((f, results["models"][f])
+                                        for f in families(results["models"]))]
     lines.insert(0, f"all trained on the final training set ({results['n_train']} "
                     f"configurations, data of iterations 0..{results['final_k']}); "
                     "compare/compare.md has every set, the learning curves and figures")
@@ -258,6 +276,7 @@ def section(results: dict[str, Any]) -> list[str]:
                      "rho, ROC AUC for force errors above twice the median): " + "; ".join(
                          f"{UNCERTAINTY[k.split('|')[0]].split(' (')[0]} vs the "
                          f"{ERROR_OF[k.split('|')[1]]}'s error: {_g(p['spearman'])}, "
-                         f"{_g(p['auc'])}" for k, p in u["pairs"].items()))
+                         f"{_g(p['auc'])}" for k, p in ((k, u["pairs"][k]) for k in PAIRS
+                                                        if k in u["pairs"])))
     return lines
 
