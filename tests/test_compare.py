@@ -349,3 +349,24 @@ def test_committee_and_both_uncertainties(compared: Path, tmp_path: Path) -> Non
     said.clear()
     compare.run(root, root / "compare", cfg, say=said.append)
     assert not [m for m in said if m.startswith("[compare] training ")]
+
+
+def test_large_cell_configurations_are_every_validations_labeled_tasks(tmp_path: Path
+                                                                       ) -> None:
+    """The final validation's and the per-stage validations' labeled tasks (their own
+    samples and the fixed test set), done ones only, in a fixed order."""
+    def task(path: Path, done: bool = True) -> Path:
+        path.mkdir(parents=True)
+        (path / "labeled.cfg").write_text("x")
+        if done:
+            (path / "done").write_text("{}")
+        return path
+
+    want = [task(tmp_path / "validation" / "label" / "0"),
+            task(tmp_path / "validation" / "label" / "10"),
+            task(tmp_path / "iter" / "2" / "validate" / "label" / "0"),
+            task(tmp_path / "iter" / "2" / "validate" / "testset" / "0"),
+            task(tmp_path / "iter" / "10" / "validate" / "label" / "1")]
+    task(tmp_path / "validation" / "label" / "2", done=False)  # failed or unfinished
+    (tmp_path / "validation" / "label" / "9").mkdir()
+    assert compare._large_cell_tasks(tmp_path) == want
