@@ -270,7 +270,8 @@ def test_no_data_to_measure_on_is_refused(tmp_path: Path) -> None:
 def test_curve_points_spread_over_the_run() -> None:
     sets = [compare.TrainingSet(k, Path(f"{k}.cfg"), str(k), k) for k in range(12)]
     assert [s.k for s in compare.curve_sets(sets, None)] == list(range(11))
-    assert [s.k for s in compare.curve_sets(sets, 4)] == [0, 5, 10]
+    assert [s.k for s in compare.curve_sets(sets, 4)] == [0, 4, 7]  # and the final, 11
+    assert [s.k for s in compare.curve_sets(sets, 3)] == [0, 6]
     assert [s.k for s in compare.curve_sets(sets, 1)] == []
     assert [s.k for s in compare.curve_sets(sets[:3], 4)] == [0, 1]
 

@@ -246,15 +246,16 @@ def committee_seeds(cfg: Config) -> list[int]:
 
 def curve_sets(sets: Sequence[TrainingSet], points: int | None) -> list[TrainingSet]:
     """The training sets the learning curves are fitted to besides the final one: every
-    earlier one, or `points` - 1 of them spread evenly over the run (the first included;
-    for runs of many iterations, e.g. the label benchmark's)."""
+    earlier one, or `points` - 1 of them such that, with the final one, the points are
+    spread evenly over the run's sets (the first included; for runs of many iterations,
+    e.g. the label benchmark's)."""
     early = list(sets[:-1])
     if points is None or len(early) <= points - 1:
         return early
     if points <= 1:
         return []
-    picks = np.unique(np.round(np.linspace(0, len(early) - 1, points - 1)).astype(int))
-    return [early[k] for k in picks]
+    picks = np.unique(np.round(np.linspace(0, len(sets) - 1, points)).astype(int))
+    return [sets[k] for k in picks if k < len(sets) - 1]
 
 
 def plan(cfg: Config, sets: Sequence[TrainingSet], deepmd: bool,
