@@ -182,8 +182,10 @@ def section(cases: dict[str, dict[str, Any]], seconds: float, args: argparse.Nam
     mtp = next(iter(next(iter(cases.values()))["models"]))
     lines = [f"Measured {benchlib.utc_now()} on {m.cpu_model} ({m.nproc} cores, load "
              f"{benchlib.load1():.1f}): `bench/compare_models.py --curve-points "
-             f"{args.curve_points}` on the label benchmark's runs (policies "
-             f"{', '.join(args.policies)}, seeds 1-{args.seeds}), {seconds / 60:.1f} min. "
+             f"{args.curve_points}"
+             + (f" --levels {' '.join(map(str, args.levels))}" if args.levels else "")
+             + "` on the label benchmark's runs (policies "
+             + f"{', '.join(args.policies)}, seeds 1-{args.seeds}), {seconds / 60:.1f} min. "
              "Every model is trained on the run's training sets and measured on the "
              "benchmark's held-out set (300 configurations of reference NPT MD); numbers "
              "are medians (min-max) over seeds.", "",
