@@ -15,6 +15,7 @@ LEVELS  ?= 6 8 10 12
 DATA    ?=
 TEST    ?=
 SWEEP   ?= sweep
+MTP_ONLY ?=
 RUN_DIR ?= $(or $(SMALLCELL_RUN_DIR),.)
 EXTRAS  ?=
 MLIP3_SOURCE ?=
@@ -32,7 +33,7 @@ RUNCFG  = $(if $(CONFIG),--config $(CONFIG)) $(if $(CHANGE_CONFIG),--change-conf
 
 .DEFAULT_GOAL := help
 .PHONY: help setup iter submit pilot cancel retry status test lint clean-iter config-doc bench \
-        bench-labels bench-anomaly bench-mlip3 bench-cells bench-dft-cost sweep report export validate
+        bench-labels bench-anomaly bench-mlip3 bench-cells bench-dft-cost sweep compare report export validate
 
 help:  ## list every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -99,6 +100,9 @@ export: $(STAMP)  ## write RUN_DIR/export/{train,test,sample}.extxyz (data for o
 sweep: $(STAMP)  ## train LEVELS on DATA (.cfg), test on TEST (.cfg files): SWEEP/sweep.md
 	@test -n "$(DATA)" -a -n "$(TEST)" || { echo "usage: make sweep DATA=train.cfg TEST='a.cfg b.cfg' [LEVELS='6 8 10 12'] [SWEEP=sweep]"; exit 2; }
 	$(SC) sweep --levels $(LEVELS) --data $(DATA) --test $(TEST) --out $(SWEEP) --config $(or $(CONFIG),config.yaml)
+
+compare: $(STAMP)  ## MTP (run's level and +2) against a DeePMD committee on the run's final training set: RUN_DIR/compare/compare.md (MTP_ONLY=1: without DeePMD)
+	$(SC) compare $(if $(CONFIG),--config $(CONFIG)) $(if $(MTP_ONLY),--mtp-only)
 
 lint: $(STAMP)  ## ruff over the code, tests and benchmarks
 	$(VENV)/bin/ruff check python tests bench

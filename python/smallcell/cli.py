@@ -266,6 +266,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from smallcell.study import compare, compare_report
+
+    root = _root(args)
+    cfg = _run_config(args)
+    out = Path(args.out) if Path(args.out).is_absolute() else root / args.out
+    t0 = time.perf_counter()
+    compare.run(root, out, cfg, deepmd=not args.mtp_only,
+                test=Path(args.test).resolve() if args.test else None,
+                curve_points=args.curve_points)
+    print(f"\ncompare: {out}/compare.md, {out}/{compare.RESULTS}, figures "
+          f"{', '.join(compare_report.FIGURES)}; {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from smallcell.study import report
 
@@ -420,6 +435,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default="config.yaml",
                    help="trainer settings and species (default: config.yaml)")
     s.set_defaults(fn=cmd_sweep)
+    s = sub.add_parser("compare", help="MTP against a DeePMD committee on a finished run's "
+                       "final training set: errors, learning curves, uncertainties")
+    s.add_argument("--out", default="compare", help="folder (default: RUN_DIR/compare)")
+    s.add_argument("--config", default=None,
+                   help="trainer and deepmd settings (default: the run's own config)")
+    s.add_argument("--mtp-only", action="store_true",
+                   help="the MTP levels alone, without DeePMD (no `make setup "
+                        "EXTRAS=deepmd` needed)")
+    s.add_argument("--test", default=None, metavar="CFG",
+                   help="a labeled held-out set (default: the run's iter/0/select/test.cfg)")
+    s.add_argument("--curve-points", type=int, default=None, metavar="N",
+                   help="at most N learning-curve points per model (default: one per "
+                        "iteration that added labels)")
+    s.set_defaults(fn=cmd_compare)
     s = sub.add_parser("report", help="write report/index.html and report/report.md")
     s.set_defaults(fn=cmd_report)
     s = sub.add_parser("config-doc", help="print the config reference (docs/config.md)")

@@ -33,3 +33,30 @@ def correlations(gamma: Sequence[float], error: Sequence[float]) -> dict[str, fl
     out["spearman"] = rho if math.isfinite(rho) else None
     out["pearson_log"] = r if math.isfinite(r) else None
     return out
+
+
+def roc_auc(score: Sequence[float], positive: Sequence[bool]) -> float | None:
+    """Area under the ROC curve of `score` for telling the `positive` items from the
+    others: the probability that a random positive scores above a random negative, a tie
+    counting one half (the Mann-Whitney U statistic over n_pos x n_neg, from average
+    ranks, so tied scores are handled exactly). Items with a non-finite score are left
+    out; None when no positive or no negative remains.
+
+    Why rank-based: an uncertainty (gamma, a committee's deviation) is used as a
+    threshold, so what matters is how it orders the configurations, not its scale; and
+    ties are common (gamma is clipped at 1 inside the training domain)."""
+    s = np.asarray(score, float)
+    p = np.asarray(positive, bool)
+    if s.shape != p.shape:
+        raise ValueError(f"roc_auc: {s.size} scores but {p.size} labels")
+    ok = np.isfinite(s)
+    s, p = s[ok], p[ok]
+    n_pos = int(p.sum())
+    n_neg = int(p.size - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        return None
+    from scipy.stats import rankdata
+
+    ranks = rankdata(s)  # average ranks of tied scores
+    u = float(ranks[p].sum()) - n_pos * (n_pos + 1) / 2
+    return u / (n_pos * n_neg)

@@ -32,7 +32,13 @@ from smallcell.status import (
     reference_calls,
 )
 from smallcell.study import figures
-from smallcell.study.rundata import IterationData, load, load_large_cell, load_validation
+from smallcell.study.rundata import (
+    IterationData,
+    load,
+    load_comparison,
+    load_large_cell,
+    load_validation,
+)
 
 COLUMNS = ("iteration", "stage", "cell", "MD runs", "broke", "preselected", "selected", "labeled",
            "failed", "n_train", "gamma max", "gamma mean", "gamma std", "train E meV/atom",
@@ -446,22 +452,28 @@ def config_changes(changes: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _sections(data: Sequence[IterationData], checked: dict[str, Any] | None,
-              changes: Sequence[dict[str, Any]], large: Sequence[dict[str, Any]] = ()
-              ) -> list[tuple[str, list[str]]]:
+              changes: Sequence[dict[str, Any]], large: Sequence[dict[str, Any]] = (),
+              comparison: dict[str, Any] | None = None) -> list[tuple[str, list[str]]]:
     flags = diagnose(data) or ["none found"]
-    return [("Stages", stages(data)), ("Large-cell validation", validation(checked)),
-            ("Cell size", cell_size(data, large)),
-            ("Anomalies", flags), ("Config changes", config_changes(changes))]
+    out = [("Stages", stages(data)), ("Large-cell validation", validation(checked)),
+           ("Cell size", cell_size(data, large)),
+           ("Anomalies", flags), ("Config changes", config_changes(changes))]
+    if comparison:
+        from smallcell.study import compare_report
+
+        out.append(("MTP against DeePMD", compare_report.section(comparison)))
+    return out
 
 
 def markdown(data: Sequence[IterationData], pngs: Sequence[Path],
              checked: dict[str, Any] | None = None,
              changes: Sequence[dict[str, Any]] = (),
-             large: Sequence[dict[str, Any]] = ()) -> str:
+             large: Sequence[dict[str, Any]] = (),
+             comparison: dict[str, Any] | None = None) -> str:
     lines = ["# smallcell report", "", f"**{verdict(data, checked)}**", "", "## Answers", ""]
     for q, a in answers(data, checked, large).items():
         lines += [f"- **{q}** {a}"]
-    for title, items in _sections(data, checked, changes, large):
+    for title, items in _sections(data, checked, changes, large, comparison):
         lines += ["", f"## {title}", ""] + [f"- {x}" for x in items]
     lines += ["", "## Per iteration", "", "| " + " | ".join(COLUMNS) + " |",
               "| " + " | ".join(["---:"] * len(COLUMNS)) + " |"]
@@ -473,13 +485,15 @@ def markdown(data: Sequence[IterationData], pngs: Sequence[Path],
 def page(data: Sequence[IterationData], pngs: Sequence[Path],
          checked: dict[str, Any] | None = None,
          changes: Sequence[dict[str, Any]] = (),
-         large: Sequence[dict[str, Any]] = ()) -> str:
+         large: Sequence[dict[str, Any]] = (),
+         comparison: dict[str, Any] | None = None) -> str:
     """index.html: everything inline (figures as data URIs), no external file."""
     e = html.escape
     qa = "".join(f"<dt>{e(q)}</dt><dd>{e(a)}</dd>"
                  for q, a in answers(data, checked, large).items())
     lists = "".join(f"<h2>{e(title)}</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in items)
-                    + "</ul>" for title, items in _sections(data, checked, changes, large))
+                    + "</ul>" for title, items in _sections(data, checked, changes, large,
+                                                            comparison))
     head = "".join(f"<th>{e(c)}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row(d)) + "</tr>"
                    for d in data)
@@ -502,7 +516,9 @@ def page(data: Sequence[IterationData], pngs: Sequence[Path],
 
 
 def build(root: Path, out: Path | None = None) -> Path:
-    """Write report/index.html, report/report.md and the figures; return index.html."""
+    """Write report/index.html, report/report.md and the figures; return index.html. The
+    "MTP against DeePMD" section appears when `make compare` has written
+    compare/results.json."""
     data = load(root)
     if not data:
         raise FileNotFoundError(root / "iter" / "<i>" / "summary.json")
@@ -511,5 +527,8 @@ def build(root: Path, out: Path | None = None) -> Path:
     large = load_large_cell(root, data)
     pngs = figures.draw_all(data, out, large)
     changes = runconfig.changes(RunPaths(root))
-    atomic_write_text(out / "report.md", markdown(data, pngs, checked, changes, large))
-    return atomic_write_text(out / "index.html", page(data, pngs, checked, changes, large))
+    comparison = load_comparison(root)
+    atomic_write_text(out / "report.md",
+                      markdown(data, pngs, checked, changes, large, comparison))
+    return atomic_write_text(out / "index.html",
+                             page(data, pngs, checked, changes, large, comparison))

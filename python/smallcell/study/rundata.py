@@ -98,3 +98,8 @@ def load_large_cell(root: Path, data: list[IterationData]) -> list[dict[str, Any
     if final and final.get("iteration") in {d.i for d in data}:
         out.append({**final, "final": True})
     return sorted(out, key=lambda s: (int(s["iteration"]), bool(s.get("final"))))
+
+
+def load_comparison(root: Path) -> dict[str, Any] | None:
+    """`make compare`'s results (compare/results.json), if the run was compared."""
+    return _json(Path(root) / "compare" / "results.json")
