@@ -145,7 +145,8 @@ def test_a_terminal_is_asked(answer: str, fake_apt) -> None:
 def test_make_test_passes_the_consent_on() -> None:
     # under `make test GPAW=1` (CI) the outer make's variables reach this make through
     # MAKEFLAGS and the environment: start from a clean slate
-    outer = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GPAW", "SLURM", "MLIP3"}
+    outer = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "GPAW", "SLURM", "MLIP3",
+             "DEEPMD"}
     base = {k: v for k, v in os.environ.items() if k not in outer}
 
     def plan(*args: str, **env: str) -> list[str]:
@@ -155,17 +156,20 @@ def test_make_test_passes_the_consent_on() -> None:
                 if "install-" in line or " -m pytest " in line]
 
     env = {"SMALLCELL_INSTALL_GPAW": "", "SMALLCELL_INSTALL_SLURM": "",
-           "SMALLCELL_INSTALL_MLIP3": ""}
+           "SMALLCELL_INSTALL_MLIP3": "", "SMALLCELL_INSTALL_DEEPMD": ""}
     lines = plan(**env)
     assert not any("install-debian-packages" in line for line in lines)
-    gpaw, slurm, mlip3, pytest_line = lines
+    deepmd, gpaw, slurm, mlip3, pytest_line = lines
+    assert 'install-test-deepmd "" ".venv-deepmd/.installed"' in deepmd
     assert '"" "make test GPAW=1" gpaw gpaw-data' in gpaw
     assert '"" "make test SLURM=1" slurmctld' in slurm
     assert '"" "make test MLIP3=1" gcc g++ gfortran make libopenmpi-dev' in mlip3
     assert pytest_line.startswith("SMALLCELL_INSTALL_SLURM= ")
-    gpaw, slurm, mlip3, pytest_line = plan("GPAW=1", "SLURM=1", "MLIP3=1", **env)
+    deepmd, gpaw, slurm, mlip3, pytest_line = plan("GPAW=1", "SLURM=1", "MLIP3=1",
+                                                   "DEEPMD=1", **env)
     assert '"1" "make test GPAW=1"' in gpaw and '"1" "make test SLURM=1"' in slurm
-    assert '"1" "make test MLIP3=1"' in mlip3
+    assert '"1" "make test MLIP3=1"' in mlip3 and 'install-test-deepmd "1"' in deepmd
     assert pytest_line.startswith("SMALLCELL_INSTALL_SLURM=1 ")
-    gpaw, _, _, _ = plan(**{**env, "SMALLCELL_INSTALL_GPAW": "1"})
-    assert '"1" "make test GPAW=1"' in gpaw
+    deepmd, gpaw, _, _, _ = plan(**{**env, "SMALLCELL_INSTALL_GPAW": "1",
+                                    "SMALLCELL_INSTALL_DEEPMD": "1"})
+    assert '"1" "make test GPAW=1"' in gpaw and 'install-test-deepmd "1"' in deepmd
