@@ -150,3 +150,41 @@ def write_sections(sections: Mapping[str, tuple[str, str]], path: Path = BENCHMA
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
     tmp.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def reference_npt_frames(cell: Sequence[int], t: float, p: float, seed: int, steps: int,
+                         skip: int, every: int) -> list:
+    """Frames of one NPT run of fcc Pb (`cell` repetitions, displaced 0.1 Å) with the
+    reference EAM at (t K, p bar), every `every` steps after `skip`, labeled by it: the
+    held-out and test sets the benchmarks measure potentials on (never trained on)."""
+    import warnings
+
+    import numpy as np
+    from ase import units
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.md.langevinbaoab import LangevinBAOAB
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
+
+    from smallcell.engines.eam_pb import calculator
+    from smallcell.structures import displace, supercell
+
+    rng = np.random.default_rng(seed)
+    atoms = displace(supercell("fcc", 4.95, tuple(cell), "Pb"), 0.1, "uniform", rng)
+    atoms.set_masses([207.2] * len(atoms))
+    atoms.calc = calculator()
+    thermalize_momenta(atoms, temperature_K=t, rng=rng)
+    Stationary(atoms)
+    with warnings.catch_warnings():  # ASE announces its heuristic barostat mass
+        warnings.simplefilter("ignore", UserWarning)
+        dyn = LangevinBAOAB(atoms, 2.0 * units.fs, temperature_K=t,
+                            externalstress=p * units.bar, hydrostatic=True,
+                            T_tau=100 * units.fs, P_tau=1000 * units.fs, rng=rng)
+    frames = []
+    for step in range(1, steps + 1):
+        dyn.run(1)
+        if step > skip and step % every == 0:
+            a = atoms.copy()
+            a.calc = SinglePointCalculator(a, energy=atoms.get_potential_energy(),
+                                           forces=atoms.get_forces(), stress=atoms.get_stress())
+            frames.append(a)
+    return frames

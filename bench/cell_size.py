@@ -41,7 +41,6 @@ import statistics
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -52,7 +51,6 @@ from typing import Any
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
@@ -149,35 +147,9 @@ def config_for(strategy: str, seed: int) -> dict[str, Any]:
 
 def test_point(t: float, p: float, seed: int) -> list[Any]:
     """Frames of one NPT run of the 108-atom cell with the reference EAM at (t, p)."""
-    from ase import units
-    from ase.calculators.singlepoint import SinglePointCalculator
-    from ase.md.langevinbaoab import LangevinBAOAB
-    from ase.md.velocitydistribution import Stationary, thermalize_momenta
-
-    from smallcell.engines.eam_pb import calculator
-    from smallcell.structures import displace, supercell
-
-    rng = np.random.default_rng(seed)
-    atoms = displace(supercell("fcc", 4.95, TEST_CELL, "Pb"), 0.1, "uniform", rng)
-    atoms.set_masses([207.2] * len(atoms))
-    atoms.calc = calculator()
-    thermalize_momenta(atoms, temperature_K=t, rng=rng)
-    Stationary(atoms)
-    with warnings.catch_warnings():  # ASE announces its heuristic barostat mass
-        warnings.simplefilter("ignore", UserWarning)
-        dyn = LangevinBAOAB(atoms, 2.0 * units.fs, temperature_K=t,
-                            externalstress=p * units.bar, hydrostatic=True,
-                            T_tau=100 * units.fs, P_tau=1000 * units.fs, rng=rng)
     spec = SETTINGS["test"]
-    frames = []
-    for step in range(1, spec["steps"] + 1):
-        dyn.run(1)
-        if step > spec["skip"] and step % spec["every"] == 0:
-            a = atoms.copy()
-            a.calc = SinglePointCalculator(a, energy=atoms.get_potential_energy(),
-                                           forces=atoms.get_forces(), stress=atoms.get_stress())
-            frames.append(a)
-    return frames
+    return benchlib.reference_npt_frames(TEST_CELL, t, p, seed, spec["steps"], spec["skip"],
+                                         spec["every"])
 
 
 def test_path() -> Path:

@@ -32,12 +32,10 @@ import json
 import shutil
 import sys
 import time
-import warnings
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
@@ -100,34 +98,8 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def heldout_point(t: float, p: float, seed: int) -> list[Any]:
     """Frames of one long NPT run with the reference EAM at (t, p), labeled by it."""
-    from ase import units
-    from ase.calculators.singlepoint import SinglePointCalculator
-    from ase.md.langevinbaoab import LangevinBAOAB
-    from ase.md.velocitydistribution import Stationary, thermalize_momenta
-
-    from smallcell.engines.eam_pb import calculator
-    from smallcell.structures import displace, supercell
-
-    rng = np.random.default_rng(seed)
-    atoms = displace(supercell("fcc", 4.95, (1, 1, 1), "Pb"), 0.1, "uniform", rng)
-    atoms.set_masses([207.2] * len(atoms))
-    atoms.calc = calculator()
-    thermalize_momenta(atoms, temperature_K=t, rng=rng)
-    Stationary(atoms)
-    with warnings.catch_warnings():  # ASE announces its heuristic barostat mass
-        warnings.simplefilter("ignore", UserWarning)
-        dyn = LangevinBAOAB(atoms, 2.0 * units.fs, temperature_K=t,
-                            externalstress=p * units.bar, hydrostatic=True,
-                            T_tau=100 * units.fs, P_tau=1000 * units.fs, rng=rng)
-    frames = []
-    for step in range(1, HELDOUT["steps"] + 1):
-        dyn.run(1)
-        if step > HELDOUT["skip"] and step % HELDOUT["every"] == 0:
-            a = atoms.copy()
-            a.calc = SinglePointCalculator(a, energy=atoms.get_potential_energy(),
-                                           forces=atoms.get_forces(), stress=atoms.get_stress())
-            frames.append(a)
-    return frames
+    return benchlib.reference_npt_frames((1, 1, 1), t, p, seed, HELDOUT["steps"],
+                                         HELDOUT["skip"], HELDOUT["every"])
 
 
 def heldout_path() -> Path:
