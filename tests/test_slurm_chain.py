@@ -61,7 +61,8 @@ slurm:
 # chain submits the large-cell validation (a pilot job) after it.
 TWO_STAGES = ("stages:\n  - {cell: [1, 1, 1], max_iterations: 1}\n"
               "  - {cell: [1, 1, 2], max_iterations: 1}\n"
-              "validation: {cell: [2, 2, 2], steps: 30, sample: 2}\n")
+              "validation: {cell: [2, 2, 2], steps: 30, sample: 2, stage_sample: 2, "
+              "test_set: 2}\n")
 
 
 def tiny(extra: str = "") -> str:

@@ -528,14 +528,15 @@ def _collect_train(it: Iteration, chain: slurm.Chain, cfg: Config) -> int:
         return 0
     if summary.get("stage_end"):
         progress(it, "done", loop.transition(summary))
-    if checkpoint.due(cfg, summary) and not is_done(checkpoint.folder(it.paths.root, it.i)):
-        rec = chain.submit_checkpoint(it.i, cfg["slurm"]["pilot"]["cpus_per_task"])
-        progress(it, "done", f"per-stage validation submitted: job {rec['job_id']}")
     nxt = protocol.open_iteration(it.paths.root, it.i + 1, cfg)
     clear_stopped(nxt.dir)
     records = start_iteration(nxt, chain)
     progress(it, "done", "next iteration submitted: " + ", ".join(
         f"{r['stage']} {r['job_id']}" for r in records))
+    # after the chain's next jobs: in a first-come queue the study never delays the chain
+    if checkpoint.due(cfg, summary) and not is_done(checkpoint.folder(it.paths.root, it.i)):
+        rec = chain.submit_checkpoint(it.i, cfg["slurm"]["pilot"]["cpus_per_task"])
+        progress(it, "done", f"per-stage validation submitted: job {rec['job_id']}")
     return 0
 
 
