@@ -36,7 +36,6 @@ from typing import Any
 
 from smallcell.config import Config, parse_config
 from smallcell.engines.base import trainer_for
-from smallcell.formats.cfg import iter_cfgs
 from smallcell.stages import explore, label, sample, select, validate
 from smallcell.stages.common import Iteration, Runner, load_frozen, progress
 from smallcell.state import (
@@ -96,10 +95,8 @@ def md_task(root: Path, i: int, k: int) -> dict[str, object]:
 
 def _label_dirs(cdir: Path) -> list[Path]:
     """The checkpoint's label tasks in task order: its own sample's, then the test set's
-    (when it drew the test set)."""
-    own = sum(1 for _ in iter_cfgs(cdir / "select" / select.SAMPLE))
-    test = cdir / "select" / f"{TESTSET}.cfg"
-    n_test = sum(1 for _ in iter_cfgs(test)) if test.exists() else 0
+    (when it drew the test set). Every label task asks: the draw's record, not its cfgs."""
+    own, n_test = validate.drawn(cdir)
     return ([cdir / "label" / str(k) for k in range(own)]
             + [cdir / TESTSET / str(k) for k in range(n_test)])
 

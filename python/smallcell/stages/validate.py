@@ -26,7 +26,7 @@ import numpy as np
 from smallcell import protocol
 from smallcell.config import Config, parse_config
 from smallcell.errors import SmallcellError
-from smallcell.formats.cfg import iter_cfgs, write_cfgs
+from smallcell.formats.cfg import write_cfgs
 from smallcell.stages import explore, label, sample, select
 from smallcell.stages.common import Iteration, Runner, load_frozen, progress
 from smallcell.state import (
@@ -194,8 +194,8 @@ def draw(vdir: Path, md: list[MDRun], n_own: int, n_test: int, rng: np.random.Ge
     validations (select/testset.cfg, inputs in testset/<k>/; checkpoint.py): one draw
     without replacement, so the two never overlap. sample.cfg is written last. `origin`:
     the MD folder as configurations name it (select.draw_from)."""
-    drawn = vdir / "select" / select.SAMPLE
-    if drawn.exists():
+    sample_cfg = vdir / "select" / select.SAMPLE
+    if sample_cfg.exists():
         return
     cfgs, record = select.draw_from([vdir / "explore" / r.name for r in md], n_own + n_test,
                                     rng, origin)
@@ -209,8 +209,16 @@ def draw(vdir: Path, md: list[MDRun], n_own: int, n_test: int, rng: np.random.Ge
     if test:
         with atomic_output(vdir / "select" / f"{TESTSET}.cfg") as tmp:
             write_cfgs(tmp, test)
-    with atomic_output(drawn) as tmp:
+    with atomic_output(sample_cfg) as tmp:
         write_cfgs(tmp, own)
+
+
+def drawn(vdir: Path) -> tuple[int, int]:
+    """(own sample, fixed test set) sizes of a finished draw, from its record (draw):
+    the task folders follow from them without parsing the cfg files."""
+    record = read_json(vdir / "select" / "sample.json")
+    n_test = int(record.get("n_testset", 0))
+    return int(record["n_drawn"]) - n_test, n_test
 
 
 def _label(root: Path, vcfg: Config, md: list[MDRun], it: Iteration,
@@ -220,8 +228,7 @@ def _label(root: Path, vcfg: Config, md: list[MDRun], it: Iteration,
     draw(vdir, md, vcfg["sample"]["size"], 0,
          rng_for(vcfg["run"]["seed"], "validation sample"), list(vcfg["species"]),
          FOLDER + "/explore")
-    n = sum(1 for _ in iter_cfgs(vdir / "select" / select.SAMPLE))
-    dirs = [vdir / "label" / str(k) for k in range(n)]
+    dirs = [vdir / "label" / str(k) for k in range(drawn(vdir)[0])]
     todo = [k for k, d in enumerate(dirs) if not (is_done(d) or is_failed(d))]
     if todo:
         progress(it, FOLDER, f"labeling {len(todo)} of {len(dirs)} sample configurations")
