@@ -188,3 +188,16 @@ def reference_npt_frames(cell: Sequence[int], t: float, p: float, seed: int, ste
                                            forces=atoms.get_forces(), stress=atoms.get_stress())
             frames.append(a)
     return frames
+
+
+def write_frames(futs: Sequence, path: Path) -> None:
+    """The frames of finished reference-MD futures (reference_npt_frames), in order, as
+    one cfg file written under a temporary name (nothing when `futs` is empty)."""
+    from smallcell.formats.cfg import atoms_to_cfg, write_cfgs
+
+    if not futs:
+        return
+    frames = [a for f in futs for a in f.result()]
+    tmp = path.with_suffix(".tmp")
+    write_cfgs(tmp, [atoms_to_cfg(a, ["Pb"]) for a in frames])
+    tmp.replace(path)

@@ -167,14 +167,7 @@ def start_test_set(pool: ProcessPoolExecutor) -> list[Future]:
 
 
 def write_test_set(futs: list[Future]) -> None:
-    from smallcell.formats.cfg import atoms_to_cfg, write_cfgs
-
-    if not futs:
-        return
-    frames = [a for f in futs for a in f.result()]
-    tmp = test_path().with_suffix(".tmp")
-    write_cfgs(tmp, [atoms_to_cfg(a, ["Pb"]) for a in frames])
-    tmp.replace(test_path())
+    benchlib.write_frames(futs, test_path())
 
 
 def wait_for(path: Path, timeout: float = 3600.0) -> Path:

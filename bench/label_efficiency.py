@@ -117,15 +117,7 @@ def start_heldout(pool: ProcessPoolExecutor) -> list[Future]:
 
 
 def write_heldout(futs: list[Future]) -> None:
-    from smallcell.formats.cfg import atoms_to_cfg, write_cfgs
-
-    if not futs:
-        return
-    frames = [a for f in futs for a in f.result()]
-    path = heldout_path()
-    tmp = path.with_suffix(".tmp")
-    write_cfgs(tmp, [atoms_to_cfg(a, ["Pb"]) for a in frames])
-    tmp.replace(path)
+    benchlib.write_frames(futs, heldout_path())
 
 
 def wait_heldout(path: Path | None = None, timeout: float = 3600.0) -> Path:
