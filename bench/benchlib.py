@@ -201,3 +201,21 @@ def write_frames(futs: Sequence, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     write_cfgs(tmp, [atoms_to_cfg(a, ["Pb"]) for a in frames])
     tmp.replace(path)
+
+
+def start_frames(pool, fn, grid: Mapping, seed0: int) -> list:
+    """Queue `fn(t, p, seed0 + k)` (a reference-MD sampler) for every (T, P) of `grid`
+    ahead of the runs, which wait for its file (write_frames, wait_file) only when they
+    need it."""
+    points = [(t, p) for t in grid["temperatures"] for p in grid["pressures"]]
+    return [pool.submit(fn, t, p, seed0 + k) for k, (t, p) in enumerate(points)]
+
+
+def wait_file(path: Path, timeout: float = 3600.0) -> Path:
+    """`path` once another worker has written it (TimeoutError after `timeout` s)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout:.0f} s")
+        time.sleep(1.0)
+    return path

@@ -161,22 +161,11 @@ def start_test_set(pool: ProcessPoolExecutor) -> list[Future]:
     file only once its loop is done."""
     if test_path().exists():
         return []
-    grid = BASE["grid"]
-    points = [(t, p) for t in grid["temperatures"] for p in grid["pressures"]]
-    return [pool.submit(test_point, t, p, 700 + k) for k, (t, p) in enumerate(points)]
+    return benchlib.start_frames(pool, test_point, BASE["grid"], 700)
 
 
 def write_test_set(futs: list[Future]) -> None:
     benchlib.write_frames(futs, test_path())
-
-
-def wait_for(path: Path, timeout: float = 3600.0) -> Path:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear within {timeout:.0f} s")
-        time.sleep(1.0)
-    return path
 
 
 # --------------------------------------------------------------------------- one run
@@ -241,7 +230,7 @@ def run_case(strategy: str, seed: int) -> dict[str, Any]:
         stdout_path=folder / "iter.log")
     if code != 0:
         raise RuntimeError(f"{name}: smallcell iter failed ({code}); see {folder}/iter.log")
-    test = wait_for(test_path())
+    test = benchlib.wait_file(test_path())
     t0 = time.perf_counter()
     trainer = trainer_for(load_config(folder / "config.yaml"))
     iters: list[dict[str, Any]] = []
@@ -314,7 +303,7 @@ def refit_check(strategy: str, seed: int) -> dict[str, Any]:
     tr = yaml.safe_load((fit_iter / "config.yaml").read_text())["trainer"]  # frozen config
     images = [cfg_to_atoms(c, ["Pb"]) for c in read_cfgs(fit_iter / "collect" / "train.cfg")]
     trainer = trainer_for(load_config(folder / "config.yaml"))
-    test = wait_for(test_path())
+    test = benchlib.wait_file(test_path())
     starts = [("warm start", pot)] + [(f"fresh template {k}", None)
                                       for k in range(1, REFIT["fresh"] + 1)]
     attempts = []

@@ -111,9 +111,7 @@ def start_heldout(pool: ProcessPoolExecutor) -> list[Future]:
     file only when they first need it: the pool's other worker starts a run at once."""
     if heldout_path().exists():
         return []
-    grid = BASE["grid"]
-    points = [(t, p) for t in grid["temperatures"] for p in grid["pressures"]]
-    return [pool.submit(heldout_point, t, p, 900 + k) for k, (t, p) in enumerate(points)]
+    return benchlib.start_frames(pool, heldout_point, BASE["grid"], 900)
 
 
 def write_heldout(futs: list[Future]) -> None:
@@ -122,13 +120,7 @@ def write_heldout(futs: list[Future]) -> None:
 
 def wait_heldout(path: Path | None = None, timeout: float = 3600.0) -> Path:
     """The held-out file (this benchmark's, or `path`) once another worker has written it."""
-    path = path or heldout_path()
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear within {timeout:.0f} s")
-        time.sleep(1.0)
-    return path
+    return benchlib.wait_file(path or heldout_path(), timeout)
 
 
 def errors_on(pot: Path, frames: list[Any]) -> dict[str, float]:
