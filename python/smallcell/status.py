@@ -168,11 +168,15 @@ def run_cost(root: Path, summaries: list[dict[str, Any]]) -> str:
                                      checkpoints(root, its)))
 
 
+def dft_unit(modeled: bool) -> str:
+    """What a run's DFT hours are: core-hours of the GPAW cost model (embedded labels), or
+    hours of the labels' measured wall time."""
+    return "DFT core-hours (GPAW cost model)" if modeled else "h of DFT wall time"
+
+
 def dft_hours(seconds: float, modeled: bool) -> str:
-    """A DFT cost in words: core-hours of the GPAW cost model (embedded labels), or hours
-    of the labels' measured wall time."""
-    return (f"{seconds / 3600:.3g} DFT core-hours (GPAW cost model)" if modeled else
-            f"{seconds / 3600:.3g} h of DFT wall time")
+    """A DFT cost in words (dft_unit)."""
+    return f"{seconds / 3600:.3g} {dft_unit(modeled)}"
 
 
 def cost_text(c: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ from smallcell.status import (
     CONVERGED,
     cost_text,
     dft_hours,
+    dft_unit,
     finished,
     potential_text,
     reference_calls,
@@ -427,7 +428,7 @@ def cell_size(data: Sequence[IterationData], large: Sequence[dict[str, Any]]) ->
         per.setdefault(int(x.get("stage", 0)), []).append(x)
     if any(x.get("dft_seconds") for x in sums):
         h = lambda xs, key: sum(float(x.get(key) or 0) for x in xs) / 3600  # noqa: E731
-        out.append(f"cost per stage ({hours(0).split(' ', 1)[1]}; the error sample "
+        out.append(f"cost per stage ({dft_unit(modeled)}; the error sample "
                    "included): " + "; ".join(
                        f"{xs[0].get('stage_name') or k + 1}: "
                        f"{sum(int(x.get('n_labeled', 0)) for x in xs)} training labels, "
